@@ -1,0 +1,43 @@
+//! # swrepl-proto — the swrepl wire protocol, sans-IO
+//!
+//! This crate owns everything two swrepl peers must agree on, and nothing else: no sockets, no
+//! files, no clocks. It is pure data and checks, so it can be tested byte-for-byte against golden
+//! vectors (`tests/golden.rs`) and fuzzed (`fuzz/`). The wire format is documented in `SPEC.md`.
+//!
+//! Public API:
+//! - [`Message`] and the types it carries ([`FileEntry`], [`ChunkRef`], [`Hello`], …): every
+//!   message of protocol version [`PROTOCOL_VERSION`].
+//! - [`encode_frame`] / [`FrameDecoder`]: length-prefixed postcard frames with limits checked
+//!   before any allocation.
+//! - [`negotiate`]: version negotiation from a peer's [`Hello`].
+//! - [`validate_path`] and [`validate_message`]: what a receiver must check on every untrusted
+//!   message before acting on it.
+//! - [`limits`]: the numbers every implementation must enforce.
+
+pub mod frame;
+pub mod limits;
+pub mod message;
+pub mod path;
+pub mod version;
+
+pub use frame::{decode_message, encode_frame, encode_message, FrameDecoder};
+pub use message::*;
+pub use path::{validate_path, PathError};
+pub use version::{hello, negotiate, validate_message, MIN_VERSION, PROTOCOL_VERSION};
+
+/// Everything that can be wrong with bytes or messages received from a peer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtoError {
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge { len: usize, limit: usize },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("bad magic in hello: not a swrepl peer")]
+    BadMagic,
+    #[error("no common protocol version: we speak {ours_min}..={ours_max}, peer speaks {theirs_min}..={theirs_max}")]
+    VersionMismatch { ours_min: u16, ours_max: u16, theirs_min: u16, theirs_max: u16 },
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath { path: String, reason: PathError },
+    #[error("limit exceeded: {0}")]
+    Limit(String),
+}
