@@ -1,1 +1,72 @@
-fn main() {}
+//! The `swrepl` binary: parse the command line, dispatch, and turn errors into one line and an
+//! exit code. The work lives in the library crates; this crate owns only the operator's surface.
+//!
+//! Exit codes: 0 success; 1 a check found a difference (verify, status, db check, registry diff);
+//! 2 an error, printed as one line on stderr saying what happened and what to do.
+
+mod cmd_db;
+mod cmd_registry;
+mod cmd_services;
+mod config;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Replication engine for a warm-standby Hornbill Supportworks ESP 7.x server.
+#[derive(Parser, Debug)]
+#[command(name = "swrepl", version, about, propagate_version = true)]
+struct Cli {
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `swrepl_sync=debug`.
+    #[arg(long, global = true, env = "SWREPL_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// SwSQL/MySQL binlog replication on port 5002: plan, setup, seed, check.
+    Db(cmd_db::Args),
+    /// The runbook's service tables: expected against actual.
+    Services(cmd_services::Args),
+    /// The HttpAliases registry keys as regedit .reg files: export, diff, apply.
+    Registry(cmd_registry::Args),
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Db(args) => cmd_db::run(args).await,
+            Command::Services(args) => cmd_services::run(args).await,
+            Command::Registry(args) => cmd_registry::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
