@@ -7,6 +7,7 @@
 mod cmd_db;
 mod cmd_registry;
 mod cmd_services;
+mod cmd_switchover;
 mod config;
 
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Command {
     Services(cmd_services::Args),
     /// The HttpAliases registry keys as regedit .reg files: export, diff, apply.
     Registry(cmd_registry::Args),
+    /// Promote this Slave: pre-checks, database promotion, fencing, services in the runbook's order.
+    Switchover(cmd_switchover::Args),
 }
 
 fn init_logging(filter: &str) {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
             Command::Db(args) => cmd_db::run(args).await,
             Command::Services(args) => cmd_services::run(args).await,
             Command::Registry(args) => cmd_registry::run(args).await,
+            Command::Switchover(args) => cmd_switchover::run(args).await,
         }
     });
     match result {

@@ -18,6 +18,7 @@ pub mod frame;
 pub mod limits;
 pub mod message;
 pub mod path;
+pub mod registry;
 pub mod version;
 
 pub use frame::{decode_message, encode_frame, encode_message, FrameDecoder};

@@ -1,0 +1,1 @@
+//! Wire types for registry replication (placeholder: being written).
