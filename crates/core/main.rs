@@ -5,10 +5,13 @@
 //! 2 an error, printed as one line on stderr saying what happened and what to do.
 
 mod cmd_db;
+mod cmd_files;
 mod cmd_registry;
 mod cmd_services;
 mod cmd_switchover;
 mod config;
+mod demo;
+mod progress;
 
 use std::process::ExitCode;
 
@@ -28,6 +31,18 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Create this machine's identity (key + self-signed certificate); prints its fingerprint.
+    Init(cmd_files::InitArgs),
+    /// Print the fingerprint of an identity.
+    Fingerprint(cmd_files::FingerprintArgs),
+    /// The Master's side: replicate a tree to a receiver, then keep watching it.
+    Send(cmd_files::SendArgs),
+    /// The Slave's side: accept a sender and apply its changes atomically, archiving what they replace.
+    Receive(cmd_files::ReceiveArgs),
+    /// Compare two trees by hash (or a local tree with a running receiver's).
+    Verify(cmd_files::VerifyArgs),
+    /// The whole pipeline on loopback in a temporary directory, for a first look.
+    Demo(demo::DemoArgs),
     /// SwSQL/MySQL binlog replication on port 5002: plan, setup, seed, check.
     Db(cmd_db::Args),
     /// The runbook's service tables: expected against actual.
@@ -60,6 +75,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Init(args) => cmd_files::init(args),
+            Command::Fingerprint(args) => cmd_files::fingerprint(args),
+            Command::Send(args) => cmd_files::send(args).await,
+            Command::Receive(args) => cmd_files::receive(args).await,
+            Command::Verify(args) => cmd_files::verify(args).await,
+            Command::Demo(args) => demo::run(args).await,
             Command::Db(args) => cmd_db::run(args).await,
             Command::Services(args) => cmd_services::run(args).await,
             Command::Registry(args) => cmd_registry::run(args).await,

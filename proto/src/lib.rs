@@ -9,36 +9,51 @@
 //!   message of protocol version [`PROTOCOL_VERSION`].
 //! - [`encode_frame`] / [`FrameDecoder`]: length-prefixed postcard frames with limits checked
 //!   before any allocation.
-//! - [`negotiate`]: version negotiation from a peer's [`Hello`].
-//! - [`validate_path`] and [`validate_message`]: what a receiver must check on every untrusted
-//!   message before acting on it.
+//! - [`hello`], [`negotiate`], and the [`handshake`] helpers [`accept_hello`] /
+//!   [`check_welcome`]: version and role negotiation.
+//! - [`validate_message`], [`validate_entry`], [`validate_path`] and [`check_link_target`]: what
+//!   a peer must check on every untrusted message before acting on it.
+//! - [`ProtoError`] (with [`ProtoError::to_message`] for the `Error` frame that closes a
+//!   connection) and [`PathError`].
 //! - [`limits`]: the numbers every implementation must enforce.
 
 pub mod frame;
+pub mod handshake;
 pub mod limits;
 pub mod message;
 pub mod path;
 pub mod registry;
 pub mod version;
 
-pub use frame::{decode_message, encode_frame, encode_message, FrameDecoder};
+pub use frame::{decode_message, encode_frame, encode_message, message_name, FrameDecoder};
+pub use handshake::{accept_hello, check_welcome};
 pub use message::*;
 pub use path::{validate_path, PathError};
-pub use version::{hello, negotiate, validate_message, MIN_VERSION, PROTOCOL_VERSION};
+pub use version::{
+    check_link_target, hello, negotiate, truncate_text, validate_entry, validate_message,
+    MIN_VERSION, PROTOCOL_VERSION,
+};
 
 /// Everything that can be wrong with bytes or messages received from a peer.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProtoError {
     #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
     FrameTooLarge { len: usize, limit: usize },
     #[error("malformed message: {0}")]
     Malformed(String),
-    #[error("bad magic in hello: not a swrepl peer")]
+    #[error("bad magic in hello: the peer is not swrepl (check the address and port)")]
     BadMagic,
-    #[error("no common protocol version: we speak {ours_min}..={ours_max}, peer speaks {theirs_min}..={theirs_max}")]
-    VersionMismatch { ours_min: u16, ours_max: u16, theirs_min: u16, theirs_max: u16 },
+    #[error("no common protocol version: we speak {ours_min}..={ours_max}, peer speaks {theirs_min}..={theirs_max}; upgrade the older side")]
+    VersionMismatch {
+        ours_min: u16,
+        ours_max: u16,
+        theirs_min: u16,
+        theirs_max: u16,
+    },
     #[error("invalid path {path:?}: {reason}")]
     InvalidPath { path: String, reason: PathError },
     #[error("limit exceeded: {0}")]
     Limit(String),
+    #[error("peer speaks as {theirs:?}, but only {expected:?} may connect here: check which address each side uses")]
+    RoleRejected { theirs: Role, expected: Vec<Role> },
 }

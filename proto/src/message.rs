@@ -57,7 +57,9 @@ pub enum EntryKind {
     File,
     Dir,
     /// A symbolic link whose target (relative, `/`-separated) resolves inside the root.
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
 }
 
 /// File attributes carried across platforms.
@@ -156,7 +158,11 @@ pub enum Message {
     Delete { seq: Seq, path: String },
     /// 5. S→R. `from` was renamed to `entry.path`; the receiver renames when it holds `from`
     /// with the same content, and otherwise treats this as an `Upsert` of `entry` (plus removal of `from`).
-    Rename { seq: Seq, from: String, entry: FileEntry },
+    Rename {
+        seq: Seq,
+        from: String,
+        entry: FileEntry,
+    },
     /// 6. R→S. Send these chunks (indices into the entry's chunk list) of change `seq`.
     NeedChunks { seq: Seq, indices: Vec<u32> },
     /// 7. S→R. The bytes of chunk `index` of change `seq`.
@@ -164,11 +170,19 @@ pub enum Message {
     /// 8. S→R. The source of change `seq` changed while being sent; drop it (a later change follows).
     FileUnavailable { seq: Seq, reason: String },
     /// 9. S→R. End of pass `pass`; `entries` were described. `prune` governs extras (full passes).
-    PassEnd { pass: u64, entries: u64, prune: Prune },
+    PassEnd {
+        pass: u64,
+        entries: u64,
+        prune: Prune,
+    },
     /// 10. R→S. Every change up to and including `seq` is applied and durable (fsynced).
     Ack { seq: Seq },
     /// 11. R→S. Change `seq` on `path` was refused and not applied; `reason` says why.
-    Refused { seq: Seq, path: String, reason: String },
+    Refused {
+        seq: Seq,
+        path: String,
+        reason: String,
+    },
     /// 12. R→S. Pass finished: `pruned` extras removed (archived), `held` extras kept by the guard.
     PassDone { pass: u64, pruned: u64, held: u64 },
     /// 13. Both ways.

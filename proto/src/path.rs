@@ -33,27 +33,35 @@ pub enum PathError {
     TrailingDotOrSpace,
 }
 
-const RESERVED: [&str; 4] = ["CON", "PRN", "AUX", "NUL"];
+/// Device names Windows resolves in every directory. `CONIN$`/`CONOUT$` are console devices;
+/// `CLOCK$` is historical but still refused by some Windows APIs.
+const RESERVED: [&str; 7] = ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$", "CLOCK$"];
 
 fn is_reserved_device(component: &str) -> bool {
-    // Windows treats "CON.txt" like "CON": only the part before the first dot counts.
-    let stem = component.split('.').next().unwrap_or("").trim_end();
+    // Windows treats "CON.txt" and "CON .txt" like "CON": only the part before the first dot,
+    // without trailing spaces, counts.
+    let stem = component
+        .split('.')
+        .next()
+        .unwrap_or("")
+        .trim_end_matches(' ');
     let upper = stem.to_ascii_uppercase();
     if RESERVED.contains(&upper.as_str()) {
         return true;
     }
-    for prefix in ["COM", "LPT"] {
-        if let Some(rest) = upper.strip_prefix(prefix) {
-            // COM1-9, LPT1-9 and their superscript forms ¹²³.
-            if matches!(rest, "1" | "2" | "3" | "4" | "5" | "6" | "7" | "8" | "9" | "¹" | "²" | "³") {
-                return true;
-            }
-        }
-    }
-    false
+    ["COM", "LPT"].iter().any(|prefix| {
+        // COM0-9, LPT0-9 and the superscript forms ¹²³ that Windows also maps to devices.
+        upper.strip_prefix(prefix).is_some_and(|rest| {
+            matches!(
+                rest,
+                "0" | "1" | "2" | "3" | "4" | "5" | "6" | "7" | "8" | "9" | "¹" | "²" | "³"
+            )
+        })
+    })
 }
 
-fn validate_component(component: &str) -> Result<(), PathError> {
+/// Checks one `/`-free name (not `.` or `..`). Shared with the link-target check.
+pub(crate) fn validate_component(component: &str) -> Result<(), PathError> {
     if component.is_empty() {
         return Err(PathError::EmptyComponent);
     }
@@ -66,7 +74,10 @@ fn validate_component(component: &str) -> Result<(), PathError> {
     if component.chars().any(|c| c.is_control()) {
         return Err(PathError::ControlCharacter);
     }
-    if component.chars().any(|c| matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*')) {
+    if component
+        .chars()
+        .any(|c| matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*'))
+    {
         return Err(PathError::ForbiddenCharacter);
     }
     if component.ends_with(' ') || component.ends_with('.') {

@@ -1,0 +1,254 @@
+//! Editing a server's option file (Swsql.ini or my.cnf) in place: a timestamped backup first,
+//! then an atomic replace. Only the lines swrepl manages are touched; comments, other sections,
+//! and the file's line endings (CRLF on Windows) are kept.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::DbError;
+
+/// Sections a server reads its options from, in order of preference.
+const SERVER_SECTIONS: &[&str] = &["mysqld", "swsql", "swsqlserver", "mariadb", "server"];
+
+/// Options that may appear several times (each line adds a value).
+const MULTI_VALUED: &[&str] = &["replicate-wild-ignore-table"];
+
+/// One `key=value` line to ensure under the server's section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IniLine {
+    pub key: String,
+    pub value: String,
+}
+
+impl IniLine {
+    pub fn new(key: &str, value: impl Into<String>) -> IniLine {
+        IniLine {
+            key: key.to_string(),
+            value: value.into(),
+        }
+    }
+
+    /// The line as it goes into the file.
+    pub fn render(&self) -> String {
+        format!("{}={}", self.key, self.value)
+    }
+}
+
+/// What [`apply_ini_lines`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct IniEdit {
+    /// Where the original was copied, when the file changed.
+    pub backup: Option<PathBuf>,
+    /// Lines added or changed.
+    pub changed: Vec<String>,
+}
+
+/// Ensures every line in `lines` is set under the server section of the option file at `path`.
+///
+/// Single-valued keys already present with another value are replaced; multi-valued keys
+/// (`replicate-wild-ignore-table`) gain a line unless the value is already there. `-` and `_` in
+/// keys are equivalent and keys are case-insensitive, as the server treats them. When nothing
+/// changes, the file is not rewritten and no backup is made.
+pub fn apply_ini_lines(path: &Path, lines: &[IniLine]) -> Result<IniEdit, DbError> {
+    let original =
+        std::fs::read_to_string(path).map_err(|e| DbError::file("cannot read option file", path, e))?;
+    let (edited, changed) = edit_text(&original, lines);
+    if changed.is_empty() {
+        return Ok(IniEdit {
+            backup: None,
+            changed,
+        });
+    }
+    let backup = backup_path(path);
+    std::fs::copy(path, &backup).map_err(|e| DbError::file("cannot back up option file to", &backup, e))?;
+    write_atomically(path, &edited)?;
+    tracing::info!(file = %path.display(), backup = %backup.display(), "option file updated");
+    Ok(IniEdit {
+        backup: Some(backup),
+        changed,
+    })
+}
+
+/// The pure edit: new text and the lines that changed.
+pub fn edit_text(original: &str, lines: &[IniLine]) -> (String, Vec<String>) {
+    let eol = if original.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut file: Vec<String> = original.lines().map(|l| l.trim_end_matches('\r').to_string()).collect();
+    let mut changed = Vec::new();
+    let section = find_server_section(&file).unwrap_or_else(|| {
+        if file.last().is_some_and(|l| !l.trim().is_empty()) {
+            file.push(String::new());
+        }
+        file.push("[mysqld]".to_string());
+        file.len() - 1
+    });
+    for line in lines {
+        let end = section_end(&file, section);
+        let key = normalize_key(&line.key);
+        let present: Vec<usize> = (section + 1..end)
+            .filter(|&i| parse_option(&file[i]).is_some_and(|(k, _)| normalize_key(k) == key))
+            .collect();
+        let same_value = present
+            .iter()
+            .any(|&i| parse_option(&file[i]).is_some_and(|(_, v)| v == line.value));
+        if same_value {
+            continue;
+        }
+        if !MULTI_VALUED.contains(&key.as_str()) {
+            if let Some(&first) = present.first() {
+                file[first] = line.render();
+                changed.push(line.render());
+                continue;
+            }
+        }
+        // Insert after the section's last non-blank line, so a blank separator stays last.
+        let mut at = end;
+        while at > section + 1 && file[at - 1].trim().is_empty() {
+            at -= 1;
+        }
+        file.insert(at, line.render());
+        changed.push(line.render());
+    }
+    let mut text = file.join(eol);
+    text.push_str(eol);
+    (text, changed)
+}
+
+fn find_server_section(file: &[String]) -> Option<usize> {
+    SERVER_SECTIONS.iter().find_map(|want| {
+        file.iter().position(|l| {
+            let t = l.trim();
+            t.starts_with('[') && t.ends_with(']') && t[1..t.len() - 1].trim().eq_ignore_ascii_case(want)
+        })
+    })
+}
+
+fn section_end(file: &[String], section: usize) -> usize {
+    (section + 1..file.len())
+        .find(|&i| file[i].trim_start().starts_with('['))
+        .unwrap_or(file.len())
+}
+
+fn parse_option(line: &str) -> Option<(&str, &str)> {
+    let t = line.trim();
+    if t.is_empty() || t.starts_with('#') || t.starts_with(';') || t.starts_with('[') {
+        return None;
+    }
+    match t.split_once('=') {
+        Some((k, v)) => Some((k.trim(), v.trim())),
+        None => Some((t, "")),
+    }
+}
+
+fn normalize_key(key: &str) -> String {
+    key.trim().to_ascii_lowercase().replace('_', "-")
+}
+
+fn backup_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut candidate = path.with_file_name(format!("{name}.swrepl-{}.bak", utc_stamp()));
+    let mut n = 1;
+    while candidate.exists() {
+        candidate = path.with_file_name(format!("{name}.swrepl-{}-{n}.bak", utc_stamp()));
+        n += 1;
+    }
+    candidate
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<(), DbError> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| DbError::file("cannot create a temporary file in", dir, e))?;
+    tmp.write_all(text.as_bytes())
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| DbError::file("cannot write", tmp.path().to_path_buf(), e))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let _ = std::fs::set_permissions(tmp.path(), meta.permissions());
+    }
+    tmp.persist(path)
+        .map_err(|e| DbError::file("cannot replace option file", path, e.error))?;
+    Ok(())
+}
+
+/// `YYYYMMDDTHHMMSSZ` for now, in UTC.
+fn utc_stamp() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), valid for any date after 1970.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines() -> Vec<IniLine> {
+        vec![
+            IniLine::new("server-id", "2"),
+            IniLine::new("read-only", "1"),
+            IniLine::new("replicate-wild-ignore-table", "%.swsystag"),
+        ]
+    }
+
+    #[test]
+    fn adds_to_existing_section_and_keeps_crlf_and_other_sections() {
+        let before = "# SwSQL\r\n[mysqld]\r\nport=5002\r\nserver_id=1\r\n\r\n[client]\r\nport=5002\r\n";
+        let (after, changed) = edit_text(before, &lines());
+        assert_eq!(
+            after,
+            "# SwSQL\r\n[mysqld]\r\nport=5002\r\nserver-id=2\r\nread-only=1\r\nreplicate-wild-ignore-table=%.swsystag\r\n\r\n[client]\r\nport=5002\r\n"
+        );
+        assert_eq!(changed.len(), 3);
+        let (again, changed) = edit_text(&after, &lines());
+        assert_eq!(again, after);
+        assert!(changed.is_empty());
+    }
+
+    #[test]
+    fn creates_the_section_when_missing_and_keeps_other_filters() {
+        let before = "[client]\nport=5002\n";
+        let (after, _) = edit_text(before, &lines());
+        assert!(after.starts_with("[client]\nport=5002\n\n[mysqld]\nserver-id=2\n"), "{after}");
+        let with_filter = "[mysqld]\nreplicate-wild-ignore-table=audit.%\n";
+        let (after, _) = edit_text(with_filter, &lines()[2..]);
+        assert_eq!(
+            after,
+            "[mysqld]\nreplicate-wild-ignore-table=audit.%\nreplicate-wild-ignore-table=%.swsystag\n"
+        );
+    }
+
+    #[test]
+    fn file_edit_makes_a_backup_only_when_changing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Swsql.ini");
+        std::fs::write(&path, "[mysqld]\nport=5002\n").unwrap();
+        let edit = apply_ini_lines(&path, &lines()).unwrap();
+        let backup = edit.backup.expect("backup");
+        assert_eq!(std::fs::read_to_string(&backup).unwrap(), "[mysqld]\nport=5002\n");
+        assert!(std::fs::read_to_string(&path).unwrap().contains("server-id=2"));
+        let edit = apply_ini_lines(&path, &lines()).unwrap();
+        assert_eq!(edit.backup, None);
+        assert!(apply_ini_lines(&dir.path().join("missing.ini"), &lines()).is_err());
+    }
+
+    #[test]
+    fn stamp_shape() {
+        let s = utc_stamp();
+        assert_eq!(s.len(), 16);
+        assert!(s.starts_with("20"));
+    }
+}

@@ -1,0 +1,617 @@
+//! The receiver's side of the file system: turning validated changes into files under the root,
+//! atomically, confined to the root, archiving whatever is replaced or removed.
+//!
+//! Every write goes through a `cap_std::fs::Dir` opened on the root, so no path, `..` or link can
+//! reach outside it. New file content is assembled in a staging file inside the root's state
+//! directory (same volume), verified against the whole-file hash, fsynced, and only then renamed
+//! over the target: a crash at any instant leaves each file either old or new.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use cap_std::fs::{Dir, OpenOptions};
+use swrepl_proto::{EntryKind, FileEntry, Hash, Prune};
+use swrepl_tree::{Excludes, Index, ScannedEntry, Scanner, STATE_DIR_NAME};
+
+use crate::archive::Archive;
+use crate::SyncError;
+
+/// Where the receiver keeps staging files, relative to the root.
+const STAGING_REL: &str = ".swrepl/staging";
+
+/// What the receiver does with an incoming upsert.
+pub enum Prepared {
+    /// The target already holds exactly this content; only metadata may have been refreshed.
+    UpToDate,
+    /// A directory or link, ready to apply in order.
+    Structural(FileEntry),
+    /// A file whose content is being assembled; `need` lists the chunk indices to ask the peer for.
+    File { pending: Box<PendingFile>, need: Vec<u32> },
+}
+
+/// A file being assembled in the staging area.
+pub struct PendingFile {
+    entry: FileEntry,
+    staging_name: String,
+    file: File,
+    offsets: Vec<u64>,
+    /// Chunk hash → indices still waiting for the peer's bytes.
+    awaiting: HashMap<Hash, Vec<u32>>,
+    /// Indices to fill from copies already on this machine.
+    local: Vec<u32>,
+    /// Bytes of chunk data received from the peer for this file.
+    pub received_bytes: u64,
+}
+
+impl PendingFile {
+    /// The entry being written.
+    pub fn entry(&self) -> &FileEntry {
+        &self.entry
+    }
+
+    /// True when no chunk is still expected from the peer.
+    pub fn has_all_remote(&self) -> bool {
+        self.awaiting.is_empty()
+    }
+}
+
+/// The outcome of trying to finish a pending file.
+pub enum Completion {
+    /// Installed under its final name.
+    Installed,
+    /// Some local copies had changed; ask the peer for these chunk indices and try again later.
+    NeedMore(Vec<u32>),
+}
+
+/// Outcome of the end of a full pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PruneOutcome {
+    pub pruned: u64,
+    pub held: u64,
+}
+
+/// The receiver's file system state: root, staging area, archive and index.
+pub struct Applier {
+    root_path: PathBuf,
+    root: Dir,
+    staging: Dir,
+    archive: Archive,
+    scanner: Scanner,
+    excludes: Excludes,
+    staging_counter: u64,
+}
+
+impl Applier {
+    /// Opens the receiver's root (which must exist), its state directory, index and archive, and
+    /// brings the index up to date with what is on disk (a stat-only walk for unchanged files).
+    pub fn open(
+        root: &Path,
+        archive: &Path,
+        retention: Option<Duration>,
+        excludes: Excludes,
+    ) -> Result<Applier, SyncError> {
+        let meta = std::fs::metadata(root).map_err(|e| SyncError::Root { path: root.to_path_buf(), source: e })?;
+        if !meta.is_dir() {
+            return Err(SyncError::Root {
+                path: root.to_path_buf(),
+                source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+            });
+        }
+        let root_dir = Dir::open_ambient_dir(root, cap_std::ambient_authority())
+            .map_err(|e| SyncError::Root { path: root.to_path_buf(), source: e })?;
+        let state_err = |e| SyncError::State { path: root.join(STATE_DIR_NAME), source: e };
+        root_dir.create_dir_all(STAGING_REL).map_err(state_err)?;
+        // Leftovers from an interrupted session are incomplete by definition.
+        root_dir.remove_dir_all(STAGING_REL).map_err(state_err)?;
+        root_dir.create_dir_all(STAGING_REL).map_err(state_err)?;
+        let staging = root_dir.open_dir(STAGING_REL).map_err(state_err)?;
+        let archive = Archive::open(archive, retention)
+            .map_err(|e| SyncError::State { path: archive.to_path_buf(), source: e })?;
+        if let Err(e) = archive.expire() {
+            tracing::warn!(archive = %archive.path().display(), "cannot expire old archive generations: {e}");
+        }
+        let index = Index::open(&root.join(STATE_DIR_NAME).join("receiver-index.db"))?;
+        let mut scanner = Scanner::new(root, excludes.clone(), index);
+        let outcome = scanner.scan()?;
+        tracing::info!(
+            entries = outcome.entries.len(),
+            files_hashed = outcome.files_hashed,
+            "receiver tree indexed"
+        );
+        Ok(Applier {
+            root_path: root.to_path_buf(),
+            root: root_dir,
+            staging,
+            archive,
+            scanner,
+            excludes,
+            staging_counter: 0,
+        })
+    }
+
+    /// The archive, for messages.
+    pub fn archive_path(&self) -> &Path {
+        self.archive.path()
+    }
+
+    /// Whether this receiver refuses to touch `rel` (its own excludes: the SwSQL data folder and
+    /// swrepl's state, whatever the sender thinks).
+    pub fn is_excluded(&self, rel: &str) -> bool {
+        rel.split('/').next().is_some_and(|first| first.eq_ignore_ascii_case(STATE_DIR_NAME))
+            || self.excludes.is_excluded(rel)
+    }
+
+    /// The index's view of `rel`, re-checked against the disk (a stale entry is rehashed).
+    fn current(&mut self, rel: &str) -> Result<Option<ScannedEntry>, SyncError> {
+        let on_disk = std::fs::symlink_metadata(self.root_path.join(rel));
+        let indexed = self.scanner.index().get(rel)?;
+        match (on_disk, indexed) {
+            (Err(_), None) => Ok(None),
+            (Err(_), Some(_)) => {
+                self.scanner.index_mut().remove_tree(rel)?;
+                Ok(None)
+            }
+            (Ok(meta), Some(known))
+                if known.entry.size == meta.len()
+                    && known.entry.mtime_ns == swrepl_tree::mtime_ns(&meta)
+                    && kind_matches(&known.entry.kind, &meta) =>
+            {
+                Ok(Some(known))
+            }
+            (Ok(_), _) => Ok(self.scanner.refresh(rel)?),
+        }
+    }
+
+    /// Decides what an upsert needs. `requested` holds chunk hashes already asked for in this
+    /// session: a second copy of new content is filled locally once the first is installed.
+    pub fn prepare_upsert(
+        &mut self,
+        entry: FileEntry,
+        requested: &mut HashSet<Hash>,
+    ) -> Result<Prepared, SyncError> {
+        if !matches!(entry.kind, EntryKind::File) {
+            return Ok(Prepared::Structural(entry));
+        }
+        if let Some(current) = self.current(&entry.path)? {
+            if current.entry.kind == EntryKind::File
+                && current.entry.size == entry.size
+                && current.entry.file_hash == entry.file_hash
+            {
+                self.refresh_metadata(&current, &entry)?;
+                return Ok(Prepared::UpToDate);
+            }
+        }
+        let (pending, need) = self.start_file(entry, requested)?;
+        Ok(Prepared::File { pending: Box::new(pending), need })
+    }
+
+    fn start_file(
+        &mut self,
+        entry: FileEntry,
+        requested: &mut HashSet<Hash>,
+    ) -> Result<(PendingFile, Vec<u32>), SyncError> {
+        self.staging_counter += 1;
+        let staging_name = format!("{}.part", self.staging_counter);
+        let file = self
+            .staging
+            .open_with(&staging_name, OpenOptions::new().read(true).write(true).create(true).truncate(true))
+            .map_err(|e| self.io_err(&entry.path, e))?
+            .into_std();
+        file.set_len(entry.size).map_err(|e| self.io_err(&entry.path, e))?;
+        let mut offsets = Vec::with_capacity(entry.chunks.len());
+        let mut offset = 0u64;
+        for chunk in &entry.chunks {
+            offsets.push(offset);
+            offset += u64::from(chunk.len);
+        }
+        let mut awaiting: HashMap<Hash, Vec<u32>> = HashMap::new();
+        let mut local = Vec::new();
+        let mut need = Vec::new();
+        for (i, chunk) in entry.chunks.iter().enumerate() {
+            let i = i as u32;
+            if let Some(waiting) = awaiting.get_mut(&chunk.hash) {
+                waiting.push(i);
+            } else if requested.contains(&chunk.hash) || !self.scanner.index().find_chunk(&chunk.hash)?.is_empty() {
+                local.push(i);
+            } else {
+                awaiting.insert(chunk.hash, vec![i]);
+                requested.insert(chunk.hash);
+                need.push(i);
+            }
+        }
+        let pending = PendingFile { entry, staging_name, file, offsets, awaiting, local, received_bytes: 0 };
+        Ok((pending, need))
+    }
+
+    /// Writes the peer's bytes for chunk `index` into the staging file (every index of the file
+    /// with that content). The bytes must hash to what the entry says.
+    pub fn write_chunk(&mut self, pending: &mut PendingFile, index: u32, data: &[u8]) -> Result<(), SyncError> {
+        let chunk = pending
+            .entry
+            .chunks
+            .get(index as usize)
+            .ok_or_else(|| SyncError::Protocol(format!("chunk index {index} out of range")))?;
+        if data.len() != chunk.len as usize || *blake3::hash(data).as_bytes() != chunk.hash {
+            return Err(SyncError::Protocol(format!(
+                "chunk {index} of {:?} does not match its hash",
+                pending.entry.path
+            )));
+        }
+        let Some(indices) = pending.awaiting.remove(&chunk.hash) else {
+            tracing::debug!(path = %pending.entry.path, index, "chunk not awaited; ignored");
+            return Ok(());
+        };
+        for i in indices {
+            write_at(&mut pending.file, pending.offsets[i as usize], data)
+                .map_err(|e| self.io_err(&pending.entry.path, e))?;
+        }
+        pending.received_bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// Fills local chunks, verifies the whole file, and installs it. Call when
+    /// [`PendingFile::has_all_remote`].
+    pub fn complete(&mut self, pending: &mut PendingFile) -> Result<Completion, SyncError> {
+        let mut late = Vec::new();
+        for i in std::mem::take(&mut pending.local) {
+            let chunk = pending.entry.chunks[i as usize];
+            match self.read_local_chunk(&chunk.hash, chunk.len)? {
+                Some(data) => write_at(&mut pending.file, pending.offsets[i as usize], &data)
+                    .map_err(|e| self.io_err(&pending.entry.path, e))?,
+                None => {
+                    pending.awaiting.entry(chunk.hash).or_default().push(i);
+                    late.push(i);
+                }
+            }
+        }
+        if !late.is_empty() {
+            return Ok(Completion::NeedMore(late));
+        }
+        let path = pending.entry.path.clone();
+        let actual = hash_file(&mut pending.file).map_err(|e| self.io_err(&path, e))?;
+        if actual != pending.entry.file_hash {
+            return Err(SyncError::Protocol(format!("assembled {path:?} does not match its whole-file hash")));
+        }
+        pending.file.sync_all().map_err(|e| self.io_err(&path, e))?;
+        set_file_metadata(&pending.file, &pending.entry).map_err(|e| self.io_err(&path, e))?;
+        self.install(&pending.staging_name, &pending.entry)?;
+        Ok(Completion::Installed)
+    }
+
+    /// Drops a pending file's staging copy (the change was withdrawn or the session ended).
+    pub fn discard(&mut self, pending: PendingFile) {
+        drop(pending.file);
+        let _ = self.staging.remove_file(&pending.staging_name);
+    }
+
+    fn read_local_chunk(&self, hash: &Hash, len: u32) -> Result<Option<Vec<u8>>, SyncError> {
+        for location in self.scanner.index().find_chunk(hash)? {
+            if location.len != len {
+                continue;
+            }
+            let Ok(file) = self.root.open(&location.path) else { continue };
+            let mut file = file.into_std();
+            let mut buf = vec![0u8; len as usize];
+            if file.seek(SeekFrom::Start(location.offset)).is_ok()
+                && file.read_exact(&mut buf).is_ok()
+                && blake3::hash(&buf).as_bytes() == hash
+            {
+                return Ok(Some(buf));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Renames a finished staging file over its target, archiving what was there.
+    fn install(&mut self, staging_name: &str, entry: &FileEntry) -> Result<(), SyncError> {
+        let rel = entry.path.as_str();
+        self.ensure_parent(rel)?;
+        self.archive_existing(rel, false)?;
+        self.staging.rename(staging_name, &self.root, rel).map_err(|e| self.io_err(rel, e))?;
+        self.sync_parent(rel);
+        self.record(entry.clone())
+    }
+
+    /// Moves whatever sits at `rel` out of the way: a file being replaced is kept as a copy
+    /// (hard link) so the rename over it stays atomic; anything else is moved to the archive.
+    fn archive_existing(&mut self, rel: &str, remove_files: bool) -> Result<(), SyncError> {
+        let Ok(meta) = self.root.symlink_metadata(rel) else { return Ok(()) };
+        let result = if meta.is_file() && !remove_files {
+            self.archive.keep_copy(&self.root, rel)
+        } else {
+            self.archive.move_in(&self.root, rel)
+        };
+        let slot = result.map_err(|e| self.io_err(rel, e))?;
+        tracing::debug!(path = rel, archived = %slot.display(), "archived");
+        if meta.is_dir() {
+            self.scanner.index_mut().remove_tree(rel)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the parent directories of `rel`, archiving any non-directory in the way.
+    fn ensure_parent(&mut self, rel: &str) -> Result<(), SyncError> {
+        let Some((parent, _)) = rel.rsplit_once('/') else { return Ok(()) };
+        self.ensure_dir(parent)
+    }
+
+    fn ensure_dir(&mut self, rel: &str) -> Result<(), SyncError> {
+        if self.root.is_dir(rel) {
+            return Ok(());
+        }
+        let mut prefix = String::new();
+        for component in rel.split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(component);
+            match self.root.symlink_metadata(&prefix) {
+                Ok(meta) if meta.is_dir() => continue,
+                Ok(_) => {
+                    self.archive_existing(&prefix.clone(), true)?;
+                    self.scanner.index_mut().remove_tree(&prefix)?;
+                }
+                Err(_) => {}
+            }
+            match self.root.create_dir(&prefix) {
+                Ok(()) => self.sync_parent(&prefix),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(self.io_err(&prefix, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a directory or link entry.
+    pub fn apply_structural(&mut self, entry: FileEntry) -> Result<(), SyncError> {
+        let rel = entry.path.clone();
+        match &entry.kind {
+            EntryKind::Dir => {
+                self.ensure_dir(&rel)?;
+                #[cfg(unix)]
+                if entry.attributes.unix_mode != 0 {
+                    use std::os::unix::fs::PermissionsExt;
+                    let perm = std::fs::Permissions::from_mode(entry.attributes.unix_mode);
+                    self.root
+                        .set_permissions(&rel, cap_std::fs::Permissions::from_std(perm))
+                        .map_err(|e| self.io_err(&rel, e))?;
+                }
+            }
+            EntryKind::Symlink { target } => {
+                if let Ok(current) = self.root.read_link_contents(&rel) {
+                    if current == Path::new(target) {
+                        return self.record(entry);
+                    }
+                }
+                self.ensure_parent(&rel)?;
+                self.archive_existing(&rel, true)?;
+                self.create_symlink(target, &rel)?;
+                self.sync_parent(&rel);
+            }
+            EntryKind::File => unreachable!("files go through prepare_upsert"),
+        }
+        self.record(entry)
+    }
+
+    #[cfg(unix)]
+    fn create_symlink(&self, target: &str, rel: &str) -> Result<(), SyncError> {
+        // The target was checked to resolve inside the root (proto::check_link_target); cap-std
+        // would refuse to follow it out of the root anyway.
+        self.root.symlink_contents(target, rel).map_err(|e| self.io_err(rel, e))
+    }
+
+    #[cfg(not(unix))]
+    fn create_symlink(&self, target: &str, rel: &str) -> Result<(), SyncError> {
+        let is_dir = self.root.is_dir(Path::new(rel).parent().unwrap_or(Path::new("")).join(target));
+        let result = if is_dir {
+            self.root.symlink_dir(target, rel)
+        } else {
+            self.root.symlink_file(target, rel)
+        };
+        result.map_err(|e| self.io_err(rel, e))
+    }
+
+    /// Removes `rel` (a file, link or whole tree) into the archive. Returns false when there was
+    /// nothing to remove.
+    pub fn delete(&mut self, rel: &str) -> Result<bool, SyncError> {
+        if self.root.symlink_metadata(rel).is_err() {
+            self.scanner.index_mut().remove_tree(rel)?;
+            return Ok(false);
+        }
+        let slot = self.archive.move_in(&self.root, rel).map_err(|e| self.io_err(rel, e))?;
+        tracing::debug!(path = rel, archived = %slot.display(), "deleted into archive");
+        self.sync_parent(rel);
+        self.scanner.index_mut().remove_tree(rel)?;
+        Ok(true)
+    }
+
+    /// Renames `from` to `entry.path` when this side holds `from` with the same content (or, for
+    /// a directory, as a directory). Returns false when it cannot, and the caller falls back to
+    /// an upsert of `entry`.
+    pub fn rename(&mut self, from: &str, entry: &FileEntry) -> Result<bool, SyncError> {
+        let to = entry.path.as_str();
+        let Some(source) = self.current(from)? else { return Ok(false) };
+        let same = match (&source.entry.kind, &entry.kind) {
+            (EntryKind::File, EntryKind::File) => source.entry.file_hash == entry.file_hash,
+            (EntryKind::Dir, EntryKind::Dir) => true,
+            (EntryKind::Symlink { target: a }, EntryKind::Symlink { target: b }) => a == b,
+            _ => false,
+        };
+        if !same {
+            return Ok(false);
+        }
+        // A case-only rename on a case-insensitive volume finds the target "present": it is
+        // the source itself, and must not be archived.
+        let target_is_source = from.eq_ignore_ascii_case(to)
+            && swrepl_tree::file_id_of(&self.root_path.join(to)) == swrepl_tree::file_id_of(&self.root_path.join(from));
+        if !target_is_source {
+            self.ensure_parent(to)?;
+            self.archive_existing(to, true)?;
+            self.scanner.index_mut().remove_tree(to)?;
+        }
+        self.root.rename(from, &self.root, to).map_err(|e| self.io_err(to, e))?;
+        self.sync_parent(from);
+        self.sync_parent(to);
+        self.scanner.index_mut().rename_tree(from, to)?;
+        if let Some(moved) = self.scanner.index().get(to)? {
+            self.refresh_metadata(&moved, entry)?;
+        }
+        Ok(true)
+    }
+
+    /// Ends a full pass: every entry of this tree that the pass did not mention is an extra,
+    /// removed into the archive unless the mass-delete guard holds them.
+    pub fn prune(&mut self, seen: &HashSet<String>, policy: Prune) -> Result<PruneOutcome, SyncError> {
+        let outcome = self.scanner.scan()?;
+        let total = outcome.entries.len() as u64;
+        let extras: Vec<&str> = outcome
+            .entries
+            .iter()
+            .map(|e| e.entry.path.as_str())
+            .filter(|p| !seen.contains(*p))
+            .collect();
+        if extras.is_empty() {
+            return Ok(PruneOutcome::default());
+        }
+        let count = extras.len() as u64;
+        let allowed = match policy {
+            Prune::All => true,
+            Prune::Never => false,
+            Prune::UpToPermille(permille) => count * 1000 <= u64::from(permille) * total,
+        };
+        if !allowed {
+            return Ok(PruneOutcome { pruned: 0, held: count });
+        }
+        let top_most = top_most_paths(&extras);
+        for rel in &top_most {
+            self.delete(rel)?;
+        }
+        Ok(PruneOutcome { pruned: count, held: 0 })
+    }
+
+    /// Applies mtime and permissions of `wanted` to the file that already has its content.
+    fn refresh_metadata(&mut self, current: &ScannedEntry, wanted: &FileEntry) -> Result<(), SyncError> {
+        let rel = wanted.path.as_str();
+        let attrs_differ = cfg!(unix)
+            && wanted.attributes.unix_mode != 0
+            && wanted.attributes.unix_mode != current.entry.attributes.unix_mode;
+        if current.entry.mtime_ns == wanted.mtime_ns && !attrs_differ {
+            return Ok(());
+        }
+        if wanted.kind == EntryKind::File {
+            let file = self.root.open(rel).map_err(|e| self.io_err(rel, e))?.into_std();
+            set_file_metadata(&file, wanted).map_err(|e| self.io_err(rel, e))?;
+        }
+        let mut updated = wanted.clone();
+        updated.path = rel.to_string();
+        self.record(updated)
+    }
+
+    /// Records `entry` as now present on disk.
+    fn record(&mut self, entry: FileEntry) -> Result<(), SyncError> {
+        let path = self.root_path.join(&entry.path);
+        let mut entry = entry;
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            entry.mtime_ns = swrepl_tree::mtime_ns(&meta);
+        }
+        let file_id = swrepl_tree::file_id_of(&path);
+        self.scanner.index_mut().put(&ScannedEntry { entry, file_id })?;
+        Ok(())
+    }
+
+    /// The whole tree, every file hashed afresh (not from the index), for remote verify.
+    pub fn listing(&mut self) -> Result<Vec<FileEntry>, SyncError> {
+        Ok(swrepl_tree::list_tree(&self.root_path, &self.excludes, &|_| {})?.entries)
+    }
+
+    /// Makes a rename or creation in `rel`'s directory durable.
+    fn sync_parent(&self, rel: &str) {
+        #[cfg(unix)]
+        {
+            let parent = rel.rsplit_once('/').map_or(".", |(p, _)| p);
+            if let Ok(dir) = self.root.open_dir(parent) {
+                let _ = dir.into_std_file().sync_all();
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = rel;
+    }
+
+    fn io_err(&self, rel: &str, source: io::Error) -> SyncError {
+        SyncError::Apply { path: rel.to_string(), source }
+    }
+}
+
+fn kind_matches(kind: &EntryKind, meta: &std::fs::Metadata) -> bool {
+    match kind {
+        EntryKind::File => meta.is_file(),
+        EntryKind::Dir => meta.is_dir(),
+        EntryKind::Symlink { .. } => meta.file_type().is_symlink(),
+    }
+}
+
+/// Of a set of paths, those with no ancestor in the set.
+fn top_most_paths<'a>(paths: &[&'a str]) -> Vec<&'a str> {
+    let set: HashSet<&str> = paths.iter().copied().collect();
+    paths
+        .iter()
+        .copied()
+        .filter(|p| {
+            let mut cur = *p;
+            while let Some((parent, _)) = cur.rsplit_once('/') {
+                if set.contains(parent) {
+                    return false;
+                }
+                cur = parent;
+            }
+            true
+        })
+        .collect()
+}
+
+fn write_at(file: &mut File, offset: u64, data: &[u8]) -> io::Result<()> {
+    file.seek(SeekFrom::Start(offset))?;
+    file.write_all(data)
+}
+
+fn hash_file(file: &mut File) -> io::Result<Hash> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(*hasher.finalize().as_bytes())
+}
+
+fn set_file_metadata(file: &File, entry: &FileEntry) -> io::Result<()> {
+    #[cfg(unix)]
+    if entry.attributes.unix_mode != 0 {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(entry.attributes.unix_mode))?;
+    }
+    let mtime = if entry.mtime_ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(entry.mtime_ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(entry.mtime_ns.unsigned_abs())
+    };
+    file.set_modified(mtime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_most_keeps_only_roots_of_subtrees() {
+        let paths = ["a", "a/b", "a/b/c", "ab", "x/y", "x/y/z"];
+        assert_eq!(top_most_paths(&paths), vec!["a", "ab", "x/y"]);
+    }
+}

@@ -1,0 +1,601 @@
+//! The receiver: accepts mutual-TLS connections, runs one sender session at a time (a new one
+//! replaces an older one that has gone quiet), serves verifiers, and applies changes in order.
+//!
+//! Network I/O runs on tokio; the session's file-system work runs on a blocking thread that owns
+//! the [`Applier`]. Changes are applied strictly in sequence order, while chunk requests for later
+//! changes go out as soon as those changes arrive, so the link stays busy.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use swrepl_net::{FrameReader, FrameWriter, Identity, Listener};
+use swrepl_proto::{
+    validate_entry, validate_message, EntryKind, ErrorCode, FileEntry, Hash, Message, Prune, Role, Seq, Welcome,
+};
+use swrepl_tree::Excludes;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::apply::{Applier, Completion, PendingFile, Prepared};
+use crate::status::StatusFile;
+use crate::{now_unix_ms, Fingerprint, SyncError, HEARTBEAT_INTERVAL, PEER_TIMEOUT, SOFTWARE};
+
+/// How the receiver is set up.
+#[derive(Clone, Debug)]
+pub struct ReceiverOptions {
+    pub root: PathBuf,
+    pub listen: String,
+    pub identity: Identity,
+    pub trusted: Vec<Fingerprint>,
+    /// Where replaced and deleted files go (default `<root>/.swrepl/archive`).
+    pub archive: Option<PathBuf>,
+    /// How long archived generations are kept (None: forever).
+    pub archive_retention: Option<Duration>,
+    pub excludes: Excludes,
+}
+
+/// Something the receiver did, for the demo and for tests that watch a receiver in-process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceiverEvent {
+    Listening(std::net::SocketAddr),
+    SenderConnected(String),
+    Applied { path: String, kind: &'static str, bytes_received: u64 },
+    Deleted(String),
+    Renamed { from: String, to: String },
+    Refused { path: String, reason: String },
+    PassDone { pass: u64, pruned: u64, held: u64 },
+    SenderGone(String),
+}
+
+type Events = Option<mpsc::UnboundedSender<ReceiverEvent>>;
+
+/// Runs the receiver until `shutdown` resolves.
+pub async fn run_receiver(
+    options: ReceiverOptions,
+    events: Events,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), SyncError> {
+    let archive = options
+        .archive
+        .clone()
+        .unwrap_or_else(|| options.root.join(swrepl_tree::STATE_DIR_NAME).join("archive"));
+    let root = options.root.clone();
+    let excludes = options.excludes.clone();
+    let retention = options.archive_retention;
+    let applier = tokio::task::spawn_blocking(move || Applier::open(&root, &archive, retention, excludes))
+        .await
+        .map_err(|e| SyncError::Internal(e.to_string()))??;
+    let listener = Listener::bind(&options.listen, &options.identity, &options.trusted).await?;
+    tracing::info!(listen = %listener.local_addr(), root = %options.root.display(), archive = %applier.archive_path().display(), "receiver ready");
+    emit(&events, ReceiverEvent::Listening(listener.local_addr()));
+    let status = Arc::new(StatusFile::new(&options.root));
+    status.update(|s| s.connected = false);
+    let applier = Arc::new(Mutex::new(Some(applier)));
+    let current: Arc<std::sync::Mutex<Option<tokio::sync::watch::Sender<bool>>>> = Default::default();
+
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("refused a connection: {e}");
+                continue;
+            }
+        };
+        let peer = stream.peer_addr().to_string();
+        let (reader, writer) = stream.split();
+        let ctx = ConnectionContext {
+            applier: applier.clone(),
+            current: current.clone(),
+            events: events.clone(),
+            status: status.clone(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = handle_connection(reader, writer, &peer, ctx).await {
+                tracing::warn!(%peer, "session ended: {e}");
+            }
+        });
+    }
+    if let Some(stop) = current.lock().expect("not poisoned").take() {
+        let _ = stop.send(true);
+    }
+    Ok(())
+}
+
+struct ConnectionContext {
+    applier: Arc<Mutex<Option<Applier>>>,
+    current: Arc<std::sync::Mutex<Option<tokio::sync::watch::Sender<bool>>>>,
+    events: Events,
+    status: Arc<StatusFile>,
+}
+
+fn emit(events: &Events, event: ReceiverEvent) {
+    if let Some(tx) = events {
+        let _ = tx.send(event);
+    }
+}
+
+async fn handle_connection(
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
+    peer: &str,
+    ctx: ConnectionContext,
+) -> Result<(), SyncError> {
+    let hello = match tokio::time::timeout(PEER_TIMEOUT, reader.recv()).await {
+        Ok(Ok(Some(Message::Hello(hello)))) => hello,
+        Ok(Ok(Some(_))) => return Err(SyncError::Protocol("first message was not Hello".into())),
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => return Err(SyncError::Protocol("no Hello within the timeout".into())),
+    };
+    let version = match swrepl_proto::negotiate(&hello) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = writer.send(&Message::Error { code: ErrorCode::VersionMismatch, message: e.to_string() }).await;
+            let _ = writer.flush().await;
+            return Err(SyncError::Protocol(e.to_string()));
+        }
+    };
+    writer
+        .send(&Message::Welcome(Welcome { version, role: Role::Receiver, software: SOFTWARE.to_string() }))
+        .await?;
+    writer.flush().await?;
+    match hello.role {
+        Role::Sender => run_sender_session(reader, writer, peer, ctx).await,
+        Role::Verifier => serve_verifier(reader, writer, ctx).await,
+        Role::Receiver => {
+            let _ = writer
+                .send(&Message::Error { code: ErrorCode::RoleRejected, message: "a receiver cannot connect to a receiver".into() })
+                .await;
+            Err(SyncError::Protocol("peer claims to be a receiver".into()))
+        }
+    }
+}
+
+async fn serve_verifier(mut reader: FrameReader, mut writer: FrameWriter, ctx: ConnectionContext) -> Result<(), SyncError> {
+    while let Some(msg) = reader.recv().await? {
+        if msg != Message::ListRequest {
+            return Err(SyncError::Protocol("a verifier may only send ListRequest".into()));
+        }
+        // Waits for any running sender session to release the tree for the listing.
+        let listing = {
+            let mut guard = loop {
+                let guard = ctx.applier.clone().lock_owned().await;
+                if guard.is_some() {
+                    break guard;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            tokio::task::spawn_blocking(move || guard.as_mut().expect("checked").listing())
+                .await
+                .map_err(|e| SyncError::Internal(e.to_string()))??
+        };
+        let count = listing.len() as u64;
+        for entry in listing {
+            writer.send(&Message::ListEntry(entry)).await?;
+        }
+        writer.send(&Message::ListEnd { entries: count }).await?;
+        writer.flush().await?;
+    }
+    Ok(())
+}
+
+async fn run_sender_session(
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
+    peer: &str,
+    ctx: ConnectionContext,
+) -> Result<(), SyncError> {
+    // A newer sender session wins: the old one is most likely a dead connection not yet timed out.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(previous) = ctx.current.lock().expect("not poisoned").replace(stop_tx) {
+        let _ = previous.send(true);
+    }
+    let applier = loop {
+        if let Some(applier) = ctx.applier.lock().await.take() {
+            break applier;
+        }
+        if *stop_rx.borrow() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tracing::info!(%peer, "sender connected");
+    emit(&ctx.events, ReceiverEvent::SenderConnected(peer.to_string()));
+    ctx.status.update(|s| {
+        s.connected = true;
+        s.peer = Some(peer.to_string());
+        s.last_ack_seq = 0;
+        s.pending = 0;
+    });
+
+    let (in_tx, in_rx) = mpsc::channel::<Message>(256);
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
+    let events = ctx.events.clone();
+    let status = ctx.status.clone();
+    let worker = tokio::task::spawn_blocking(move || {
+        let mut session = Session::new(applier, out_tx, events, status);
+        let result = session.run(in_rx);
+        (session.into_applier(), result)
+    });
+
+    let writer_task = tokio::spawn(async move {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        loop {
+            tokio::select! {
+                msg = out_rx.recv() => match msg {
+                    Some(msg) => {
+                        writer.send(&msg).await?;
+                        if out_rx.is_empty() { writer.flush().await?; }
+                    }
+                    None => break,
+                },
+                _ = heartbeat.tick() => {
+                    writer.send(&Message::Heartbeat(swrepl_proto::Heartbeat { unix_ms: now_unix_ms(), service: None })).await?;
+                    writer.flush().await?;
+                }
+            }
+        }
+        let _ = writer.shutdown().await;
+        Ok::<(), SyncError>(())
+    });
+
+    let read_result: Result<(), SyncError> = async {
+        loop {
+            let msg = tokio::select! {
+                _ = stop_rx.changed() => return Err(SyncError::Protocol("replaced by a newer sender session".into())),
+                read = tokio::time::timeout(PEER_TIMEOUT, reader.recv()) => match read {
+                    Err(_) => return Err(SyncError::PeerSilent),
+                    Ok(read) => read?,
+                },
+            };
+            let Some(msg) = msg else { return Ok(()) };
+            check_message(&msg)?;
+            if in_tx.send(msg).await.is_err() {
+                return Ok(()); // the worker stopped; its result says why
+            }
+        }
+    }
+    .await;
+    drop(in_tx);
+    let (applier, work_result) = worker.await.map_err(|e| SyncError::Internal(e.to_string()))?;
+    *ctx.applier.lock().await = Some(applier);
+    let _ = writer_task.await;
+    ctx.status.update(|s| s.connected = false);
+    emit(&ctx.events, ReceiverEvent::SenderGone(peer.to_string()));
+    tracing::info!(%peer, "sender disconnected");
+    work_result.and(read_result)
+}
+
+/// One queued change, applied in sequence order.
+enum Op {
+    File { seq: Seq, pending: Box<PendingFile>, then_remove: Option<String> },
+    Structural { seq: Seq, entry: FileEntry },
+    Delete { seq: Seq, path: String },
+    Rename { seq: Seq, from: String, entry: FileEntry },
+    Done { seq: Seq },
+    Refuse { seq: Seq, path: String, reason: String },
+    PassEnd { pass: u64, prune: Prune },
+}
+
+impl Op {
+    fn seq(&self) -> Option<Seq> {
+        match self {
+            Op::File { seq, .. }
+            | Op::Structural { seq, .. }
+            | Op::Delete { seq, .. }
+            | Op::Rename { seq, .. }
+            | Op::Done { seq }
+            | Op::Refuse { seq, .. } => Some(*seq),
+            Op::PassEnd { .. } => None,
+        }
+    }
+}
+
+/// The blocking half of a sender session.
+struct Session {
+    applier: Applier,
+    out: mpsc::UnboundedSender<Message>,
+    events: Events,
+    status: Arc<StatusFile>,
+    queue: VecDeque<Op>,
+    last_seq: Seq,
+    applied_seq: Seq,
+    acked_seq: Seq,
+    requested: HashSet<Hash>,
+    pass: Option<(u64, bool)>,
+    seen: HashSet<String>,
+}
+
+impl Session {
+    fn new(applier: Applier, out: mpsc::UnboundedSender<Message>, events: Events, status: Arc<StatusFile>) -> Self {
+        Session {
+            applier,
+            out,
+            events,
+            status,
+            queue: VecDeque::new(),
+            last_seq: 0,
+            applied_seq: 0,
+            acked_seq: 0,
+            requested: HashSet::new(),
+            pass: None,
+            seen: HashSet::new(),
+        }
+    }
+
+    fn into_applier(mut self) -> Applier {
+        for op in std::mem::take(&mut self.queue) {
+            if let Op::File { pending, .. } = op {
+                self.applier.discard(*pending);
+            }
+        }
+        self.applier
+    }
+
+    fn send(&self, msg: Message) {
+        let _ = self.out.send(msg);
+    }
+
+    fn run(&mut self, mut incoming: mpsc::Receiver<Message>) -> Result<(), SyncError> {
+        while let Some(msg) = incoming.blocking_recv() {
+            self.handle_guarded(msg)?;
+            while let Ok(msg) = incoming.try_recv() {
+                self.handle_guarded(msg)?;
+                self.drain()?;
+            }
+            self.drain()?;
+            self.ack();
+        }
+        Ok(())
+    }
+
+    /// Handles a message; a fatal error is also told to the peer before the session ends.
+    fn handle_guarded(&mut self, msg: Message) -> Result<(), SyncError> {
+        let result = self.handle(msg);
+        if let Err(e) = &result {
+            let code = match e {
+                SyncError::Protocol(_) => ErrorCode::ProtocolViolation,
+                _ => ErrorCode::ReceiverUnavailable,
+            };
+            self.send(Message::Error { code, message: e.to_string() });
+        }
+        result
+    }
+
+    fn next_seq(&mut self, seq: Seq) -> Result<(), SyncError> {
+        if seq != self.last_seq + 1 {
+            return Err(SyncError::Protocol(format!("sequence {seq} after {}", self.last_seq)));
+        }
+        self.last_seq = seq;
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: Message) -> Result<(), SyncError> {
+        match msg {
+            Message::Upsert { seq, entry } => {
+                self.next_seq(seq)?;
+                let op = self.check_entry(seq, &entry).unwrap_or_else(|| self.prepare(seq, entry, None))?;
+                self.queue.push_back(op);
+            }
+            Message::Rename { seq, from, entry } => {
+                self.next_seq(seq)?;
+                let op = match self.check_entry(seq, &entry) {
+                    Some(refusal) => refusal?,
+                    None => match self.check_path(seq, &from) {
+                        Some(refusal) => refusal,
+                        None => Op::Rename { seq, from, entry },
+                    },
+                };
+                self.queue.push_back(op);
+            }
+            Message::Delete { seq, path } => {
+                self.next_seq(seq)?;
+                let op = self.check_path(seq, &path).unwrap_or(Op::Delete { seq, path });
+                self.queue.push_back(op);
+            }
+            Message::ChunkData { seq, index, data } => self.chunk_data(seq, index, &data)?,
+            Message::FileUnavailable { seq, reason } => self.withdraw(seq, &reason),
+            Message::PassBegin { pass, full } => {
+                self.pass = Some((pass, full));
+                self.seen.clear();
+            }
+            Message::PassEnd { pass, prune, .. } => self.queue.push_back(Op::PassEnd { pass, prune }),
+            Message::Heartbeat(hb) => {
+                if let Some(service) = hb.service {
+                    self.status.update(|s| s.master_service = Some(format!("{}: {:?}", service.name, service.state)));
+                }
+                self.status.update(|s| s.last_heartbeat_unix_ms = now_unix_ms());
+            }
+            Message::Error { code, message } => {
+                return Err(SyncError::Protocol(format!("sender reported {code:?}: {message}")))
+            }
+            other => {
+                return Err(SyncError::Protocol(format!("unexpected message from a sender: {}", message_name(&other))))
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses an entry with an invalid or excluded path, or inconsistent fields.
+    fn check_entry(&mut self, seq: Seq, entry: &FileEntry) -> Option<Result<Op, SyncError>> {
+        if let Err(e) = validate_entry(entry) {
+            return Some(Ok(Op::Refuse { seq, path: entry.path.clone(), reason: e.to_string() }));
+        }
+        if self.pass.is_some_and(|(_, full)| full) {
+            self.seen.insert(entry.path.clone());
+        }
+        self.check_path(seq, &entry.path).map(Ok)
+    }
+
+    fn check_path(&self, seq: Seq, path: &str) -> Option<Op> {
+        if let Err(e) = swrepl_proto::validate_path(path) {
+            return Some(Op::Refuse { seq, path: path.to_string(), reason: e.to_string() });
+        }
+        if self.applier.is_excluded(path) {
+            let reason = "path is excluded on this receiver (SwSQL data or swrepl state)".to_string();
+            return Some(Op::Refuse { seq, path: path.to_string(), reason });
+        }
+        None
+    }
+
+    fn prepare(&mut self, seq: Seq, entry: FileEntry, then_remove: Option<String>) -> Result<Op, SyncError> {
+        Ok(match self.applier.prepare_upsert(entry, &mut self.requested)? {
+            Prepared::UpToDate => Op::Done { seq },
+            Prepared::Structural(entry) => Op::Structural { seq, entry },
+            Prepared::File { pending, need } => {
+                if !need.is_empty() {
+                    self.send(Message::NeedChunks { seq, indices: need });
+                }
+                Op::File { seq, pending, then_remove }
+            }
+        })
+    }
+
+    fn chunk_data(&mut self, seq: Seq, index: u32, data: &[u8]) -> Result<(), SyncError> {
+        let Some(Op::File { pending, .. }) = self.queue.iter_mut().find(|op| op.seq() == Some(seq)) else {
+            // A change withdrawn or already refused; its data may still be in flight.
+            tracing::debug!(seq, "chunk for a change not awaiting data; ignored");
+            return Ok(());
+        };
+        self.applier.write_chunk(pending, index, data)
+    }
+
+    fn withdraw(&mut self, seq: Seq, reason: &str) {
+        if let Some(op) = self.queue.iter_mut().find(|op| op.seq() == Some(seq)) {
+            let old = std::mem::replace(op, Op::Done { seq });
+            if let Op::File { pending, .. } = old {
+                tracing::info!(path = %pending.entry().path, "sender withdrew a change: {reason}");
+                self.applier.discard(*pending);
+            }
+        }
+    }
+
+    /// Applies queued changes from the head while they are ready.
+    fn drain(&mut self) -> Result<(), SyncError> {
+        while let Some(op) = self.queue.pop_front() {
+            match self.apply(op)? {
+                None => {}
+                Some(blocked) => {
+                    self.queue.push_front(blocked);
+                    break;
+                }
+            }
+        }
+        self.status.update(|s| s.pending = self.queue.len() as u64);
+        Ok(())
+    }
+
+    /// Applies one op, or hands it back when it must wait for more data.
+    fn apply(&mut self, op: Op) -> Result<Option<Op>, SyncError> {
+        let seq = op.seq();
+        match op {
+            Op::File { seq, mut pending, then_remove } => {
+                if !pending.has_all_remote() {
+                    return Ok(Some(Op::File { seq, pending, then_remove }));
+                }
+                match self.applier.complete(&mut pending)? {
+                    Completion::NeedMore(indices) => {
+                        self.send(Message::NeedChunks { seq, indices });
+                        return Ok(Some(Op::File { seq, pending, then_remove }));
+                    }
+                    Completion::Installed => {
+                        let path = pending.entry().path.clone();
+                        if let Some(from) = then_remove {
+                            self.applier.delete(&from)?;
+                        }
+                        emit(&self.events, ReceiverEvent::Applied { path, kind: "file", bytes_received: pending.received_bytes });
+                    }
+                }
+            }
+            Op::Structural { entry, .. } => {
+                let kind = if entry.kind == EntryKind::Dir { "dir" } else { "link" };
+                let path = entry.path.clone();
+                self.applier.apply_structural(entry)?;
+                emit(&self.events, ReceiverEvent::Applied { path, kind, bytes_received: 0 });
+            }
+            Op::Delete { path, .. } => {
+                if self.applier.delete(&path)? {
+                    emit(&self.events, ReceiverEvent::Deleted(path));
+                }
+            }
+            Op::Rename { seq, from, entry } => {
+                if self.applier.rename(&from, &entry)? {
+                    emit(&self.events, ReceiverEvent::Renamed { from, to: entry.path });
+                } else {
+                    // Not renameable here: build the target like any upsert, then remove `from`.
+                    let fallback = self.prepare(seq, entry, Some(from))?;
+                    return self.apply(fallback);
+                }
+            }
+            Op::Done { .. } => {}
+            Op::Refuse { path, reason, seq } => {
+                tracing::warn!(%path, "refused: {reason}");
+                emit(&self.events, ReceiverEvent::Refused { path: path.clone(), reason: reason.clone() });
+                self.send(Message::Refused { seq, path, reason });
+            }
+            Op::PassEnd { pass, prune } => {
+                let outcome = if self.pass.is_some_and(|(p, full)| p == pass && full) {
+                    self.applier.prune(&self.seen, prune)?
+                } else {
+                    Default::default()
+                };
+                if outcome.held > 0 {
+                    tracing::warn!(held = outcome.held, "mass-delete guard: holding deletes until the sender confirms");
+                }
+                self.send(Message::PassDone { pass, pruned: outcome.pruned, held: outcome.held });
+                emit(&self.events, ReceiverEvent::PassDone { pass, pruned: outcome.pruned, held: outcome.held });
+                self.status.update(|s| {
+                    s.last_pass_pruned = outcome.pruned;
+                    s.last_pass_held = outcome.held;
+                });
+            }
+        }
+        if let Some(seq) = seq {
+            self.applied_seq = seq;
+        }
+        Ok(None)
+    }
+
+    /// Acknowledges everything applied so far (cumulative).
+    fn ack(&mut self) {
+        if self.applied_seq > self.acked_seq {
+            self.acked_seq = self.applied_seq;
+            self.send(Message::Ack { seq: self.acked_seq });
+            let seq = self.acked_seq;
+            self.status.update(|s| {
+                s.last_ack_seq = seq;
+                s.last_applied_unix_ms = now_unix_ms();
+            });
+        }
+    }
+}
+
+fn message_name(msg: &Message) -> &'static str {
+    match msg {
+        Message::Hello(_) => "Hello",
+        Message::Welcome(_) => "Welcome",
+        Message::NeedChunks { .. } => "NeedChunks",
+        Message::Ack { .. } => "Ack",
+        Message::Refused { .. } => "Refused",
+        Message::PassDone { .. } => "PassDone",
+        Message::ListRequest => "ListRequest",
+        Message::ListEntry(_) => "ListEntry",
+        Message::ListEnd { .. } => "ListEnd",
+        _ => "message",
+    }
+}
+
+/// Validates a received message's fields, turning a violation into a session error.
+pub(crate) fn check_message(msg: &Message) -> Result<(), SyncError> {
+    match msg {
+        // Entries and paths are refused one by one, with the session going on.
+        Message::Upsert { .. } | Message::Rename { .. } | Message::Delete { .. } => Ok(()),
+        other => validate_message(other).map_err(|e| SyncError::Protocol(e.to_string())),
+    }
+}

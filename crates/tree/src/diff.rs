@@ -1,0 +1,406 @@
+//! Change detection: the list of changes that turns the previous state of a tree into its
+//! current state, with renames recognised by file identity.
+//!
+//! The changes are meant to be applied in order by a receiver holding the previous state. The
+//! algorithm keeps a "virtual" copy of that receiver's state and updates it with every change it
+//! emits, so each change is stated against the state the receiver has at that point:
+//!
+//! 1. Renames, found repeatedly until none is left (a rotation `log.1 → log.2, log → log.1`
+//!    frees `log.1` only after the first rename). A rename into a directory the receiver does not
+//!    have yet is preceded by an upsert of that directory.
+//! 2. Upserts of everything that differs from the virtual state, parents first.
+//! 3. Deletes of what the virtual state still has and the tree has not: only the top-most path of
+//!    a deleted subtree.
+//!
+//! A wrongly recognised rename (say a reused inode number) costs efficiency, never correctness:
+//! the rename carries the full new entry and later upserts and deletes fix whatever moved along.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::fsmeta::is_same_or_below;
+use crate::{compare_paths, Change, EntryKind, FileEntry, FileId, ScannedEntry};
+
+/// A wire path ordered with [`compare_paths`], so a map of them lists parents before children
+/// and a subtree is one contiguous range.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct TreeKey(pub String);
+
+impl Ord for TreeKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        compare_paths(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for TreeKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+pub(crate) type TreeMap = BTreeMap<TreeKey, ScannedEntry>;
+
+/// Paths the scan could not look at this time: what was known about them is kept.
+#[derive(Debug, Default)]
+pub(crate) struct Unseen {
+    /// Single entries (a file that could not be read or changed while read).
+    pub paths: HashSet<String>,
+    /// Whole subtrees (a directory that could not be listed).
+    pub trees: HashSet<String>,
+}
+
+impl Unseen {
+    pub fn covers(&self, path: &str) -> bool {
+        if self.paths.contains(path) {
+            return true;
+        }
+        if self.trees.is_empty() {
+            return false;
+        }
+        let mut prefix = path;
+        loop {
+            if self.trees.contains(prefix) {
+                return true;
+            }
+            match prefix.rfind('/') {
+                Some(cut) => prefix = &prefix[..cut],
+                None => return false,
+            }
+        }
+    }
+}
+
+/// True when `old` and `new` describe the same thing as far as a receiver is concerned. Times of
+/// directories and links are ignored: a directory's time moves whenever its content does, and a
+/// receiver cannot keep it anyway while it writes into the directory.
+pub(crate) fn equivalent(old: &FileEntry, new: &FileEntry) -> bool {
+    old.kind == new.kind
+        && old.attributes == new.attributes
+        && match new.kind {
+            EntryKind::File => {
+                old.size == new.size
+                    && old.file_hash == new.file_hash
+                    && old.mtime_ns == new.mtime_ns
+            }
+            EntryKind::Dir | EntryKind::Symlink { .. } => true,
+        }
+}
+
+fn same_kind(a: &EntryKind, b: &EntryKind) -> bool {
+    matches!(
+        (a, b),
+        (EntryKind::File, EntryKind::File)
+            | (EntryKind::Dir, EntryKind::Dir)
+            | (EntryKind::Symlink { .. }, EntryKind::Symlink { .. })
+    )
+}
+
+/// The receiver's state as the changes emitted so far leave it.
+struct Virtual {
+    map: TreeMap,
+    by_id: HashMap<FileId, Vec<String>>,
+}
+
+impl Virtual {
+    fn new(prev: &TreeMap) -> Virtual {
+        let mut by_id: HashMap<FileId, Vec<String>> = HashMap::new();
+        for (key, scanned) in prev {
+            if let Some(id) = scanned.file_id {
+                by_id.entry(id).or_default().push(key.0.clone());
+            }
+        }
+        Virtual {
+            map: prev.clone(),
+            by_id,
+        }
+    }
+
+    fn get(&self, path: &str) -> Option<&ScannedEntry> {
+        self.map.get(&TreeKey(path.to_string()))
+    }
+
+    fn forget_id(&mut self, path: &str, id: Option<FileId>) {
+        if let Some(paths) = id.and_then(|id| self.by_id.get_mut(&id)) {
+            paths.retain(|p| p != path);
+        }
+    }
+
+    fn insert(&mut self, scanned: ScannedEntry) {
+        let key = TreeKey(scanned.entry.path.clone());
+        if let Some(old) = self.map.get(&key) {
+            let old_id = old.file_id;
+            self.forget_id(&key.0, old_id);
+        }
+        if let Some(id) = scanned.file_id {
+            self.by_id.entry(id).or_default().push(key.0.clone());
+        }
+        self.map.insert(key, scanned);
+    }
+
+    /// `path` itself (when `include_self`) and everything below it, in order.
+    fn subtree(&self, path: &str, include_self: bool) -> Vec<TreeKey> {
+        self.map
+            .range(TreeKey(path.to_string())..)
+            .map(|(k, _)| k)
+            .take_while(|k| is_same_or_below(&k.0, path))
+            .filter(|k| include_self || k.0 != path)
+            .cloned()
+            .collect()
+    }
+
+    fn remove_below(&mut self, path: &str) {
+        for key in self.subtree(path, false) {
+            if let Some(old) = self.map.remove(&key) {
+                self.forget_id(&key.0, old.file_id);
+            }
+        }
+    }
+
+    /// Moves `from` and its subtree to `to`, as a receiver's rename does.
+    fn move_tree(&mut self, from: &str, to: &str) {
+        for key in self.subtree(from, true) {
+            let Some(mut moved) = self.map.remove(&key) else {
+                continue;
+            };
+            self.forget_id(&key.0, moved.file_id);
+            moved.entry.path = format!("{to}{}", &key.0[from.len()..]);
+            self.insert(moved);
+        }
+    }
+}
+
+/// Computes the changes from `prev` to `new`. Entries covered by `unseen` that `new` lacks are
+/// copied into `new` from the (renamed) previous state, so the scan keeps what it knew about
+/// them and emits no change for them.
+pub(crate) fn detect(prev: &TreeMap, new: &mut TreeMap, unseen: &Unseen) -> Vec<Change> {
+    let mut virt = Virtual::new(prev);
+    let mut changes = Vec::new();
+
+    find_renames(&mut virt, new, unseen, &mut changes);
+
+    for (key, kept) in &virt.map {
+        if !new.contains_key(key) && unseen.covers(&key.0) {
+            new.insert(key.clone(), kept.clone());
+        }
+    }
+
+    for (key, scanned) in new.iter() {
+        let replaces_dir = match virt.map.get(key) {
+            Some(old) if equivalent(&old.entry, &scanned.entry) => continue,
+            Some(old) => old.entry.kind == EntryKind::Dir && scanned.entry.kind != EntryKind::Dir,
+            None => false,
+        };
+        if replaces_dir {
+            // Replacing a directory by a file or link removes the directory's content with it.
+            virt.remove_below(&key.0);
+        }
+        changes.push(Change::Upsert(scanned.entry.clone()));
+        virt.insert(scanned.clone());
+    }
+
+    let mut last_deleted: Option<&str> = None;
+    for key in virt.map.keys() {
+        if new.contains_key(key) || last_deleted.is_some_and(|d| is_same_or_below(&key.0, d)) {
+            continue;
+        }
+        changes.push(Change::Delete(key.0.clone()));
+        last_deleted = Some(&key.0);
+    }
+    changes
+}
+
+fn find_renames(virt: &mut Virtual, new: &TreeMap, unseen: &Unseen, changes: &mut Vec<Change>) {
+    loop {
+        let mut found_any = false;
+        for (key, scanned) in new {
+            if virt.map.contains_key(key) {
+                continue;
+            }
+            let Some(from) = rename_source(virt, new, unseen, scanned) else {
+                continue;
+            };
+            add_missing_parents(virt, new, &key.0, changes);
+            changes.push(Change::Rename {
+                from: from.clone(),
+                entry: scanned.entry.clone(),
+            });
+            virt.move_tree(&from, &key.0);
+            virt.insert(scanned.clone());
+            found_any = true;
+        }
+        if !found_any {
+            return;
+        }
+    }
+}
+
+/// The virtual path `scanned` was renamed from: an entry with the same file id and kind (and for
+/// files the same content) whose path no longer holds that file.
+fn rename_source(
+    virt: &Virtual,
+    new: &TreeMap,
+    unseen: &Unseen,
+    scanned: &ScannedEntry,
+) -> Option<String> {
+    let id = scanned.file_id?;
+    let to = &scanned.entry.path;
+    let candidates = virt.by_id.get(&id)?;
+    candidates
+        .iter()
+        .find(|from| {
+            let Some(old) = virt.get(from) else {
+                return false;
+            };
+            let gone = match new.get(&TreeKey((*from).clone())) {
+                None => !unseen.covers(from),
+                Some(now) => now.file_id != Some(id),
+            };
+            gone && same_kind(&old.entry.kind, &scanned.entry.kind)
+                && (old.entry.kind != EntryKind::File
+                    || old.entry.file_hash == scanned.entry.file_hash)
+                && !is_same_or_below(to, from)
+                && !is_same_or_below(from, to)
+        })
+        .cloned()
+}
+
+/// Upserts the directories above `path` that the receiver does not have (as directories) yet.
+fn add_missing_parents(virt: &mut Virtual, new: &TreeMap, path: &str, changes: &mut Vec<Change>) {
+    let ancestors: Vec<&str> = path
+        .match_indices('/')
+        .map(|(cut, _)| &path[..cut])
+        .collect();
+    for ancestor in ancestors {
+        let is_dir = virt
+            .get(ancestor)
+            .is_some_and(|v| v.entry.kind == EntryKind::Dir);
+        if is_dir {
+            continue;
+        }
+        if let Some(dir) = new.get(&TreeKey(ancestor.to_string())) {
+            virt.remove_below(ancestor);
+            changes.push(Change::Upsert(dir.entry.clone()));
+            virt.insert(dir.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{hash_bytes, Attributes};
+
+    fn entry(path: &str, kind: EntryKind, id: u128, content: &str) -> ScannedEntry {
+        let is_file = kind == EntryKind::File;
+        ScannedEntry {
+            entry: FileEntry {
+                path: path.to_string(),
+                kind,
+                size: if is_file { content.len() as u64 } else { 0 },
+                mtime_ns: 7,
+                attributes: Attributes::default(),
+                chunks: vec![],
+                file_hash: hash_bytes(content.as_bytes()),
+            },
+            file_id: Some(id),
+        }
+    }
+
+    fn file(path: &str, id: u128, content: &str) -> ScannedEntry {
+        entry(path, EntryKind::File, id, content)
+    }
+
+    fn dir(path: &str, id: u128) -> ScannedEntry {
+        entry(path, EntryKind::Dir, id, "")
+    }
+
+    fn tree(entries: Vec<ScannedEntry>) -> TreeMap {
+        entries
+            .into_iter()
+            .map(|e| (TreeKey(e.entry.path.clone()), e))
+            .collect()
+    }
+
+    fn describe(changes: &[Change]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|c| match c {
+                Change::Upsert(e) => format!("upsert {}", e.path),
+                Change::Delete(p) => format!("delete {p}"),
+                Change::Rename { from, entry } => format!("rename {from} -> {}", entry.path),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn log_rotation_is_a_chain_of_renames() {
+        let prev = tree(vec![file("log", 1, "today"), file("log.1", 2, "yesterday")]);
+        let mut new = tree(vec![
+            file("log", 3, ""),
+            file("log.1", 1, "today"),
+            file("log.2", 2, "yesterday"),
+        ]);
+        let changes = detect(&prev, &mut new, &Unseen::default());
+        assert_eq!(
+            describe(&changes),
+            ["rename log.1 -> log.2", "rename log -> log.1", "upsert log"]
+        );
+    }
+
+    #[test]
+    fn rename_into_a_new_directory_creates_it_first() {
+        let prev = tree(vec![file("a", 1, "x")]);
+        let mut new = tree(vec![dir("d", 2), file("d/a", 1, "x")]);
+        let changes = detect(&prev, &mut new, &Unseen::default());
+        assert_eq!(describe(&changes), ["upsert d", "rename a -> d/a"]);
+    }
+
+    #[test]
+    fn nested_renames_refer_to_the_state_after_earlier_ones() {
+        let prev = tree(vec![dir("a", 1), dir("a/s", 2), file("a/s/f", 3, "f")]);
+        let mut new = tree(vec![dir("b", 1), dir("b/t", 2), file("b/t/f", 3, "f")]);
+        let changes = detect(&prev, &mut new, &Unseen::default());
+        assert_eq!(describe(&changes), ["rename a -> b", "rename b/s -> b/t"]);
+    }
+
+    #[test]
+    fn changed_content_is_not_a_rename() {
+        let prev = tree(vec![file("a", 1, "x")]);
+        let mut new = tree(vec![file("b", 1, "y")]);
+        let changes = detect(&prev, &mut new, &Unseen::default());
+        assert_eq!(describe(&changes), ["upsert b", "delete a"]);
+    }
+
+    #[test]
+    fn dir_replaced_by_file_takes_its_content_along() {
+        let prev = tree(vec![dir("x", 1), file("x/f", 2, "f"), file("y", 3, "y")]);
+        let mut new = tree(vec![file("x", 4, "now a file")]);
+        let changes = detect(&prev, &mut new, &Unseen::default());
+        assert_eq!(describe(&changes), ["upsert x", "delete y"]);
+    }
+
+    #[test]
+    fn unseen_entries_are_kept_even_after_a_rename() {
+        let prev = tree(vec![dir("d", 1), file("d/f", 2, "f"), file("d/g", 3, "g")]);
+        let mut new = tree(vec![dir("e", 1), file("e/g", 3, "g")]);
+        let unseen = Unseen {
+            paths: HashSet::from(["e/f".to_string()]),
+            trees: HashSet::new(),
+        };
+        let changes = detect(&prev, &mut new, &unseen);
+        assert_eq!(describe(&changes), ["rename d -> e"]);
+        assert_eq!(new.get(&TreeKey("e/f".into())).unwrap().entry.path, "e/f");
+    }
+
+    #[test]
+    fn unseen_subtree_is_not_deleted() {
+        let prev = tree(vec![dir("d", 1), file("d/f", 2, "f"), file("x", 3, "x")]);
+        let mut new = tree(vec![dir("d", 1)]);
+        let unseen = Unseen {
+            paths: HashSet::new(),
+            trees: HashSet::from(["d".to_string()]),
+        };
+        let changes = detect(&prev, &mut new, &unseen);
+        assert_eq!(describe(&changes), ["delete x"]);
+        assert!(new.contains_key(&TreeKey("d/f".into())));
+    }
+}

@@ -1,0 +1,235 @@
+//! File metadata (identity, attributes, times) and conversions between wire and OS paths.
+
+use std::cmp::Ordering;
+use std::fs::Metadata;
+use std::path::{Component, Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use crate::Attributes;
+
+/// Identity of a file on one machine: `device << 64 | inode` on Unix, `volume serial << 64 |
+/// NTFS file index` on Windows. Survives renames, which is how renames are recognised.
+pub type FileId = u128;
+
+/// The identity of the file, directory or link at `path` (links are not followed on Unix), or
+/// `None` when the file system cannot say.
+pub fn file_id_of(path: &Path) -> Option<FileId> {
+    platform::file_id_of(path)
+}
+
+/// The identity of the entry `meta` describes; `path` is where it was read (Windows needs to open
+/// it, Unix has it in `meta` already).
+pub(crate) fn file_id_from(path: &Path, meta: &Metadata) -> Option<FileId> {
+    platform::file_id_from(path, meta)
+}
+
+/// The attributes swrepl carries: `mode & 0o7777` on Unix; READONLY, HIDDEN, SYSTEM and ARCHIVE
+/// on Windows.
+pub fn attributes_of(meta: &Metadata) -> Attributes {
+    platform::attributes_of(meta)
+}
+
+/// Modification time in nanoseconds since the Unix epoch (negative before it; 0 when the file
+/// system does not record one).
+pub fn mtime_ns(meta: &Metadata) -> i64 {
+    let Ok(modified) = meta.modified() else {
+        return 0;
+    };
+    match modified.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    }
+}
+
+/// The OS path of wire path `rel` under `root`. `rel` is split on `/` only; callers that got `rel`
+/// from a peer must have validated it (`swrepl_proto::validate_path`) first.
+pub fn to_os_path(root: &Path, rel: &str) -> PathBuf {
+    let mut path = root.to_path_buf();
+    path.extend(rel.split('/').filter(|c| !c.is_empty()));
+    path
+}
+
+/// The wire path of `path`, which must lie strictly below `root`. `None` for the root itself, for
+/// paths outside it, and for names that are not valid Unicode.
+pub fn to_wire_path(root: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    let mut parts = Vec::new();
+    for component in rel.components() {
+        match component {
+            Component::Normal(name) => parts.push(name.to_str()?),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    Some(parts.join("/"))
+}
+
+/// The order in which trees are listed: byte order with `/` sorting before every other byte, so
+/// that paths compare component by component and a directory comes right before its content.
+pub fn compare_paths(a: &str, b: &str) -> Ordering {
+    fn key(byte: u8) -> u8 {
+        if byte == b'/' {
+            0
+        } else {
+            byte
+        }
+    }
+    a.bytes().map(key).cmp(b.bytes().map(key))
+}
+
+/// True when `path` is `ancestor` or lies below it (`"a"` covers `"a/b"` but not `"ab"`).
+pub fn is_same_or_below(path: &str, ancestor: &str) -> bool {
+    match path.strip_prefix(ancestor) {
+        Some("") => true,
+        Some(rest) => rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// The wire form (`/`-separated) of the target of the link at wire path `link_rel`, when the target
+/// is relative and, resolved from the link's directory, stays inside the root. Resolution is
+/// lexical: the receiver never follows links, so what matters is where the name points.
+pub(crate) fn link_target_inside(link_rel: &str, target: &Path) -> Option<String> {
+    let mut resolved: Vec<&str> = link_rel.split('/').collect();
+    resolved.pop(); // the link's own name
+    let mut wire = Vec::new();
+    for component in target.components() {
+        match component {
+            Component::Normal(name) => {
+                let name = name.to_str()?;
+                // A '\\' inside a Unix name cannot cross the wire (it is a Windows separator).
+                if name.contains('\\') {
+                    return None;
+                }
+                resolved.push(name);
+                wire.push(name);
+            }
+            Component::ParentDir => {
+                resolved.pop()?;
+                wire.push("..");
+            }
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    if wire.is_empty() {
+        return None;
+    }
+    Some(wire.join("/"))
+}
+
+#[cfg(unix)]
+mod platform {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    pub(super) fn file_id_of(path: &Path) -> Option<FileId> {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        file_id_from(path, &meta)
+    }
+
+    pub(super) fn file_id_from(_path: &Path, meta: &Metadata) -> Option<FileId> {
+        Some((u128::from(meta.dev()) << 64) | u128::from(meta.ino()))
+    }
+
+    pub(super) fn attributes_of(meta: &Metadata) -> Attributes {
+        Attributes {
+            unix_mode: meta.permissions().mode() & 0o7777,
+            windows: 0,
+        }
+    }
+}
+
+#[cfg(windows)]
+mod platform {
+    use super::*;
+    use std::os::windows::fs::MetadataExt;
+
+    /// READONLY | HIDDEN | SYSTEM | ARCHIVE.
+    const CARRIED_ATTRIBUTES: u32 = 0x1 | 0x2 | 0x4 | 0x20;
+
+    pub(super) fn file_id_of(path: &Path) -> Option<FileId> {
+        match file_id::get_low_res_file_id(path).ok()? {
+            file_id::FileId::LowRes {
+                volume_serial_number,
+                file_index,
+            } => Some((u128::from(volume_serial_number) << 64) | u128::from(file_index)),
+            file_id::FileId::Inode {
+                device_id,
+                inode_number,
+            } => Some((u128::from(device_id) << 64) | u128::from(inode_number)),
+            file_id::FileId::HighRes { .. } => None,
+        }
+    }
+
+    pub(super) fn file_id_from(path: &Path, meta: &Metadata) -> Option<FileId> {
+        // Opening a link opens its target: a link's identity would be its target's, so links
+        // get none (they are then never taken for a rename, only re-described).
+        if meta.file_type().is_symlink() {
+            return None;
+        }
+        file_id_of(path)
+    }
+
+    pub(super) fn attributes_of(meta: &Metadata) -> Attributes {
+        Attributes {
+            unix_mode: 0,
+            windows: meta.file_attributes() & CARRIED_ATTRIBUTES,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_order_puts_parents_before_children() {
+        let mut paths = vec!["a.x", "a/b", "ab", "a", "a b", "a/b/c", "B", "a/a"];
+        paths.sort_by(|a, b| compare_paths(a, b));
+        assert_eq!(paths, ["B", "a", "a/a", "a/b", "a/b/c", "a b", "a.x", "ab"]);
+    }
+
+    #[test]
+    fn below_is_component_wise() {
+        assert!(is_same_or_below("a", "a"));
+        assert!(is_same_or_below("a/b", "a"));
+        assert!(!is_same_or_below("ab", "a"));
+        assert!(!is_same_or_below("a", "a/b"));
+    }
+
+    #[test]
+    fn wire_and_os_paths_round_trip() {
+        let root = Path::new("/srv/root");
+        let os = to_os_path(root, "Core Services/x.ini");
+        assert_eq!(os, root.join("Core Services").join("x.ini"));
+        assert_eq!(
+            to_wire_path(root, &os).as_deref(),
+            Some("Core Services/x.ini")
+        );
+        assert_eq!(to_wire_path(root, root), None);
+        assert_eq!(to_wire_path(root, Path::new("/elsewhere/x")), None);
+    }
+
+    #[test]
+    fn link_targets_must_stay_inside() {
+        assert_eq!(
+            link_target_inside("a/link", Path::new("../b/c")).as_deref(),
+            Some("../b/c")
+        );
+        assert_eq!(
+            link_target_inside("a/link", Path::new("./c")).as_deref(),
+            Some("c")
+        );
+        assert_eq!(link_target_inside("link", Path::new("../outside")), None);
+        assert_eq!(
+            link_target_inside("a/link", Path::new("../../outside")),
+            None
+        );
+        assert_eq!(link_target_inside("a/link", Path::new("/etc/passwd")), None);
+        assert_eq!(link_target_inside("a/link", Path::new("")), None);
+    }
+}

@@ -1,0 +1,506 @@
+//! The persistent index: what the last scan saw, so that a rescan is stat-only, and where each
+//! chunk's bytes can be found locally.
+//!
+//! Paths are stored case-sensitively, exactly as the file system reported them. The file format is
+//! plain sqlite (inspect it with `sqlite3`); the index holds nothing that a full rescan cannot
+//! rebuild, so deleting it is always safe.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::diff::TreeKey;
+use crate::fsmeta::is_same_or_below;
+use crate::{Attributes, ChunkRef, EntryKind, FileEntry, Hash, ScannedEntry, TreeError};
+
+/// Schema version stored in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+/// Bytes per chunk record in `entries.chunks`: 32 hash bytes then the length as u32 little-endian.
+const CHUNK_RECORD: usize = 36;
+/// How many candidate locations [`Index::find_chunk`] returns at most.
+const CHUNK_CANDIDATES: usize = 8;
+
+const KIND_FILE: i64 = 0;
+const KIND_DIR: i64 = 1;
+const KIND_SYMLINK: i64 = 2;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS entries (
+    path        TEXT PRIMARY KEY NOT NULL,
+    kind        INTEGER NOT NULL,
+    link_target TEXT,
+    size        INTEGER NOT NULL,
+    mtime_ns    INTEGER NOT NULL,
+    unix_mode   INTEGER NOT NULL,
+    win_attr    INTEGER NOT NULL,
+    file_hash   BLOB NOT NULL,
+    file_id     BLOB,
+    chunks      BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunks (
+    hash   BLOB NOT NULL,
+    path   TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    len    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_by_hash ON chunks(hash);
+CREATE INDEX IF NOT EXISTS chunks_by_path ON chunks(path);
+";
+
+const ENTRY_COLUMNS: &str =
+    "path, kind, link_target, size, mtime_ns, unix_mode, win_attr, file_hash, file_id, chunks";
+
+/// Where the bytes of a chunk can be read locally (they must be re-hashed before use: the file
+/// may have changed since it was indexed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkLocation {
+    pub path: String,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// The sqlite index (WAL mode).
+pub struct Index {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("path", &self.conn.path())
+            .finish()
+    }
+}
+
+impl Index {
+    /// Opens (or creates, with its parent directory) the index at `db_path`.
+    pub fn open(db_path: &Path) -> Result<Index, TreeError> {
+        if let Some(parent) = db_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| TreeError::io(parent, e))?;
+        }
+        let conn = Connection::open(db_path)?;
+        // WAL: readers never block the scan's writer; NORMAL sync is enough for data that a
+        // rescan rebuilds (a lost last transaction only means some files are hashed again).
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Index::init(conn)
+    }
+
+    /// An index that lives in memory only (tests, one-off listings).
+    pub fn open_in_memory() -> Result<Index, TreeError> {
+        Index::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Index, TreeError> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(TreeError::IndexTooNew {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(Index { conn })
+    }
+
+    /// The entry recorded for `rel`.
+    pub fn get(&self, rel: &str) -> Result<Option<ScannedEntry>, TreeError> {
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE path = ?1");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let row = stmt.query_row([rel], RawEntry::from_row).optional()?;
+        row.map(RawEntry::decode).transpose()
+    }
+
+    /// Records `entry` (replacing what was recorded for its path).
+    pub fn put(&mut self, entry: &ScannedEntry) -> Result<(), TreeError> {
+        let tx = self.conn.transaction()?;
+        put_entry(&tx, entry)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets `rel` and everything below it (`"a"` covers `"a/b"`, not `"ab"`).
+    pub fn remove_tree(&mut self, rel: &str) -> Result<(), TreeError> {
+        let tx = self.conn.transaction()?;
+        remove_tree_in(&tx, rel)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Moves `from` and everything below it to `to`, keeping chunks and file ids; whatever was
+    /// recorded at or below `to` is forgotten first.
+    pub fn rename_tree(&mut self, from: &str, to: &str) -> Result<(), TreeError> {
+        if from == to {
+            return Ok(());
+        }
+        if is_same_or_below(to, from) || is_same_or_below(from, to) {
+            return Err(TreeError::InvalidPath {
+                path: to.to_string(),
+                reason: format!("cannot move {from:?} to {to:?}: one contains the other"),
+            });
+        }
+        let tx = self.conn.transaction()?;
+        remove_tree_in(&tx, to)?;
+        let (lo, hi) = subtree_bounds(from);
+        for table in ["entries", "chunks"] {
+            // length() and substr() both count characters, so the prefix cut is exact.
+            let sql = format!(
+                "UPDATE {table} SET path = ?1 || substr(path, length(?2) + 1)
+                 WHERE path = ?2 OR (path >= ?3 AND path < ?4)"
+            );
+            tx.execute(&sql, params![to, from, lo, hi])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Up to a few places where a chunk with `hash` was seen.
+    pub fn find_chunk(&self, hash: &Hash) -> Result<Vec<ChunkLocation>, TreeError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT path, offset, len FROM chunks WHERE hash = ?1 LIMIT ?2")?;
+        let rows = stmt.query_map(params![&hash[..], CHUNK_CANDIDATES as i64], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut found = Vec::new();
+        for row in rows {
+            let (path, offset, len) = row?;
+            let offset = u64::try_from(offset).map_err(|_| corrupt("negative chunk offset"))?;
+            let len = u32::try_from(len).map_err(|_| corrupt("chunk length out of range"))?;
+            found.push(ChunkLocation { path, offset, len });
+        }
+        Ok(found)
+    }
+
+    /// Every recorded entry, in no particular order.
+    pub fn all(&self) -> Result<Vec<ScannedEntry>, TreeError> {
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map([], RawEntry::from_row)?;
+        let mut all = Vec::new();
+        for row in rows {
+            all.push(row?.decode()?);
+        }
+        Ok(all)
+    }
+
+    /// How many entries are recorded.
+    pub fn len(&self) -> Result<u64, TreeError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM entries", [], |row| row.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// True when nothing is recorded.
+    pub fn is_empty(&self) -> Result<bool, TreeError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Brings the index from `before` to `after` in one transaction, touching only what differs.
+    pub(crate) fn replace_state(
+        &mut self,
+        before: &BTreeMap<TreeKey, ScannedEntry>,
+        after: &BTreeMap<TreeKey, ScannedEntry>,
+    ) -> Result<(), TreeError> {
+        let tx = self.conn.transaction()?;
+        for key in before.keys().filter(|k| !after.contains_key(*k)) {
+            remove_exact(&tx, &key.0)?;
+        }
+        for (key, entry) in after {
+            if before.get(key) != Some(entry) {
+                put_entry(&tx, entry)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// `[lo, hi)` holds exactly the paths strictly below `rel`: those starting with `rel/`
+/// (`'0'` is the byte after `'/'`).
+fn subtree_bounds(rel: &str) -> (String, String) {
+    (format!("{rel}/"), format!("{rel}0"))
+}
+
+fn remove_tree_in(conn: &Connection, rel: &str) -> Result<(), TreeError> {
+    let (lo, hi) = subtree_bounds(rel);
+    for table in ["entries", "chunks"] {
+        let sql = format!("DELETE FROM {table} WHERE path = ?1 OR (path >= ?2 AND path < ?3)");
+        conn.prepare_cached(&sql)?.execute(params![rel, lo, hi])?;
+    }
+    Ok(())
+}
+
+fn remove_exact(conn: &Connection, rel: &str) -> Result<(), TreeError> {
+    conn.prepare_cached("DELETE FROM entries WHERE path = ?1")?
+        .execute([rel])?;
+    conn.prepare_cached("DELETE FROM chunks WHERE path = ?1")?
+        .execute([rel])?;
+    Ok(())
+}
+
+fn put_entry(conn: &Connection, scanned: &ScannedEntry) -> Result<(), TreeError> {
+    let e = &scanned.entry;
+    let (kind, link_target) = match &e.kind {
+        EntryKind::File => (KIND_FILE, None),
+        EntryKind::Dir => (KIND_DIR, None),
+        EntryKind::Symlink { target } => (KIND_SYMLINK, Some(target.as_str())),
+    };
+    let mut chunk_blob = Vec::with_capacity(e.chunks.len() * CHUNK_RECORD);
+    for chunk in &e.chunks {
+        chunk_blob.extend_from_slice(&chunk.hash);
+        chunk_blob.extend_from_slice(&chunk.len.to_le_bytes());
+    }
+    let size = i64::try_from(e.size).map_err(|_| corrupt("file size beyond 2^63 bytes"))?;
+    let file_id = scanned.file_id.map(|id| id.to_be_bytes().to_vec());
+    conn.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO entries ({ENTRY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    ))?
+    .execute(params![
+        e.path,
+        kind,
+        link_target,
+        size,
+        e.mtime_ns,
+        e.attributes.unix_mode,
+        e.attributes.windows,
+        &e.file_hash[..],
+        file_id,
+        chunk_blob,
+    ])?;
+    conn.prepare_cached("DELETE FROM chunks WHERE path = ?1")?
+        .execute([&e.path])?;
+    let mut insert = conn
+        .prepare_cached("INSERT INTO chunks (hash, path, offset, len) VALUES (?1, ?2, ?3, ?4)")?;
+    let mut offset = 0u64;
+    for chunk in &e.chunks {
+        let at = i64::try_from(offset).map_err(|_| corrupt("chunk offset beyond 2^63"))?;
+        insert.execute(params![&chunk.hash[..], e.path, at, chunk.len])?;
+        offset += u64::from(chunk.len);
+    }
+    Ok(())
+}
+
+fn corrupt(reason: &str) -> TreeError {
+    TreeError::IndexCorrupt {
+        reason: reason.to_string(),
+    }
+}
+
+/// One `entries` row as stored, before its blobs are checked.
+struct RawEntry {
+    path: String,
+    kind: i64,
+    link_target: Option<String>,
+    size: i64,
+    mtime_ns: i64,
+    unix_mode: u32,
+    win_attr: u32,
+    file_hash: Vec<u8>,
+    file_id: Option<Vec<u8>>,
+    chunks: Vec<u8>,
+}
+
+impl RawEntry {
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<RawEntry> {
+        Ok(RawEntry {
+            path: row.get(0)?,
+            kind: row.get(1)?,
+            link_target: row.get(2)?,
+            size: row.get(3)?,
+            mtime_ns: row.get(4)?,
+            unix_mode: row.get(5)?,
+            win_attr: row.get(6)?,
+            file_hash: row.get(7)?,
+            file_id: row.get(8)?,
+            chunks: row.get(9)?,
+        })
+    }
+
+    fn decode(self) -> Result<ScannedEntry, TreeError> {
+        let kind = match (self.kind, self.link_target) {
+            (KIND_FILE, _) => EntryKind::File,
+            (KIND_DIR, _) => EntryKind::Dir,
+            (KIND_SYMLINK, Some(target)) => EntryKind::Symlink { target },
+            _ => {
+                return Err(corrupt(&format!(
+                    "entry {:?} has an unknown kind",
+                    self.path
+                )))
+            }
+        };
+        let file_hash: Hash = self
+            .file_hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| corrupt(&format!("entry {:?} has a bad file hash", self.path)))?;
+        let file_id = match self.file_id {
+            None => None,
+            Some(bytes) => Some(u128::from_be_bytes(bytes.as_slice().try_into().map_err(
+                |_| corrupt(&format!("entry {:?} has a bad file id", self.path)),
+            )?)),
+        };
+        if self.chunks.len() % CHUNK_RECORD != 0 {
+            return Err(corrupt(&format!(
+                "entry {:?} has a truncated chunk list",
+                self.path
+            )));
+        }
+        let chunks = self
+            .chunks
+            .chunks_exact(CHUNK_RECORD)
+            .map(|record| {
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(&record[..32]);
+                let mut len = [0u8; 4];
+                len.copy_from_slice(&record[32..]);
+                ChunkRef {
+                    hash,
+                    len: u32::from_le_bytes(len),
+                }
+            })
+            .collect();
+        let size = u64::try_from(self.size)
+            .map_err(|_| corrupt(&format!("entry {:?} has a negative size", self.path)))?;
+        Ok(ScannedEntry {
+            entry: FileEntry {
+                path: self.path,
+                kind,
+                size,
+                mtime_ns: self.mtime_ns,
+                attributes: Attributes {
+                    unix_mode: self.unix_mode,
+                    windows: self.win_attr,
+                },
+                chunks,
+                file_hash,
+            },
+            file_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash_bytes;
+
+    fn file(path: &str, id: u128, chunks: &[(u8, u32)]) -> ScannedEntry {
+        ScannedEntry {
+            entry: FileEntry {
+                path: path.to_string(),
+                kind: EntryKind::File,
+                size: chunks.iter().map(|c| u64::from(c.1)).sum(),
+                mtime_ns: -5,
+                attributes: Attributes {
+                    unix_mode: 0o644,
+                    windows: 0x20,
+                },
+                chunks: chunks
+                    .iter()
+                    .map(|&(h, len)| ChunkRef { hash: [h; 32], len })
+                    .collect(),
+                file_hash: hash_bytes(path.as_bytes()),
+            },
+            file_id: Some(id << 70 | 3),
+        }
+    }
+
+    fn dir(path: &str) -> ScannedEntry {
+        ScannedEntry {
+            entry: FileEntry {
+                path: path.to_string(),
+                kind: EntryKind::Dir,
+                size: 0,
+                mtime_ns: 1,
+                attributes: Attributes::default(),
+                chunks: vec![],
+                file_hash: hash_bytes(b""),
+            },
+            file_id: None,
+        }
+    }
+
+    fn paths(index: &Index) -> Vec<String> {
+        let mut p: Vec<String> = index
+            .all()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.entry.path)
+            .collect();
+        p.sort();
+        p
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let mut index = Index::open_in_memory().unwrap();
+        let f = file("a/b.txt", 7, &[(1, 10), (2, 20)]);
+        let mut link = dir("a/l");
+        link.entry.kind = EntryKind::Symlink {
+            target: "b.txt".into(),
+        };
+        for e in [&f, &dir("a"), &link] {
+            index.put(e).unwrap();
+        }
+        assert_eq!(index.get("a/b.txt").unwrap().as_ref(), Some(&f));
+        assert_eq!(index.get("a/l").unwrap().as_ref(), Some(&link));
+        assert_eq!(index.get("missing").unwrap(), None);
+        assert_eq!(index.len().unwrap(), 3);
+        assert_eq!(
+            index.find_chunk(&[2; 32]).unwrap(),
+            vec![ChunkLocation {
+                path: "a/b.txt".into(),
+                offset: 10,
+                len: 20
+            }]
+        );
+    }
+
+    #[test]
+    fn persists_across_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("state").join("index.db");
+        let f = file("x", 1, &[(9, 5)]);
+        Index::open(&db).unwrap().put(&f).unwrap();
+        let index = Index::open(&db).unwrap();
+        assert_eq!(index.get("x").unwrap(), Some(f));
+    }
+
+    #[test]
+    fn remove_tree_spares_siblings_with_the_same_prefix() {
+        let mut index = Index::open_in_memory().unwrap();
+        for p in ["a", "a/x", "a/y/z", "ab", "a b", "a.txt"] {
+            index.put(&file(p, 1, &[(p.len() as u8, 1)])).unwrap();
+        }
+        index.remove_tree("a").unwrap();
+        assert_eq!(paths(&index), ["a b", "a.txt", "ab"]);
+        assert!(index.find_chunk(&[1; 32]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rename_tree_moves_children_and_chunks() {
+        let mut index = Index::open_in_memory().unwrap();
+        index.put(&dir("Logs")).unwrap();
+        index.put(&file("Logs/A.txt", 1, &[(4, 8)])).unwrap();
+        index.put(&file("Logsx", 2, &[(5, 8)])).unwrap();
+        index.rename_tree("Logs", "Älogs").unwrap();
+        assert_eq!(paths(&index), ["Logsx", "Älogs", "Älogs/A.txt"]);
+        let moved = index.get("Älogs/A.txt").unwrap().unwrap();
+        assert_eq!(moved.entry.path, "Älogs/A.txt");
+        assert_eq!(moved.file_id, Some(1 << 70 | 3));
+        assert_eq!(index.find_chunk(&[4; 32]).unwrap()[0].path, "Älogs/A.txt");
+        index.rename_tree("Älogs/A.txt", "Älogs/a.txt").unwrap();
+        assert!(index.get("Älogs/a.txt").unwrap().is_some());
+        assert!(index.get("Älogs/A.txt").unwrap().is_none());
+        assert!(index.rename_tree("Älogs", "Älogs/inner").is_err());
+    }
+}

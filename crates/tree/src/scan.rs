@@ -1,0 +1,300 @@
+//! The scanner: the current state of a root and the changes since the previous scan.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::diff::{detect, TreeKey, TreeMap, Unseen};
+use crate::parallel::parallel_map;
+use crate::walk::{
+    check_root, read_stable, stat_item, walk, AfterReadHook, ItemKind, ReadFailure, WalkItem,
+};
+use crate::{to_os_path, EntryKind, Excludes, FileEntry, FileId, Index, TreeError};
+
+/// An entry of the tree together with the local identity of the file it describes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScannedEntry {
+    pub entry: FileEntry,
+    pub file_id: Option<FileId>,
+}
+
+/// Something in the tree that could not be described this time, and why. The reason says whether
+/// it will be retried ("will retry") or is left out for good ("skipped").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanProblem {
+    pub path: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ScanProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+/// One change since the previous scan. Apply in order: each is stated against the state the
+/// previous ones leave.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// Make `path` exactly this entry. Replacing a directory by a file or link removes the
+    /// directory's content too.
+    Upsert(FileEntry),
+    /// Remove this path and everything below it.
+    Delete(String),
+    /// Rename `from` (with everything below it) to `entry.path`, which then is `entry`.
+    Rename { from: String, entry: FileEntry },
+}
+
+/// What [`Scanner::scan`] found.
+#[derive(Clone, Debug, Default)]
+pub struct ScanOutcome {
+    /// The whole current tree, parents before children (see [`crate::compare_paths`]). Entries
+    /// that could not be read this time appear as they were last known.
+    pub entries: Vec<ScannedEntry>,
+    /// Changes since the previous scan: renames (with any directory they need created first),
+    /// then upserts (parents first), then deletes (the top-most path of each deleted subtree).
+    pub changes: Vec<Change>,
+    pub problems: Vec<ScanProblem>,
+    /// Files whose content was read (0 when every file matched the index).
+    pub files_hashed: u64,
+    /// Bytes read to hash those files.
+    pub bytes_hashed: u64,
+}
+
+/// Scans one root against its persistent [`Index`].
+pub struct Scanner {
+    root: PathBuf,
+    excludes: Excludes,
+    index: Index,
+    after_read: Option<AfterReadHook>,
+}
+
+impl std::fmt::Debug for Scanner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scanner")
+            .field("root", &self.root)
+            .field("excludes", &self.excludes)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scanner {
+    pub fn new(root: &Path, excludes: Excludes, index: Index) -> Scanner {
+        Scanner {
+            root: root.to_path_buf(),
+            excludes,
+            index,
+            after_read: None,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn excludes(&self) -> &Excludes {
+        &self.excludes
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub fn index_mut(&mut self) -> &mut Index {
+        &mut self.index
+    }
+
+    /// Testing aid: `hook` runs (on a hashing thread) after each file's content was read and
+    /// before the file is stat'ed again to check that it did not change meanwhile.
+    pub fn set_after_read_hook(&mut self, hook: impl Fn(&Path) + Send + Sync + 'static) {
+        self.after_read = Some(Box::new(hook));
+    }
+
+    /// Walks the whole root (never following links, never leaving it) and records the result in
+    /// the index.
+    ///
+    /// A file whose size, modification time and file id match the index (at its path, or at the
+    /// path it was renamed from) is not read again. Any other file is chunked and then stat'ed
+    /// again: when it changed meanwhile it is reported as a problem and its previous state is
+    /// kept, so a half-written file is never described. The same goes for files and directories
+    /// that cannot be read: they are reported, and never taken as deleted.
+    ///
+    /// Renames are recognised by file identity: a new path whose file id (same kind and, for
+    /// files, same content) belonged to a path that no longer holds it. A renamed directory is
+    /// one [`Change::Rename`]; what moved along unchanged is not listed again.
+    pub fn scan(&mut self) -> Result<ScanOutcome, TreeError> {
+        let walked = walk(&self.root, &self.excludes, true)?;
+        let prev: TreeMap = self
+            .index
+            .all()?
+            .into_iter()
+            .map(|e| (TreeKey(e.entry.path.clone()), e))
+            .collect();
+        let prev_files_by_id = files_by_id(&prev);
+
+        let mut outcome = ScanOutcome {
+            problems: walked.problems,
+            ..ScanOutcome::default()
+        };
+        let mut unseen = Unseen::default();
+        unseen.trees.extend(walked.unseen);
+        let mut current = TreeMap::new();
+        let mut to_read = Vec::new();
+        for item in walked.items {
+            if item.kind == ItemKind::File {
+                match reusable_content(&item, &prev, &prev_files_by_id) {
+                    Some(entry) => insert(&mut current, entry, item.file_id),
+                    None => to_read.push(item),
+                }
+            } else {
+                insert(&mut current, item.entry(None), item.file_id);
+            }
+        }
+
+        let hook = self.after_read.as_ref();
+        let results = parallel_map(&to_read, |item| read_stable(item, hook, &mut |_| {}));
+        for (item, result) in to_read.iter().zip(results) {
+            match result {
+                Ok(content) => {
+                    outcome.files_hashed += 1;
+                    outcome.bytes_hashed += content.size;
+                    insert(&mut current, item.entry(Some(&content)), item.file_id);
+                }
+                Err(failure) => {
+                    tracing::debug!(path = %item.rel, reason = %failure.reason(), "file not described");
+                    outcome.problems.push(crate::ScanProblem {
+                        path: item.rel.clone(),
+                        reason: failure.reason(),
+                    });
+                    unseen.paths.insert(item.rel.clone());
+                }
+            }
+        }
+
+        outcome.changes = detect(&prev, &mut current, &unseen);
+        self.index.replace_state(&prev, &current)?;
+        tracing::debug!(
+            root = %self.root.display(),
+            entries = current.len(),
+            changes = outcome.changes.len(),
+            problems = outcome.problems.len(),
+            files_hashed = outcome.files_hashed,
+            bytes_hashed = outcome.bytes_hashed,
+            "scan done"
+        );
+        outcome.entries = current.into_values().collect();
+        Ok(outcome)
+    }
+
+    /// Stats and (for a file) rereads one path now, records it in the index and returns it; the
+    /// caller must describe the returned entry to its peer, since the index now records it.
+    /// `Ok(None)` when the path does not exist (the index is left alone, so the next scan reports
+    /// the delete) or is excluded.
+    pub fn refresh(&mut self, rel: &str) -> Result<Option<ScannedEntry>, TreeError> {
+        swrepl_proto::validate_path(rel).map_err(|e| TreeError::InvalidPath {
+            path: rel.to_string(),
+            reason: e.to_string(),
+        })?;
+        if self.excludes.is_excluded(rel) {
+            return Ok(None);
+        }
+        check_root(&self.root)?;
+        if !parents_are_real_dirs(&self.root, rel)? {
+            return Ok(None);
+        }
+        let os_path = to_os_path(&self.root, rel);
+        let meta = match std::fs::symlink_metadata(&os_path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(TreeError::io(os_path, e)),
+        };
+        let item =
+            stat_item(rel.to_string(), &os_path, &meta).map_err(|p| TreeError::NotReplicable {
+                path: p.path,
+                reason: p.reason,
+            })?;
+        let entry = match item.kind {
+            ItemKind::File => match read_stable(&item, self.after_read.as_ref(), &mut |_| {}) {
+                Ok(content) => item.entry(Some(&content)),
+                Err(ReadFailure::Changed) => {
+                    return Err(TreeError::ChangedWhileRead {
+                        path: rel.to_string(),
+                    })
+                }
+                Err(ReadFailure::Unreadable(e)) => return Err(TreeError::io(os_path, e)),
+            },
+            _ => item.entry(None),
+        };
+        let scanned = ScannedEntry {
+            entry,
+            file_id: item.file_id,
+        };
+        self.index.put(&scanned)?;
+        Ok(Some(scanned))
+    }
+}
+
+fn insert(map: &mut TreeMap, entry: FileEntry, file_id: Option<FileId>) {
+    map.insert(TreeKey(entry.path.clone()), ScannedEntry { entry, file_id });
+}
+
+fn files_by_id(prev: &TreeMap) -> HashMap<FileId, Vec<&ScannedEntry>> {
+    let mut by_id: HashMap<FileId, Vec<&ScannedEntry>> = HashMap::new();
+    for scanned in prev.values().filter(|s| s.entry.kind == EntryKind::File) {
+        if let Some(id) = scanned.file_id {
+            by_id.entry(id).or_default().push(scanned);
+        }
+    }
+    by_id
+}
+
+/// The entry for file `item` built from what the index knows, when size, time and file id show
+/// the content cannot have changed: at the same path, or at another path with the same file id
+/// (a rename, or a hard link).
+fn reusable_content(
+    item: &WalkItem,
+    prev: &TreeMap,
+    prev_files_by_id: &HashMap<FileId, Vec<&ScannedEntry>>,
+) -> Option<FileEntry> {
+    let unchanged = |old: &ScannedEntry| {
+        old.entry.kind == EntryKind::File
+            && old.entry.size == item.size
+            && old.entry.mtime_ns == item.mtime_ns
+            && old.file_id == item.file_id
+    };
+    let known = prev
+        .get(&TreeKey(item.rel.clone()))
+        .filter(|old| unchanged(old))
+        .or_else(|| {
+            let id = item.file_id?;
+            prev_files_by_id
+                .get(&id)?
+                .iter()
+                .find(|old| unchanged(old))
+                .copied()
+        })?;
+    let mut entry = item.entry(None);
+    entry.chunks = known.entry.chunks.clone();
+    entry.file_hash = known.entry.file_hash;
+    Some(entry)
+}
+
+/// False when a directory above `rel` is a link or not a directory: following it could leave the
+/// root.
+fn parents_are_real_dirs(root: &Path, rel: &str) -> Result<bool, TreeError> {
+    let mut path = root.to_path_buf();
+    let mut parts = rel.split('/').peekable();
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            break;
+        }
+        path.push(part);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_dir() => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(TreeError::io(path, e)),
+        }
+    }
+    Ok(true)
+}
