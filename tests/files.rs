@@ -11,11 +11,21 @@ fn data_sent(out: &std::process::Output) -> u64 {
 }
 
 fn assert_ok(out: &std::process::Output) {
-    assert!(out.status.success(), "exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status.code(), stdout(out), stderr(out));
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    );
 }
 
 fn small_tree(root: &Path) {
-    write(root, "Supportworks Server/conf/swserver.xml", b"<server/>\n");
+    write(
+        root,
+        "Supportworks Server/conf/swserver.xml",
+        b"<server/>\n",
+    );
     write(root, "Supportworks Server/html/index.php", b"<?php ?>\n");
     for i in 0..20 {
         let rel = format!("Supportworks Server/data/mime/call-{i}.eml");
@@ -30,7 +40,9 @@ fn init_prints_fingerprint_and_refuses_to_overwrite() {
     let dir = tmp.path().join("id");
     let fp = init_identity(&dir);
     assert!(fp.starts_with("sha256:") && fp.len() == 7 + 64, "{fp}");
-    assert!(fp[7..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    assert!(fp[7..]
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
 
     let again = run(&["init", "--dir", dir.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(2));
@@ -53,30 +65,63 @@ fn initial_sync_makes_trees_identical() {
     let out = pair.send_once(&[]);
     assert_ok(&out);
     pair.assert_identical();
-    assert!(pair.slave.join("Supportworks Server/temp/empty").is_dir(), "empty directories replicate");
-    assert!(stdout(&out).contains("replicated: 22 files"), "{}", stdout(&out));
+    assert!(
+        pair.slave.join("Supportworks Server/temp/empty").is_dir(),
+        "empty directories replicate"
+    );
+    assert!(
+        stdout(&out).contains("replicated: 22 files"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
 fn data_folder_is_never_copied_in_any_spelling() {
     let pair = Pair::new();
     small_tree(&pair.master);
-    for spelling in ["Core Services/SwSqlServer/data", "core services/swsqlserver/DATA", "CORE SERVICES/SWSQLSERVER/Data"] {
-        write(&pair.master, &format!("{spelling}/swdata/opencall.MYD"), b"live table");
+    for spelling in [
+        "Core Services/SwSqlServer/data",
+        "core services/swsqlserver/DATA",
+        "CORE SERVICES/SWSQLSERVER/Data",
+    ] {
+        write(
+            &pair.master,
+            &format!("{spelling}/swdata/opencall.MYD"),
+            b"live table",
+        );
     }
-    write(&pair.master, "Core Services/SwSqlServer/Bin/Swsql.ini", b"[mysqld]\n");
+    write(
+        &pair.master,
+        "Core Services/SwSqlServer/Bin/Swsql.ini",
+        b"[mysqld]\n",
+    );
     let _receiver = pair.start_receiver(&[]);
     assert_ok(&pair.send_once(&[]));
-    assert!(pair.slave.join("Core Services/SwSqlServer/Bin/Swsql.ini").exists());
-    for spelling in ["Core Services/SwSqlServer/data", "core services/swsqlserver/DATA", "CORE SERVICES/SWSQLSERVER/Data"] {
+    assert!(pair
+        .slave
+        .join("Core Services/SwSqlServer/Bin/Swsql.ini")
+        .exists());
+    for spelling in [
+        "Core Services/SwSqlServer/data",
+        "core services/swsqlserver/DATA",
+        "CORE SERVICES/SWSQLSERVER/Data",
+    ] {
         assert!(!pair.slave.join(spelling).exists(), "{spelling} was copied");
     }
 
     // Even a sender told to drop the default excludes cannot write into the Slave's data folder.
     let out = pair.send_once(&["--no-default-excludes"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("refused by the receiver"), "{}", stderr(&out));
-    assert!(!pair.slave.join("Core Services/SwSqlServer/data/swdata/opencall.MYD").exists());
+    assert!(
+        stderr(&out).contains("refused by the receiver"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!pair
+        .slave
+        .join("Core Services/SwSqlServer/data/swdata/opencall.MYD")
+        .exists());
 }
 
 #[test]
@@ -85,23 +130,52 @@ fn live_edits_are_applied_and_deletes_archived() {
     small_tree(&pair.master);
     let _receiver = pair.start_receiver(&[]);
     let _sender = pair.spawn_sender(&[]);
-    wait_until("initial sync", || pair.slave.join("Supportworks Server/conf/swserver.xml").exists());
+    wait_until("initial sync", || {
+        pair.slave
+            .join("Supportworks Server/conf/swserver.xml")
+            .exists()
+    });
 
-    write(&pair.master, "Supportworks Server/data/mime/new.eml", b"fresh");
-    wait_until("new file replicated", || std::fs::read(pair.slave.join("Supportworks Server/data/mime/new.eml")).ok().as_deref() == Some(b"fresh"));
+    write(
+        &pair.master,
+        "Supportworks Server/data/mime/new.eml",
+        b"fresh",
+    );
+    wait_until("new file replicated", || {
+        std::fs::read(pair.slave.join("Supportworks Server/data/mime/new.eml"))
+            .ok()
+            .as_deref()
+            == Some(b"fresh")
+    });
 
-    write(&pair.master, "Supportworks Server/conf/swserver.xml", b"<server port='5015'/>\n");
+    write(
+        &pair.master,
+        "Supportworks Server/conf/swserver.xml",
+        b"<server port='5015'/>\n",
+    );
     wait_until("edit replicated", || {
-        std::fs::read(pair.slave.join("Supportworks Server/conf/swserver.xml")).ok().as_deref() == Some(b"<server port='5015'/>\n")
+        std::fs::read(pair.slave.join("Supportworks Server/conf/swserver.xml"))
+            .ok()
+            .as_deref()
+            == Some(b"<server port='5015'/>\n")
     });
 
     std::fs::remove_file(pair.master.join("Supportworks Server/data/mime/new.eml")).unwrap();
-    wait_until("delete replicated", || !pair.slave.join("Supportworks Server/data/mime/new.eml").exists());
+    wait_until("delete replicated", || {
+        !pair
+            .slave
+            .join("Supportworks Server/data/mime/new.eml")
+            .exists()
+    });
     let archived = find_in_archive(&pair.slave, "new.eml");
     assert_eq!(archived.len(), 1, "deleted file archived once");
     assert_eq!(std::fs::read(&archived[0]).unwrap(), b"fresh");
     let old_conf = find_in_archive(&pair.slave, "swserver.xml");
-    assert_eq!(std::fs::read(&old_conf[0]).unwrap(), b"<server/>\n", "replaced version archived");
+    assert_eq!(
+        std::fs::read(&old_conf[0]).unwrap(),
+        b"<server/>\n",
+        "replaced version archived"
+    );
     pair.assert_identical();
 }
 
@@ -124,7 +198,11 @@ fn find_in_archive(slave: &Path, name: &str) -> Vec<std::path::PathBuf> {
 fn edit_inside_a_large_file_sends_only_a_few_chunks() {
     let pair = Pair::new();
     let size = 8 * 1024 * 1024;
-    write(&pair.master, "Supportworks Server/data/index/calls.idx", &noise("big", size));
+    write(
+        &pair.master,
+        "Supportworks Server/data/index/calls.idx",
+        &noise("big", size),
+    );
     let _receiver = pair.start_receiver(&[]);
     let first = pair.send_once(&[]);
     assert_ok(&first);
@@ -137,7 +215,10 @@ fn edit_inside_a_large_file_sends_only_a_few_chunks() {
     let second = pair.send_once(&[]);
     assert_ok(&second);
     let sent = data_sent(&second);
-    assert!(sent > 0 && sent <= 4 * 256 * 1024, "an edit of 10 bytes sent {sent} bytes");
+    assert!(
+        sent > 0 && sent <= 4 * 256 * 1024,
+        "an edit of 10 bytes sent {sent} bytes"
+    );
     pair.assert_identical();
 }
 
@@ -145,18 +226,30 @@ fn edit_inside_a_large_file_sends_only_a_few_chunks() {
 fn renaming_a_folder_sends_no_file_data() {
     let pair = Pair::new();
     for i in 0..50 {
-        write(&pair.master, &format!("Supportworks Server/html/page-{i}.php"), &noise(&i.to_string(), 20_000));
+        write(
+            &pair.master,
+            &format!("Supportworks Server/html/page-{i}.php"),
+            &noise(&i.to_string(), 20_000),
+        );
     }
     let _receiver = pair.start_receiver(&[]);
     assert_ok(&pair.send_once(&[]));
     let inode_before = file_id(&pair.slave.join("Supportworks Server/html/page-7.php"));
 
-    std::fs::rename(pair.master.join("Supportworks Server/html"), pair.master.join("Supportworks Server/portal")).unwrap();
+    std::fs::rename(
+        pair.master.join("Supportworks Server/html"),
+        pair.master.join("Supportworks Server/portal"),
+    )
+    .unwrap();
     let out = pair.send_once(&[]);
     assert_ok(&out);
     assert_eq!(data_sent(&out), 0, "{}", stdout(&out));
     assert!(!pair.slave.join("Supportworks Server/html").exists());
-    assert_eq!(file_id(&pair.slave.join("Supportworks Server/portal/page-7.php")), inode_before, "applied as a rename");
+    assert_eq!(
+        file_id(&pair.slave.join("Supportworks Server/portal/page-7.php")),
+        inode_before,
+        "applied as a rename"
+    );
     pair.assert_identical();
 }
 
@@ -166,7 +259,11 @@ fn case_only_rename_replicates() {
     write(&pair.master, "Logs/Server.LOG", b"log");
     let _receiver = pair.start_receiver(&[]);
     assert_ok(&pair.send_once(&[]));
-    std::fs::rename(pair.master.join("Logs/Server.LOG"), pair.master.join("Logs/server.log")).unwrap();
+    std::fs::rename(
+        pair.master.join("Logs/Server.LOG"),
+        pair.master.join("Logs/server.log"),
+    )
+    .unwrap();
     let out = pair.send_once(&[]);
     assert_ok(&out);
     assert_eq!(data_sent(&out), 0);
@@ -186,15 +283,31 @@ fn wrong_fingerprint_is_refused_on_both_sides() {
     small_tree(&pair.master);
     let stranger = init_identity(&pair.tmp.path().join("stranger"));
     let mut receiver = pair.spawn_receiver(&[], &stranger);
-    wait_until("receiver listening", || std::net::TcpStream::connect(pair.addr()).is_ok());
+    wait_until("receiver listening", || {
+        std::net::TcpStream::connect(pair.addr()).is_ok()
+    });
     let out = pair.send_once(&["--timeout", "20"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("refused our certificate") || err.contains("not trusted"), "{err}");
-    assert!(err.lines().filter(|l| l.starts_with("error:")).count() == 1, "{err}");
-    wait_until("receiver logs the refusal", || receiver.log_text().contains("not trusted"));
+    assert!(
+        err.contains("refused our certificate") || err.contains("not trusted"),
+        "{err}"
+    );
+    assert!(
+        err.lines().filter(|l| l.starts_with("error:")).count() == 1,
+        "{err}"
+    );
+    wait_until("receiver logs the refusal", || {
+        receiver.log_text().contains("not trusted")
+    });
     assert!(receiver.is_running(), "the receiver keeps running");
-    assert_eq!(std::fs::read_dir(&pair.slave).unwrap().filter(|e| e.as_ref().unwrap().file_name() != ".swrepl").count(), 0);
+    assert_eq!(
+        std::fs::read_dir(&pair.slave)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != ".swrepl")
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -207,8 +320,17 @@ fn mass_delete_is_held_until_confirmed() {
 
     let held = pair.send_once(&[]);
     assert_eq!(held.status.code(), Some(1), "{}", stderr(&held));
-    assert!(stderr(&held).contains("--allow-mass-delete"), "{}", stderr(&held));
-    assert!(pair.slave.join("Supportworks Server/data/mime/call-3.eml").exists(), "nothing deleted");
+    assert!(
+        stderr(&held).contains("--allow-mass-delete"),
+        "{}",
+        stderr(&held)
+    );
+    assert!(
+        pair.slave
+            .join("Supportworks Server/data/mime/call-3.eml")
+            .exists(),
+        "nothing deleted"
+    );
 
     assert_ok(&pair.send_once(&["--allow-mass-delete"]));
     assert!(!pair.slave.join("Supportworks Server/data").exists());
@@ -222,8 +344,16 @@ fn changes_made_on_the_slave_are_reverted_and_archived() {
     small_tree(&pair.master);
     let _receiver = pair.start_receiver(&[]);
     assert_ok(&pair.send_once(&[]));
-    write(&pair.slave, "Supportworks Server/conf/swserver.xml", b"edited on the slave");
-    write(&pair.slave, "Supportworks Server/stray.txt", b"added on the slave");
+    write(
+        &pair.slave,
+        "Supportworks Server/conf/swserver.xml",
+        b"edited on the slave",
+    );
+    write(
+        &pair.slave,
+        "Supportworks Server/stray.txt",
+        b"added on the slave",
+    );
 
     assert_ok(&pair.send_once(&[]));
     pair.assert_identical();
@@ -236,7 +366,11 @@ fn changes_made_on_the_slave_are_reverted_and_archived() {
 fn a_precopied_slave_is_seeded_by_hashes() {
     let pair = Pair::new();
     for i in 0..30 {
-        write(&pair.master, &format!("attachments/{i}.bin"), &noise(&format!("seed{i}"), 100_000));
+        write(
+            &pair.master,
+            &format!("attachments/{i}.bin"),
+            &noise(&format!("seed{i}"), 100_000),
+        );
     }
     // The operator pre-copied the tree (as the runbook's xcopy would), then one file changed.
     for i in 0..30 {
@@ -248,7 +382,11 @@ fn a_precopied_slave_is_seeded_by_hashes() {
     let _receiver = pair.start_receiver(&[]);
     let out = pair.send_once(&[]);
     assert_ok(&out);
-    assert!(data_sent(&out) * 100 < total, "seeding sent {} of {total} bytes", data_sent(&out));
+    assert!(
+        data_sent(&out) * 100 < total,
+        "seeding sent {} of {total} bytes",
+        data_sent(&out)
+    );
     pair.assert_identical();
 }
 
@@ -268,7 +406,10 @@ fn a_file_being_written_never_appears_half_written() {
         move || {
             use std::io::Write;
             for i in 1..pieces {
-                let mut f = std::fs::OpenOptions::new().append(true).open(&master_file).unwrap();
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&master_file)
+                    .unwrap();
                 f.write_all(&full[i * piece..(i + 1) * piece]).unwrap();
                 std::thread::sleep(std::time::Duration::from_millis(15));
             }
@@ -279,7 +420,11 @@ fn a_file_being_written_never_appears_half_written() {
     wait_until("growing file replicated in full", || {
         if let Ok(content) = std::fs::read(&slave_file) {
             observed += 1;
-            assert!(content.len() % piece == 0 && content[..] == full[..content.len()], "half-written content seen ({} bytes)", content.len());
+            assert!(
+                content.len() % piece == 0 && content[..] == full[..content.len()],
+                "half-written content seen ({} bytes)",
+                content.len()
+            );
             return content.len() == full.len();
         }
         false
@@ -293,18 +438,34 @@ fn receiver_restart_mid_transfer_resumes() {
     let pair = Pair::new();
     let files = 300;
     for i in 0..files {
-        write(&pair.master, &format!("mime/{i:04}.eml"), &noise(&format!("r{i}"), 256 * 1024));
+        write(
+            &pair.master,
+            &format!("mime/{i:04}.eml"),
+            &noise(&format!("r{i}"), 256 * 1024),
+        );
     }
     let mut receiver = pair.start_receiver(&[]);
     let mut sender = pair.spawn_sender(&["--once"]);
-    let applied = || std::fs::read_dir(pair.slave.join("mime")).map(|d| d.count()).unwrap_or(0);
+    let applied = || {
+        std::fs::read_dir(pair.slave.join("mime"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
     wait_until("some files applied", || applied() >= 10);
     receiver.kill();
-    assert!(sender.is_running(), "the transfer finished before the receiver could be stopped: make the tree bigger");
+    assert!(
+        sender.is_running(),
+        "the transfer finished before the receiver could be stopped: make the tree bigger"
+    );
     let before: Vec<(String, u64)> = std::fs::read_dir(pair.slave.join("mime"))
         .unwrap()
         .map(|e| e.unwrap())
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), file_id(&e.path())))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                file_id(&e.path()),
+            )
+        })
         .collect();
     assert!(before.len() < files);
 
@@ -312,7 +473,11 @@ fn receiver_restart_mid_transfer_resumes() {
     assert_eq!(sender.wait_exit(), 0, "sender log:\n{}", sender.log_text());
     pair.assert_identical();
     for (name, id) in before {
-        assert_eq!(file_id(&pair.slave.join("mime").join(&name)), id, "{name} was transferred again");
+        assert_eq!(
+            file_id(&pair.slave.join("mime").join(&name)),
+            id,
+            "{name} was transferred again"
+        );
     }
 }
 
@@ -324,18 +489,37 @@ fn remote_verify_compares_with_a_running_receiver() {
     assert_ok(&pair.send_once(&[]));
     let remote = |root: &Path| {
         run(&[
-            "verify", "--root", root.to_str().unwrap(), "--connect", &pair.addr(),
-            "--identity", pair.master_id.to_str().unwrap(), "--trust", &pair.slave_fp,
+            "verify",
+            "--root",
+            root.to_str().unwrap(),
+            "--connect",
+            &pair.addr(),
+            "--identity",
+            pair.master_id.to_str().unwrap(),
+            "--trust",
+            &pair.slave_fp,
         ])
     };
     let same = remote(&pair.master);
     assert_ok(&same);
-    assert!(stdout(&same).starts_with("identical: 22 files"), "{}", stdout(&same));
+    assert!(
+        stdout(&same).starts_with("identical: 22 files"),
+        "{}",
+        stdout(&same)
+    );
 
-    write(&pair.master, "Supportworks Server/conf/swserver.xml", b"changed, not yet sent");
+    write(
+        &pair.master,
+        "Supportworks Server/conf/swserver.xml",
+        b"changed, not yet sent",
+    );
     let differs = remote(&pair.master);
     assert_eq!(differs.status.code(), Some(1));
-    assert!(stdout(&differs).contains("swserver.xml"), "{}", stdout(&differs));
+    assert!(
+        stdout(&differs).contains("swserver.xml"),
+        "{}",
+        stdout(&differs)
+    );
 }
 
 #[test]
@@ -344,23 +528,77 @@ fn operator_mistakes_get_one_clear_line() {
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["send".into(), "--bogus".into()], "unexpected argument"),
         (
-            vec!["send", "--root", pair.master.to_str().unwrap(), "--connect", &pair.addr(), "--identity", "/nonexistent/id", "--trust", &pair.slave_fp, "--once"]
-                .into_iter().map(String::from).collect(),
+            vec![
+                "send",
+                "--root",
+                pair.master.to_str().unwrap(),
+                "--connect",
+                &pair.addr(),
+                "--identity",
+                "/nonexistent/id",
+                "--trust",
+                &pair.slave_fp,
+                "--once",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
             "swrepl init",
         ),
         (
-            vec!["send", "--root", "/nonexistent/root", "--connect", &pair.addr(), "--identity", pair.master_id.to_str().unwrap(), "--trust", &pair.slave_fp, "--once"]
-                .into_iter().map(String::from).collect(),
+            vec![
+                "send",
+                "--root",
+                "/nonexistent/root",
+                "--connect",
+                &pair.addr(),
+                "--identity",
+                pair.master_id.to_str().unwrap(),
+                "--trust",
+                &pair.slave_fp,
+                "--once",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
             "/nonexistent/root",
         ),
         (
-            vec!["send", "--root", pair.master.to_str().unwrap(), "--connect", &pair.addr(), "--identity", pair.master_id.to_str().unwrap(), "--trust", "sha256:nothex", "--once"]
-                .into_iter().map(String::from).collect(),
+            vec![
+                "send",
+                "--root",
+                pair.master.to_str().unwrap(),
+                "--connect",
+                &pair.addr(),
+                "--identity",
+                pair.master_id.to_str().unwrap(),
+                "--trust",
+                "sha256:nothex",
+                "--once",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
             "sha256:nothex",
         ),
         (
-            vec!["send", "--root", pair.master.to_str().unwrap(), "--connect", &pair.addr(), "--identity", pair.master_id.to_str().unwrap(), "--trust", &pair.slave_fp, "--once", "--timeout", "2"]
-                .into_iter().map(String::from).collect(),
+            vec![
+                "send",
+                "--root",
+                pair.master.to_str().unwrap(),
+                "--connect",
+                &pair.addr(),
+                "--identity",
+                pair.master_id.to_str().unwrap(),
+                "--trust",
+                &pair.slave_fp,
+                "--once",
+                "--timeout",
+                "2",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
             "cannot reach",
         ),
     ];
@@ -368,7 +606,10 @@ fn operator_mistakes_get_one_clear_line() {
         let out = swrepl().args(&args).output().unwrap();
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(expected), "{args:?}: expected {expected:?} in {err:?}");
+        assert!(
+            err.contains(expected),
+            "{args:?}: expected {expected:?} in {err:?}"
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
 
@@ -376,5 +617,9 @@ fn operator_mistakes_get_one_clear_line() {
     let _receiver = pair.start_receiver(&[]);
     let mut second = pair.spawn_receiver(&[], &pair.master_fp);
     assert_eq!(second.wait_exit(), 2);
-    assert!(second.log_text().contains("cannot listen"), "{}", second.log_text());
+    assert!(
+        second.log_text().contains("cannot listen"),
+        "{}",
+        second.log_text()
+    );
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
-use swrepl_db::{CheckOptions, CheckReport, ReplicationConfig, SeedOptions, ServerUrl, SetupReport, Target};
+use swrepl_db::{
+    CheckOptions, CheckReport, ReplicationConfig, SeedOptions, ServerUrl, SetupReport, Target,
+};
 
 /// Arguments of `swrepl db`.
 #[derive(clap::Args, Debug)]
@@ -155,8 +157,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     match args.command {
         DbCommand::Plan(flags) => plan(&setup_config(&flags, &file)?).await,
-        DbCommand::Setup { flags, dry_run: true } => plan(&setup_config(&flags, &file)?).await,
-        DbCommand::Setup { flags, dry_run: false } => setup(&setup_config(&flags, &file)?).await,
+        DbCommand::Setup {
+            flags,
+            dry_run: true,
+        } => plan(&setup_config(&flags, &file)?).await,
+        DbCommand::Setup {
+            flags,
+            dry_run: false,
+        } => setup(&setup_config(&flags, &file)?).await,
         DbCommand::Seed {
             flags,
             dump_program,
@@ -204,12 +212,18 @@ fn url_with_password(
 }
 
 fn master_url(conn: &ConnFlags, file: &DbConfig) -> anyhow::Result<ServerUrl> {
-    let pw = conn.master_password_file.as_deref().or(file.master_password_file.as_deref());
+    let pw = conn
+        .master_password_file
+        .as_deref()
+        .or(file.master_password_file.as_deref());
     url_with_password(&conn.master, &file.master, pw, "master")
 }
 
 fn slave_url(conn: &ConnFlags, file: &DbConfig) -> anyhow::Result<ServerUrl> {
-    let pw = conn.slave_password_file.as_deref().or(file.slave_password_file.as_deref());
+    let pw = conn
+        .slave_password_file
+        .as_deref()
+        .or(file.slave_password_file.as_deref());
     url_with_password(&conn.slave, &file.slave, pw, "slave")
 }
 
@@ -227,7 +241,11 @@ fn setup_config(flags: &SetupFlags, file: &DbConfig) -> anyhow::Result<Replicati
         .or(file.repl_password_file.clone())
         .context("--repl-password-file is required (or `repl_password_file` in the [db] table of --config)")?;
     let repl_password = swrepl_db::read_password_file(&password_file)?;
-    let master_address = match flags.master_address.as_ref().or(file.master_address.as_ref()) {
+    let master_address = match flags
+        .master_address
+        .as_ref()
+        .or(file.master_address.as_ref())
+    {
         None => None,
         Some(text) => Some(parse_host_port(text)?),
     };
@@ -250,7 +268,12 @@ fn parse_host_port(text: &str) -> anyhow::Result<(String, u16)> {
             let port = port
                 .parse()
                 .with_context(|| format!("--master-address {text:?}: the port is not a number"))?;
-            Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+            Ok((
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+                port,
+            ))
         }
         _ => Ok((text.to_string(), swrepl_db::DEFAULT_PORT)),
     }
@@ -332,7 +355,10 @@ fn print_setup_report(report: &SetupReport) {
             Target::Master => "Master",
             Target::Slave => "Slave",
         };
-        println!("ADD to the {who}'s option file under [mysqld] (or pass --{}-ini to let swrepl do it):", who.to_ascii_lowercase());
+        println!(
+            "ADD to the {who}'s option file under [mysqld] (or pass --{}-ini to let swrepl do it):",
+            who.to_ascii_lowercase()
+        );
         for line in lines {
             if line.key.contains("password") {
                 println!("  {}=<the replication password>", line.key);
@@ -357,13 +383,21 @@ async fn check(flags: &CheckFlags, file: &DbConfig) -> anyhow::Result<ExitCode> 
             .map(Duration::from_secs)
             .unwrap_or(defaults.max_lag),
         checksums: flags.checksum,
-        chunk_rows: flags.chunk_rows.or(file.chunk_rows).unwrap_or(defaults.chunk_rows),
+        chunk_rows: flags
+            .chunk_rows
+            .or(file.chunk_rows)
+            .unwrap_or(defaults.chunk_rows),
         ..defaults
     };
     run_check(&master, &slave, &opts, flags.json).await
 }
 
-async fn run_check(master: &ServerUrl, slave: &ServerUrl, opts: &CheckOptions, json: bool) -> anyhow::Result<ExitCode> {
+async fn run_check(
+    master: &ServerUrl,
+    slave: &ServerUrl,
+    opts: &CheckOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let report = swrepl_db::check(master, slave, opts).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

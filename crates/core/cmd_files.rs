@@ -176,7 +176,10 @@ struct ReceiveConfig {
     archive_days: Option<u64>,
 }
 
-fn load_section<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>, name: &str) -> anyhow::Result<T> {
+fn load_section<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&Path>,
+    name: &str,
+) -> anyhow::Result<T> {
     match path {
         Some(path) => Ok(config::section(path, name)?.unwrap_or_default()),
         None => Ok(T::default()),
@@ -197,10 +200,16 @@ fn parse_trust(flags: Vec<String>, config: Vec<String>) -> anyhow::Result<Vec<Fi
     if all.is_empty() {
         bail!("no peer is trusted: pass --trust sha256:<fingerprint of the peer> (printed by `swrepl init` on the peer)");
     }
-    all.iter().map(|s| s.parse::<Fingerprint>().map_err(anyhow::Error::from)).collect()
+    all.iter()
+        .map(|s| s.parse::<Fingerprint>().map_err(anyhow::Error::from))
+        .collect()
 }
 
-fn excludes(args: ExcludeArgs, config_extra: Vec<String>, config_no_defaults: Option<bool>) -> anyhow::Result<Excludes> {
+fn excludes(
+    args: ExcludeArgs,
+    config_extra: Vec<String>,
+    config_no_defaults: Option<bool>,
+) -> anyhow::Result<Excludes> {
     let mut globs = config_extra;
     globs.extend(args.exclude);
     let defaults = !(args.no_default_excludes || config_no_defaults.unwrap_or(false));
@@ -235,7 +244,10 @@ pub fn sender_options(args: SendArgs) -> anyhow::Result<SenderOptions> {
     let identity = load_identity(args.peer.identity.or(cfg.identity))?;
     let trusted = parse_trust(args.peer.trust, cfg.trust)?;
     let excludes = excludes(args.excludes, cfg.exclude, cfg.no_default_excludes)?;
-    let threshold = args.mass_delete_threshold.or(cfg.mass_delete_threshold).unwrap_or(20.0);
+    let threshold = args
+        .mass_delete_threshold
+        .or(cfg.mass_delete_threshold)
+        .unwrap_or(20.0);
     Ok(SenderOptions {
         root,
         state_dir: args.state.or(cfg.state),
@@ -247,8 +259,18 @@ pub fn sender_options(args: SendArgs) -> anyhow::Result<SenderOptions> {
         connect_timeout: Duration::from_secs(args.timeout.or(cfg.timeout).unwrap_or(30).max(1)),
         allow_mass_delete: args.allow_mass_delete,
         mass_delete_permille: threshold_permille(threshold)?,
-        rescan_interval: Duration::from_secs(args.rescan_interval.or(cfg.rescan_interval).unwrap_or(60).max(1)),
-        full_pass_interval: Duration::from_secs(args.full_pass_interval.or(cfg.full_pass_interval).unwrap_or(3600).max(1)),
+        rescan_interval: Duration::from_secs(
+            args.rescan_interval
+                .or(cfg.rescan_interval)
+                .unwrap_or(60)
+                .max(1),
+        ),
+        full_pass_interval: Duration::from_secs(
+            args.full_pass_interval
+                .or(cfg.full_pass_interval)
+                .unwrap_or(3600)
+                .max(1),
+        ),
         service_probe: None,
     })
 }
@@ -265,7 +287,10 @@ pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
         eprintln!("refused by the receiver: {path}: {reason}");
     }
     for problem in &summary.unreadable {
-        eprintln!("not replicated (could not be read cleanly): {}: {}", problem.path, problem.reason);
+        eprintln!(
+            "not replicated (could not be read cleanly): {}: {}",
+            problem.path, problem.reason
+        );
     }
     if summary.held_deletes > 0 {
         eprintln!(
@@ -273,7 +298,11 @@ pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
             summary.held_deletes
         );
     }
-    Ok(if summary.is_complete() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if summary.is_complete() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 pub fn receiver_options(args: ReceiveArgs) -> anyhow::Result<ReceiverOptions> {
@@ -285,7 +314,10 @@ pub fn receiver_options(args: ReceiveArgs) -> anyhow::Result<ReceiverOptions> {
     let days = args.archive_days.or(cfg.archive_days).unwrap_or(30);
     Ok(ReceiverOptions {
         root,
-        listen: args.listen.or(cfg.listen).unwrap_or_else(|| format!("0.0.0.0:{DEFAULT_PORT}")),
+        listen: args
+            .listen
+            .or(cfg.listen)
+            .unwrap_or_else(|| format!("0.0.0.0:{DEFAULT_PORT}")),
         identity,
         trusted,
         archive: args.archive.or(cfg.archive),
@@ -299,6 +331,9 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
     swrepl_sync::run_receiver(options, None, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
+
+const VERIFY_USAGE: &str = "usage: `swrepl verify A B` for two local trees, or \
+    `swrepl verify --root A --connect HOST:PORT --identity DIR --trust FP` for a running receiver";
 
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let excludes = excludes(args.excludes, Vec::new(), None)?;
@@ -317,20 +352,26 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         (Some(a), None, Some(addr)) => {
             let identity = load_identity(args.peer.identity)?;
             let trusted = parse_trust(args.peer.trust, Vec::new())?;
-            let remote = swrepl_sync::remote_listing(&addr, &identity, &trusted, Duration::from_secs(30)).await?;
+            let remote =
+                swrepl_sync::remote_listing(&addr, &identity, &trusted, Duration::from_secs(30))
+                    .await?;
             let (pa, ex) = (a.clone(), excludes.clone());
-            let local = tokio::task::spawn_blocking(move || swrepl_tree::list_tree(&pa, &ex, &|_| {})).await??;
+            let local =
+                tokio::task::spawn_blocking(move || swrepl_tree::list_tree(&pa, &ex, &|_| {}))
+                    .await??;
             let differences = swrepl_tree::compare(&local.entries, &remote);
-            let files = local.entries.iter().filter(|e| e.kind == swrepl_tree::EntryKind::File);
-            let summary = swrepl_tree::VerifySummary {
+            let files = local
+                .entries
+                .iter()
+                .filter(|e| e.kind == swrepl_tree::EntryKind::File);
+            swrepl_tree::VerifySummary {
                 files: files.clone().count() as u64,
                 bytes: files.map(|e| e.size).sum(),
                 differences,
                 problems: local.problems,
-            };
-            summary
+            }
         }
-        _ => bail!("usage: `swrepl verify A B` for two local trees, or `swrepl verify --root A --connect HOST:PORT --identity DIR --trust FP`"),
+        _ => bail!(VERIFY_USAGE),
     };
     for problem in &report.problems {
         eprintln!("not verified: {}: {}", problem.path, problem.reason);
@@ -353,11 +394,13 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
         eprintln!("{} differences", report.differences.len());
     }
-    Ok(match (report.differences.is_empty(), report.problems.is_empty()) {
-        (false, _) => ExitCode::from(1),
-        (true, false) => ExitCode::from(2),
-        (true, true) => ExitCode::SUCCESS,
-    })
+    Ok(
+        match (report.differences.is_empty(), report.problems.is_empty()) {
+            (false, _) => ExitCode::from(1),
+            (true, false) => ExitCode::from(2),
+            (true, true) => ExitCode::SUCCESS,
+        },
+    )
 }
 
 /// Resolves on Ctrl-C (and SIGTERM on Unix), so services stop cleanly.

@@ -150,7 +150,10 @@ fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         );
     }
     for path in &missing {
-        eprintln!("warning: key {path} does not exist in {}; not exported", backend.describe());
+        eprintln!(
+            "warning: key {path} does not exist in {}; not exported",
+            backend.describe()
+        );
     }
     RegFile::export(&snapshot).write(&args.out, Encoding::Utf16Le)?;
     println!(
@@ -227,7 +230,10 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         println!("{line}");
     }
     match (&outcome.archived, outcome.applied.is_empty()) {
-        (_, true) => println!("nothing to change: the keys already match {}", args.file.display()),
+        (_, true) => println!(
+            "nothing to change: the keys already match {}",
+            args.file.display()
+        ),
         (Some(archive), false) => println!(
             "applied {} changes to {}; previous state saved to {}",
             outcome.applied.len(),

@@ -90,11 +90,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(code) = already_done(&setup, &args).await? {
         return Ok(code);
     }
-    let assessment = match assess(&setup.control, &setup.set, &setup.precheck, &setup.hooks).await
-    {
+    let assessment = match assess(&setup.control, &setup.set, &setup.precheck, &setup.hooks).await {
         Ok(a) => a,
         Err(e) => {
-            record(&setup.log, EventOutcome::Refused, &args, &e.to_string(), None);
+            record(
+                &setup.log,
+                EventOutcome::Refused,
+                &args,
+                &e.to_string(),
+                None,
+            );
             return Err(e.into());
         }
     };
@@ -105,12 +110,24 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if !refusals.is_empty() && !args.force {
         let error = SwitchoverError::Refused(refusals);
-        record(&setup.log, EventOutcome::Refused, &args, &error.to_string(), Some(&assessment));
+        record(
+            &setup.log,
+            EventOutcome::Refused,
+            &args,
+            &error.to_string(),
+            Some(&assessment),
+        );
         return Err(error.into());
     }
     if !args.yes {
         if let Err(e) = confirm("Switch this server over to the active role?") {
-            record(&setup.log, EventOutcome::Cancelled, &args, &format!("{e:#}"), Some(&assessment));
+            record(
+                &setup.log,
+                EventOutcome::Cancelled,
+                &args,
+                &format!("{e:#}"),
+                Some(&assessment),
+            );
             return Err(e);
         }
     }
@@ -143,7 +160,11 @@ async fn already_done(setup: &Setup, args: &Args) -> anyhow::Result<Option<ExitC
     Ok(Some(ExitCode::SUCCESS))
 }
 
-async fn carry_out(setup: &Setup, args: &Args, assessment: &Assessment) -> anyhow::Result<ExitCode> {
+async fn carry_out(
+    setup: &Setup,
+    args: &Args,
+    assessment: &Assessment,
+) -> anyhow::Result<ExitCode> {
     let options = ExecuteOptions {
         force: args.force,
         max_db_lag: setup.settings.max_db_lag(),
@@ -168,7 +189,11 @@ async fn carry_out(setup: &Setup, args: &Args, assessment: &Assessment) -> anyho
             let message = format!(
                 "switched over: started {} service(s){}",
                 outcome.started.len(),
-                if outcome.db_promoted { ", database promoted" } else { "" }
+                if outcome.db_promoted {
+                    ", database promoted"
+                } else {
+                    ""
+                }
             );
             println!("{message}");
             let details = serde_json::json!({
@@ -176,7 +201,10 @@ async fn carry_out(setup: &Setup, args: &Args, assessment: &Assessment) -> anyho
                 "outcome": outcome,
                 "after": after,
             });
-            append(&setup.log, event(EventOutcome::Completed, args, &message, details));
+            append(
+                &setup.log,
+                event(EventOutcome::Completed, args, &message, details),
+            );
             if !after.matches() {
                 println!("warning: the services do not all match the active table (marked !)");
                 return Ok(ExitCode::from(1));
@@ -191,7 +219,10 @@ async fn carry_out(setup: &Setup, args: &Args, assessment: &Assessment) -> anyho
                 _ => EventOutcome::Failed,
             };
             let details = serde_json::json!({ "assessment": assessment, "after": after });
-            append(&setup.log, event(outcome, args, &error.to_string(), details));
+            append(
+                &setup.log,
+                event(outcome, args, &error.to_string(), details),
+            );
             Err(error.into())
         }
     }
@@ -213,17 +244,33 @@ fn dry_run_verdict(
     let order: Vec<&str> = setup.set.all().collect();
     println!("  start, in order, waiting for each: {}", order.join(", "));
     let (message, code) = if refusals.is_empty() {
-        ("dry run: a switch-over would proceed; nothing was changed".to_owned(), 0)
+        (
+            "dry run: a switch-over would proceed; nothing was changed".to_owned(),
+            0,
+        )
     } else {
         let reasons: Vec<String> = refusals.iter().map(ToString::to_string).collect();
-        let verdict = if args.force { "would proceed with --force despite" } else { "would refuse" };
+        let verdict = if args.force {
+            "would proceed with --force despite"
+        } else {
+            "would refuse"
+        };
         (
-            format!("dry run: a switch-over {verdict}: {}; nothing was changed", reasons.join("; ")),
+            format!(
+                "dry run: a switch-over {verdict}: {}; nothing was changed",
+                reasons.join("; ")
+            ),
             if args.force { 0 } else { 1 },
         )
     };
     println!("{message}");
-    record(&setup.log, EventOutcome::DryRun, args, &message, Some(assessment));
+    record(
+        &setup.log,
+        EventOutcome::DryRun,
+        args,
+        &message,
+        Some(assessment),
+    );
     ExitCode::from(code)
 }
 
@@ -260,7 +307,9 @@ fn print_assessment(setup: &Setup, assessment: &Assessment) {
 pub(crate) fn confirm(question: &str) -> anyhow::Result<()> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
-        anyhow::bail!("refusing without confirmation: stdin is not a terminal; re-run with --yes to confirm");
+        anyhow::bail!(
+            "refusing without confirmation: stdin is not a terminal; re-run with --yes to confirm"
+        );
     }
     eprint!("{question} Type yes to continue: ");
     std::io::stderr().flush().ok();
@@ -281,8 +330,17 @@ fn event(outcome: EventOutcome, args: &Args, message: &str, details: serde_json:
     event
 }
 
-fn record(log: &EventLog, outcome: EventOutcome, args: &Args, message: &str, assessment: Option<&Assessment>) {
-    let details = assessment.map_or(serde_json::Value::Null, |a| serde_json::json!({ "assessment": a }));
+fn record(
+    log: &EventLog,
+    outcome: EventOutcome,
+    args: &Args,
+    message: &str,
+    assessment: Option<&Assessment>,
+) {
+    let details = assessment.map_or(
+        serde_json::Value::Null,
+        |a| serde_json::json!({ "assessment": a }),
+    );
     append(log, event(outcome, args, message, details));
 }
 
@@ -319,8 +377,12 @@ impl ReplicationPrecheck {
                 format!("cannot read the receiver status file {}: {e}", path.display())
             }
         })?;
-        serde_json::from_str(&text)
-            .map_err(|e| format!("the receiver status file {} is not valid: {e}", path.display()))
+        serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "the receiver status file {} is not valid: {e}",
+                path.display()
+            )
+        })
     }
 }
 
@@ -337,7 +399,8 @@ fn lag_from_report(report: &swrepl_db::LagReport) -> DbLag {
     match behind.into_iter().chain(report.true_lag).max() {
         Some(lag) => DbLag::Measured { lag },
         None => DbLag::Unknown {
-            reason: "the replica reports no lag (Seconds_Behind_Master is NULL and no heartbeat)".to_owned(),
+            reason: "the replica reports no lag (Seconds_Behind_Master is NULL and no heartbeat)"
+                .to_owned(),
         },
     }
 }

@@ -29,7 +29,10 @@ const LARGE_SIZE: usize = 16 * 1024 * 1024;
 /// Deterministic pseudo-random bytes (blake3 in XOF mode), so the demo is the same every time.
 fn pseudo_random(seed: &str, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    blake3::Hasher::new().update(seed.as_bytes()).finalize_xof().fill(&mut out);
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut out);
     out
 }
 
@@ -40,16 +43,36 @@ fn write(root: &Path, rel: &str, content: &[u8]) -> anyhow::Result<()> {
 }
 
 fn build_master_tree(root: &Path) -> anyhow::Result<()> {
-    write(root, "Supportworks Server/conf/swserver.xml", b"<server><port>5015</port></server>\n")?;
-    write(root, "Supportworks Server/html/index.php", b"<?php include 'portal.php'; ?>\n")?;
+    write(
+        root,
+        "Supportworks Server/conf/swserver.xml",
+        b"<server><port>5015</port></server>\n",
+    )?;
+    write(
+        root,
+        "Supportworks Server/html/index.php",
+        b"<?php include 'portal.php'; ?>\n",
+    )?;
     for i in 0..40 {
         let rel = format!("Supportworks Server/data/mime/2026/11/call-{i:04}.eml");
         write(root, &rel, &pseudo_random(&rel, 2_000 + i * 300))?;
     }
     write(root, LARGE_FILE, &pseudo_random("calls.idx", LARGE_SIZE))?;
-    write(root, "Supportworks Server/log/swserver.log", b"2026-11-26 05:00:00 server started\n")?;
-    write(root, "Core Services/SwSqlServer/Bin/Swsql.ini", b"[mysqld]\nport=5002\n")?;
-    write(root, "Core Services/SwSqlServer/Data/swdata/opencall.MYD", &pseudo_random("opencall", 100_000))?;
+    write(
+        root,
+        "Supportworks Server/log/swserver.log",
+        b"2026-11-26 05:00:00 server started\n",
+    )?;
+    write(
+        root,
+        "Core Services/SwSqlServer/Bin/Swsql.ini",
+        b"[mysqld]\nport=5002\n",
+    )?;
+    write(
+        root,
+        "Core Services/SwSqlServer/Data/swdata/opencall.MYD",
+        &pseudo_random("opencall", 100_000),
+    )?;
     std::fs::create_dir_all(root.join("Supportworks Server/temp"))?;
     Ok(())
 }
@@ -60,7 +83,12 @@ struct Demo {
 
 impl Demo {
     /// Waits for the receiver event that `want` picks, printing it with its latency.
-    async fn expect<T>(&mut self, what: &str, started: Instant, want: impl Fn(&ReceiverEvent) -> Option<T>) -> anyhow::Result<T> {
+    async fn expect<T>(
+        &mut self,
+        what: &str,
+        started: Instant,
+        want: impl Fn(&ReceiverEvent) -> Option<T>,
+    ) -> anyhow::Result<T> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let event = tokio::time::timeout_at(deadline, self.events.recv())
@@ -68,7 +96,10 @@ impl Demo {
                 .with_context(|| format!("timed out waiting for: {what}"))?
                 .context("the receiver stopped")?;
             if let Some(found) = want(&event) {
-                println!("  applied on the Slave in {:>5} ms: {what}", started.elapsed().as_millis());
+                println!(
+                    "  applied on the Slave in {:>5} ms: {what}",
+                    started.elapsed().as_millis()
+                );
                 return Ok(found);
             }
         }
@@ -102,11 +133,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         excludes: Excludes::new(&[], true)?,
     };
     let mut stop = stop_rx.clone();
-    let receiver = tokio::spawn(swrepl_sync::run_receiver(receiver_options, Some(events_tx), async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }));
+    let receiver = tokio::spawn(swrepl_sync::run_receiver(
+        receiver_options,
+        Some(events_tx),
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    ));
     let mut demo = Demo { events: events_rx };
-    let ReceiverEvent::Listening(addr) = demo.events.recv().await.context("the receiver did not start")? else {
+    let ReceiverEvent::Listening(addr) = demo
+        .events
+        .recv()
+        .await
+        .context("the receiver did not start")?
+    else {
         bail!("unexpected first receiver event");
     };
     println!("3. receiver listening on {addr} (mutual TLS 1.3, pinned fingerprints)");
@@ -133,54 +173,109 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let started = Instant::now();
     println!("4. initial sync (sender watching the Master's tree):");
-    demo.expect("initial full pass", started, |e| matches!(e, ReceiverEvent::PassDone { .. }).then_some(())).await?;
+    demo.expect("initial full pass", started, |e| {
+        matches!(e, ReceiverEvent::PassDone { .. }).then_some(())
+    })
+    .await?;
 
     println!("5. live edits on the Master:");
     let t = Instant::now();
-    write(&master, "Supportworks Server/data/mime/2026/11/call-9999.eml", b"From: user@example.com\nSubject: printer\n\nIt is on fire.\n")?;
-    demo.expect("new attachment call-9999.eml", t, |e| applied(e, "call-9999.eml")).await?;
+    write(
+        &master,
+        "Supportworks Server/data/mime/2026/11/call-9999.eml",
+        b"From: user@example.com\nSubject: printer\n\nIt is on fire.\n",
+    )?;
+    demo.expect("new attachment call-9999.eml", t, |e| {
+        applied(e, "call-9999.eml")
+    })
+    .await?;
 
     let t = Instant::now();
     edit_in_place(&master.join(LARGE_FILE), LARGE_SIZE as u64 / 2, b"EDITED")?;
-    let bytes = demo.expect("6-byte edit inside the 16 MiB calls.idx", t, |e| match e {
-        ReceiverEvent::Applied { path, bytes_received, .. } if path == LARGE_FILE => Some(*bytes_received),
-        _ => None,
-    }).await?;
-    println!("     ... which sent {} KiB of chunk data, not 16 MiB", bytes / 1024);
+    let bytes = demo
+        .expect("6-byte edit inside the 16 MiB calls.idx", t, |e| match e {
+            ReceiverEvent::Applied {
+                path,
+                bytes_received,
+                ..
+            } if path == LARGE_FILE => Some(*bytes_received),
+            _ => None,
+        })
+        .await?;
+    println!(
+        "     ... which sent {} KiB of chunk data, not 16 MiB",
+        bytes / 1024
+    );
 
     let t = Instant::now();
-    std::fs::rename(master.join("Supportworks Server/html"), master.join("Supportworks Server/portal"))?;
-    demo.expect("folder html renamed to portal (no file data sent)", t, |e| matches!(e, ReceiverEvent::Renamed { .. }).then_some(())).await?;
+    std::fs::rename(
+        master.join("Supportworks Server/html"),
+        master.join("Supportworks Server/portal"),
+    )?;
+    demo.expect(
+        "folder html renamed to portal (no file data sent)",
+        t,
+        |e| matches!(e, ReceiverEvent::Renamed { .. }).then_some(()),
+    )
+    .await?;
 
     let t = Instant::now();
     std::fs::remove_file(master.join("Supportworks Server/log/swserver.log"))?;
-    demo.expect("swserver.log deleted (kept in the Slave's archive)", t, |e| matches!(e, ReceiverEvent::Deleted(p) if p.ends_with("swserver.log")).then_some(())).await?;
+    demo.expect(
+        "swserver.log deleted (kept in the Slave's archive)",
+        t,
+        |e| matches!(e, ReceiverEvent::Deleted(p) if p.ends_with("swserver.log")).then_some(()),
+    )
+    .await?;
 
     println!("6. verify (every file compared by blake3):");
     let excludes = Excludes::new(&[], true)?;
     let (m, s) = (master.clone(), slave.clone());
-    let summary = tokio::task::spawn_blocking(move || swrepl_tree::verify_trees(&m, &s, &excludes, &|_| {})).await??;
+    let summary =
+        tokio::task::spawn_blocking(move || swrepl_tree::verify_trees(&m, &s, &excludes, &|_| {}))
+            .await??;
     let data_copied = slave.join("Core Services/SwSqlServer/Data").exists();
     let _ = stop_tx.send(true);
     let _ = sender.await;
     let _ = receiver.await;
 
     if summary.differences.is_empty() {
-        println!("  identical: {} files, {} bytes", summary.files, summary.bytes);
+        println!(
+            "  identical: {} files, {} bytes",
+            summary.files, summary.bytes
+        );
     } else {
         for d in &summary.differences {
             println!("  {d}");
         }
     }
-    println!("  SwSQL Data folder on the Slave: {}", if data_copied { "PRESENT (wrong!)" } else { "absent, as it must be" });
+    println!(
+        "  SwSQL Data folder on the Slave: {}",
+        if data_copied {
+            "PRESENT (wrong!)"
+        } else {
+            "absent, as it must be"
+        }
+    );
     let archived = count_files(&slave.join(".swrepl/archive"));
     println!("  archive on the Slave holds {archived} replaced or deleted files");
     if args.keep {
         println!("kept {}", tmp.keep().display());
     }
     let ok = summary.differences.is_empty() && !data_copied;
-    println!("{}", if ok { "demo finished: the Slave is in step with the Master" } else { "demo FAILED" });
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    println!(
+        "{}",
+        if ok {
+            "demo finished: the Slave is in step with the Master"
+        } else {
+            "demo FAILED"
+        }
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn applied(event: &ReceiverEvent, suffix: &str) -> Option<()> {

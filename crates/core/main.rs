@@ -65,8 +65,15 @@ fn init_logging(filter: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The demo narrates on stdout; its logs would only interleave, unless asked for.
+    let quiet_demo = matches!(cli.command, Command::Demo(_))
+        && std::env::var_os("SWREPL_LOG").is_none()
+        && cli.log == "info";
+    init_logging(if quiet_demo { "warn" } else { &cli.log });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -146,53 +146,53 @@ pub enum ErrorCode {
 /// Every message of protocol version 1. Variant order is the wire tag: append only.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    /// 0. Connector → acceptor, first frame.
+    /// Tag 0: Connector → acceptor, first frame.
     Hello(Hello),
-    /// 1. Acceptor → connector, answer to `Hello`.
+    /// Tag 1: Acceptor → connector, answer to `Hello`.
     Welcome(Welcome),
-    /// 2. S→R. A pass begins; `full` passes describe the whole tree (extras get pruned at the end).
+    /// Tag 2: S→R. A pass begins; `full` passes describe the whole tree (extras get pruned at the end).
     PassBegin { pass: u64, full: bool },
-    /// 3. S→R. Make `entry.path` exactly this entry (create or replace).
+    /// Tag 3: S→R. Make `entry.path` exactly this entry (create or replace).
     Upsert { seq: Seq, entry: FileEntry },
-    /// 4. S→R. Remove `path` (a file, link, or a whole directory tree); the receiver archives it.
+    /// Tag 4: S→R. Remove `path` (a file, link, or a whole directory tree); the receiver archives it.
     Delete { seq: Seq, path: String },
-    /// 5. S→R. `from` was renamed to `entry.path`; the receiver renames when it holds `from`
+    /// Tag 5: S→R. `from` was renamed to `entry.path`; the receiver renames when it holds `from`
     /// with the same content, and otherwise treats this as an `Upsert` of `entry` (plus removal of `from`).
     Rename {
         seq: Seq,
         from: String,
         entry: FileEntry,
     },
-    /// 6. R→S. Send these chunks (indices into the entry's chunk list) of change `seq`.
+    /// Tag 6: R→S. Send these chunks (indices into the entry's chunk list) of change `seq`.
     NeedChunks { seq: Seq, indices: Vec<u32> },
-    /// 7. S→R. The bytes of chunk `index` of change `seq`.
+    /// Tag 7: S→R. The bytes of chunk `index` of change `seq`.
     ChunkData { seq: Seq, index: u32, data: Vec<u8> },
-    /// 8. S→R. The source of change `seq` changed while being sent; drop it (a later change follows).
+    /// Tag 8: S→R. The source of change `seq` changed while being sent; drop it (a later change follows).
     FileUnavailable { seq: Seq, reason: String },
-    /// 9. S→R. End of pass `pass`; `entries` were described. `prune` governs extras (full passes).
+    /// Tag 9: S→R. End of pass `pass`; `entries` were described. `prune` governs extras (full passes).
     PassEnd {
         pass: u64,
         entries: u64,
         prune: Prune,
     },
-    /// 10. R→S. Every change up to and including `seq` is applied and durable (fsynced).
+    /// Tag 10: R→S. Every change up to and including `seq` is applied and durable (fsynced).
     Ack { seq: Seq },
-    /// 11. R→S. Change `seq` on `path` was refused and not applied; `reason` says why.
+    /// Tag 11: R→S. Change `seq` on `path` was refused and not applied; `reason` says why.
     Refused {
         seq: Seq,
         path: String,
         reason: String,
     },
-    /// 12. R→S. Pass finished: `pruned` extras removed (archived), `held` extras kept by the guard.
+    /// Tag 12: R→S. Pass finished: `pruned` extras removed (archived), `held` extras kept by the guard.
     PassDone { pass: u64, pruned: u64, held: u64 },
-    /// 13. Both ways.
+    /// Tag 13: Both ways.
     Heartbeat(Heartbeat),
-    /// 14. Verifier → R. Ask for the receiver's tree.
+    /// Tag 14: Verifier → R. Ask for the receiver's tree.
     ListRequest,
-    /// 15. R → verifier. One entry of the receiver's tree.
+    /// Tag 15: R → verifier. One entry of the receiver's tree.
     ListEntry(FileEntry),
-    /// 16. R → verifier. The listing is complete.
+    /// Tag 16: R → verifier. The listing is complete.
     ListEnd { entries: u64 },
-    /// 17. Either way, then close: a fatal error.
+    /// Tag 17: Either way, then close: a fatal error.
     Error { code: ErrorCode, message: String },
 }

@@ -183,13 +183,19 @@ pub fn validate_message(msg: &Message) -> Result<(), ProtoError> {
         Message::Delete { path, .. } => check_path(path),
         Message::NeedChunks { indices, .. } => {
             if indices.len() > MAX_CHUNKS_PER_ENTRY {
-                return Err(ProtoError::Limit("too many chunk indices".into()));
+                return Err(ProtoError::Limit(format!(
+                    "{} chunk indices requested, at most {MAX_CHUNKS_PER_ENTRY} allowed",
+                    indices.len()
+                )));
             }
             Ok(())
         }
         Message::ChunkData { data, .. } => {
             if data.len() > MAX_CHUNK_LEN as usize {
-                return Err(ProtoError::Limit(format!("chunk of {} bytes", data.len())));
+                return Err(ProtoError::Limit(format!(
+                    "chunk of {} bytes, at most {MAX_CHUNK_LEN} allowed",
+                    data.len()
+                )));
             }
             Ok(())
         }

@@ -28,7 +28,11 @@ pub fn stderr(out: &Output) -> String {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `check` until it holds, or panics with `what` after a generous deadline.
@@ -66,7 +70,11 @@ impl Proc {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code().unwrap_or(-1);
             }
-            assert!(Instant::now() < deadline, "process did not exit; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -92,14 +100,24 @@ pub fn write(root: &Path, rel: &str, content: &[u8]) {
 /// Deterministic pseudo-random bytes.
 pub fn noise(seed: &str, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    blake3::Hasher::new().update(seed.as_bytes()).finalize_xof().fill(&mut out);
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut out);
     out
 }
 
 /// Number in `text` just before `marker`, e.g. "123 bytes of file data sent".
 pub fn number_before(text: &str, marker: &str) -> u64 {
-    let at = text.find(marker).unwrap_or_else(|| panic!("{marker:?} not in {text:?}"));
-    let digits: String = text[..at].trim_end().chars().rev().take_while(|c| c.is_ascii_digit()).collect();
+    let at = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker:?} not in {text:?}"));
+    let digits: String = text[..at]
+        .trim_end()
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
     digits.chars().rev().collect::<String>().parse().unwrap()
 }
 
@@ -133,7 +151,16 @@ impl Pair {
         let slave_id = tmp.path().join("slave-id");
         let master_fp = init_identity(&master_id);
         let slave_fp = init_identity(&slave_id);
-        Pair { tmp, master, slave, master_id, slave_id, master_fp, slave_fp, port: free_port() }
+        Pair {
+            tmp,
+            master,
+            slave,
+            master_id,
+            slave_id,
+            master_fp,
+            slave_fp,
+            port: free_port(),
+        }
     }
 
     pub fn addr(&self) -> String {
@@ -143,17 +170,33 @@ impl Pair {
     /// Starts a receiver on the Slave tree and waits until it accepts connections.
     pub fn start_receiver(&self, extra: &[&str]) -> Proc {
         let proc = self.spawn_receiver(extra, &self.master_fp.clone());
-        wait_until("receiver listening", || TcpStream::connect(self.addr()).is_ok());
+        wait_until("receiver listening", || {
+            TcpStream::connect(self.addr()).is_ok()
+        });
         proc
     }
 
     /// Starts a receiver that trusts `trusted` (without waiting).
     pub fn spawn_receiver(&self, extra: &[&str], trusted: &str) -> Proc {
-        let log = self.tmp.path().join(format!("receiver-{}.log", free_port()));
+        let log = self
+            .tmp
+            .path()
+            .join(format!("receiver-{}.log", free_port()));
         let mut cmd = swrepl();
-        cmd.args(["receive", "--root", self.slave.to_str().unwrap(), "--listen", &self.addr()])
-            .args(["--identity", self.slave_id.to_str().unwrap(), "--trust", trusted])
-            .args(extra);
+        cmd.args([
+            "receive",
+            "--root",
+            self.slave.to_str().unwrap(),
+            "--listen",
+            &self.addr(),
+        ])
+        .args([
+            "--identity",
+            self.slave_id.to_str().unwrap(),
+            "--trust",
+            trusted,
+        ])
+        .args(extra);
         spawn_logged(cmd, log)
     }
 
@@ -188,12 +231,21 @@ impl Pair {
 
     /// `swrepl verify master slave`.
     pub fn verify(&self) -> Output {
-        run(&["verify", self.master.to_str().unwrap(), self.slave.to_str().unwrap()])
+        run(&[
+            "verify",
+            self.master.to_str().unwrap(),
+            self.slave.to_str().unwrap(),
+        ])
     }
 
     pub fn assert_identical(&self) {
         let out = self.verify();
-        assert!(out.status.success(), "trees differ:\n{}{}", stdout(&out), stderr(&out));
+        assert!(
+            out.status.success(),
+            "trees differ:\n{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
         assert!(stdout(&out).starts_with("identical: "), "{}", stdout(&out));
     }
 }

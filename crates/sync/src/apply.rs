@@ -29,7 +29,10 @@ pub enum Prepared {
     /// A directory or link, ready to apply in order.
     Structural(FileEntry),
     /// A file whose content is being assembled; `need` lists the chunk indices to ask the peer for.
-    File { pending: Box<PendingFile>, need: Vec<u32> },
+    File {
+        pending: Box<PendingFile>,
+        need: Vec<u32>,
+    },
 }
 
 /// A file being assembled in the staging area.
@@ -93,23 +96,35 @@ impl Applier {
         retention: Option<Duration>,
         excludes: Excludes,
     ) -> Result<Applier, SyncError> {
-        let meta = std::fs::metadata(root).map_err(|e| SyncError::Root { path: root.to_path_buf(), source: e })?;
+        let meta = std::fs::metadata(root).map_err(|e| SyncError::Root {
+            path: root.to_path_buf(),
+            source: e,
+        })?;
         if !meta.is_dir() {
             return Err(SyncError::Root {
                 path: root.to_path_buf(),
                 source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
             });
         }
-        let root_dir = Dir::open_ambient_dir(root, cap_std::ambient_authority())
-            .map_err(|e| SyncError::Root { path: root.to_path_buf(), source: e })?;
-        let state_err = |e| SyncError::State { path: root.join(STATE_DIR_NAME), source: e };
+        let root_dir = Dir::open_ambient_dir(root, cap_std::ambient_authority()).map_err(|e| {
+            SyncError::Root {
+                path: root.to_path_buf(),
+                source: e,
+            }
+        })?;
+        let state_err = |e| SyncError::State {
+            path: root.join(STATE_DIR_NAME),
+            source: e,
+        };
         root_dir.create_dir_all(STAGING_REL).map_err(state_err)?;
         // Leftovers from an interrupted session are incomplete by definition.
         root_dir.remove_dir_all(STAGING_REL).map_err(state_err)?;
         root_dir.create_dir_all(STAGING_REL).map_err(state_err)?;
         let staging = root_dir.open_dir(STAGING_REL).map_err(state_err)?;
-        let archive = Archive::open(archive, retention)
-            .map_err(|e| SyncError::State { path: archive.to_path_buf(), source: e })?;
+        let archive = Archive::open(archive, retention).map_err(|e| SyncError::State {
+            path: archive.to_path_buf(),
+            source: e,
+        })?;
         if let Err(e) = archive.expire() {
             tracing::warn!(archive = %archive.path().display(), "cannot expire old archive generations: {e}");
         }
@@ -140,7 +155,9 @@ impl Applier {
     /// Whether this receiver refuses to touch `rel` (its own excludes: the SwSQL data folder and
     /// swrepl's state, whatever the sender thinks).
     pub fn is_excluded(&self, rel: &str) -> bool {
-        rel.split('/').next().is_some_and(|first| first.eq_ignore_ascii_case(STATE_DIR_NAME))
+        rel.split('/')
+            .next()
+            .is_some_and(|first| first.eq_ignore_ascii_case(STATE_DIR_NAME))
             || self.excludes.is_excluded(rel)
     }
 
@@ -185,7 +202,10 @@ impl Applier {
             }
         }
         let (pending, need) = self.start_file(entry, requested)?;
-        Ok(Prepared::File { pending: Box::new(pending), need })
+        Ok(Prepared::File {
+            pending: Box::new(pending),
+            need,
+        })
     }
 
     fn start_file(
@@ -197,10 +217,18 @@ impl Applier {
         let staging_name = format!("{}.part", self.staging_counter);
         let file = self
             .staging
-            .open_with(&staging_name, OpenOptions::new().read(true).write(true).create(true).truncate(true))
+            .open_with(
+                &staging_name,
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true),
+            )
             .map_err(|e| self.io_err(&entry.path, e))?
             .into_std();
-        file.set_len(entry.size).map_err(|e| self.io_err(&entry.path, e))?;
+        file.set_len(entry.size)
+            .map_err(|e| self.io_err(&entry.path, e))?;
         let mut offsets = Vec::with_capacity(entry.chunks.len());
         let mut offset = 0u64;
         for chunk in &entry.chunks {
@@ -214,7 +242,9 @@ impl Applier {
             let i = i as u32;
             if let Some(waiting) = awaiting.get_mut(&chunk.hash) {
                 waiting.push(i);
-            } else if requested.contains(&chunk.hash) || !self.scanner.index().find_chunk(&chunk.hash)?.is_empty() {
+            } else if requested.contains(&chunk.hash)
+                || !self.scanner.index().find_chunk(&chunk.hash)?.is_empty()
+            {
                 local.push(i);
             } else {
                 awaiting.insert(chunk.hash, vec![i]);
@@ -222,13 +252,26 @@ impl Applier {
                 need.push(i);
             }
         }
-        let pending = PendingFile { entry, staging_name, file, offsets, awaiting, local, received_bytes: 0 };
+        let pending = PendingFile {
+            entry,
+            staging_name,
+            file,
+            offsets,
+            awaiting,
+            local,
+            received_bytes: 0,
+        };
         Ok((pending, need))
     }
 
     /// Writes the peer's bytes for chunk `index` into the staging file (every index of the file
     /// with that content). The bytes must hash to what the entry says.
-    pub fn write_chunk(&mut self, pending: &mut PendingFile, index: u32, data: &[u8]) -> Result<(), SyncError> {
+    pub fn write_chunk(
+        &mut self,
+        pending: &mut PendingFile,
+        index: u32,
+        data: &[u8],
+    ) -> Result<(), SyncError> {
         let chunk = pending
             .entry
             .chunks
@@ -273,7 +316,9 @@ impl Applier {
         let path = pending.entry.path.clone();
         let actual = hash_file(&mut pending.file).map_err(|e| self.io_err(&path, e))?;
         if actual != pending.entry.file_hash {
-            return Err(SyncError::Protocol(format!("assembled {path:?} does not match its whole-file hash")));
+            return Err(SyncError::Protocol(format!(
+                "assembled {path:?} does not match its whole-file hash"
+            )));
         }
         pending.file.sync_all().map_err(|e| self.io_err(&path, e))?;
         set_file_metadata(&pending.file, &pending.entry).map_err(|e| self.io_err(&path, e))?;
@@ -292,7 +337,9 @@ impl Applier {
             if location.len != len {
                 continue;
             }
-            let Ok(file) = self.root.open(&location.path) else { continue };
+            let Ok(file) = self.root.open(&location.path) else {
+                continue;
+            };
             let mut file = file.into_std();
             let mut buf = vec![0u8; len as usize];
             if file.seek(SeekFrom::Start(location.offset)).is_ok()
@@ -310,7 +357,9 @@ impl Applier {
         let rel = entry.path.as_str();
         self.ensure_parent(rel)?;
         self.archive_existing(rel, false)?;
-        self.staging.rename(staging_name, &self.root, rel).map_err(|e| self.io_err(rel, e))?;
+        self.staging
+            .rename(staging_name, &self.root, rel)
+            .map_err(|e| self.io_err(rel, e))?;
         self.sync_parent(rel);
         self.record(entry.clone())
     }
@@ -318,7 +367,9 @@ impl Applier {
     /// Moves whatever sits at `rel` out of the way: a file being replaced is kept as a copy
     /// (hard link) so the rename over it stays atomic; anything else is moved to the archive.
     fn archive_existing(&mut self, rel: &str, remove_files: bool) -> Result<(), SyncError> {
-        let Ok(meta) = self.root.symlink_metadata(rel) else { return Ok(()) };
+        let Ok(meta) = self.root.symlink_metadata(rel) else {
+            return Ok(());
+        };
         let result = if meta.is_file() && !remove_files {
             self.archive.keep_copy(&self.root, rel)
         } else {
@@ -334,7 +385,9 @@ impl Applier {
 
     /// Creates the parent directories of `rel`, archiving any non-directory in the way.
     fn ensure_parent(&mut self, rel: &str) -> Result<(), SyncError> {
-        let Some((parent, _)) = rel.rsplit_once('/') else { return Ok(()) };
+        let Some((parent, _)) = rel.rsplit_once('/') else {
+            return Ok(());
+        };
         self.ensure_dir(parent)
     }
 
@@ -400,12 +453,19 @@ impl Applier {
     fn create_symlink(&self, target: &str, rel: &str) -> Result<(), SyncError> {
         // The target was checked to resolve inside the root (proto::check_link_target); cap-std
         // would refuse to follow it out of the root anyway.
-        self.root.symlink_contents(target, rel).map_err(|e| self.io_err(rel, e))
+        self.root
+            .symlink_contents(target, rel)
+            .map_err(|e| self.io_err(rel, e))
     }
 
     #[cfg(not(unix))]
     fn create_symlink(&self, target: &str, rel: &str) -> Result<(), SyncError> {
-        let is_dir = self.root.is_dir(Path::new(rel).parent().unwrap_or(Path::new("")).join(target));
+        let is_dir = self.root.is_dir(
+            Path::new(rel)
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join(target),
+        );
         let result = if is_dir {
             self.root.symlink_dir(target, rel)
         } else {
@@ -421,7 +481,10 @@ impl Applier {
             self.scanner.index_mut().remove_tree(rel)?;
             return Ok(false);
         }
-        let slot = self.archive.move_in(&self.root, rel).map_err(|e| self.io_err(rel, e))?;
+        let slot = self
+            .archive
+            .move_in(&self.root, rel)
+            .map_err(|e| self.io_err(rel, e))?;
         tracing::debug!(path = rel, archived = %slot.display(), "deleted into archive");
         self.sync_parent(rel);
         self.scanner.index_mut().remove_tree(rel)?;
@@ -433,7 +496,9 @@ impl Applier {
     /// an upsert of `entry`.
     pub fn rename(&mut self, from: &str, entry: &FileEntry) -> Result<bool, SyncError> {
         let to = entry.path.as_str();
-        let Some(source) = self.current(from)? else { return Ok(false) };
+        let Some(source) = self.current(from)? else {
+            return Ok(false);
+        };
         let same = match (&source.entry.kind, &entry.kind) {
             (EntryKind::File, EntryKind::File) => source.entry.file_hash == entry.file_hash,
             (EntryKind::Dir, EntryKind::Dir) => true,
@@ -446,13 +511,16 @@ impl Applier {
         // A case-only rename on a case-insensitive volume finds the target "present": it is
         // the source itself, and must not be archived.
         let target_is_source = from.eq_ignore_ascii_case(to)
-            && swrepl_tree::file_id_of(&self.root_path.join(to)) == swrepl_tree::file_id_of(&self.root_path.join(from));
+            && swrepl_tree::file_id_of(&self.root_path.join(to))
+                == swrepl_tree::file_id_of(&self.root_path.join(from));
         if !target_is_source {
             self.ensure_parent(to)?;
             self.archive_existing(to, true)?;
             self.scanner.index_mut().remove_tree(to)?;
         }
-        self.root.rename(from, &self.root, to).map_err(|e| self.io_err(to, e))?;
+        self.root
+            .rename(from, &self.root, to)
+            .map_err(|e| self.io_err(to, e))?;
         self.sync_parent(from);
         self.sync_parent(to);
         self.scanner.index_mut().rename_tree(from, to)?;
@@ -464,7 +532,11 @@ impl Applier {
 
     /// Ends a full pass: every entry of this tree that the pass did not mention is an extra,
     /// removed into the archive unless the mass-delete guard holds them.
-    pub fn prune(&mut self, seen: &HashSet<String>, policy: Prune) -> Result<PruneOutcome, SyncError> {
+    pub fn prune(
+        &mut self,
+        seen: &HashSet<String>,
+        policy: Prune,
+    ) -> Result<PruneOutcome, SyncError> {
         let outcome = self.scanner.scan()?;
         let total = outcome.entries.len() as u64;
         let extras: Vec<&str> = outcome
@@ -483,17 +555,27 @@ impl Applier {
             Prune::UpToPermille(permille) => count * 1000 <= u64::from(permille) * total,
         };
         if !allowed {
-            return Ok(PruneOutcome { pruned: 0, held: count });
+            return Ok(PruneOutcome {
+                pruned: 0,
+                held: count,
+            });
         }
         let top_most = top_most_paths(&extras);
         for rel in &top_most {
             self.delete(rel)?;
         }
-        Ok(PruneOutcome { pruned: count, held: 0 })
+        Ok(PruneOutcome {
+            pruned: count,
+            held: 0,
+        })
     }
 
     /// Applies mtime and permissions of `wanted` to the file that already has its content.
-    fn refresh_metadata(&mut self, current: &ScannedEntry, wanted: &FileEntry) -> Result<(), SyncError> {
+    fn refresh_metadata(
+        &mut self,
+        current: &ScannedEntry,
+        wanted: &FileEntry,
+    ) -> Result<(), SyncError> {
         let rel = wanted.path.as_str();
         let attrs_differ = cfg!(unix)
             && wanted.attributes.unix_mode != 0
@@ -502,7 +584,11 @@ impl Applier {
             return Ok(());
         }
         if wanted.kind == EntryKind::File {
-            let file = self.root.open(rel).map_err(|e| self.io_err(rel, e))?.into_std();
+            let file = self
+                .root
+                .open(rel)
+                .map_err(|e| self.io_err(rel, e))?
+                .into_std();
             set_file_metadata(&file, wanted).map_err(|e| self.io_err(rel, e))?;
         }
         let mut updated = wanted.clone();
@@ -518,7 +604,9 @@ impl Applier {
             entry.mtime_ns = swrepl_tree::mtime_ns(&meta);
         }
         let file_id = swrepl_tree::file_id_of(&path);
-        self.scanner.index_mut().put(&ScannedEntry { entry, file_id })?;
+        self.scanner
+            .index_mut()
+            .put(&ScannedEntry { entry, file_id })?;
         Ok(())
     }
 
@@ -541,7 +629,10 @@ impl Applier {
     }
 
     fn io_err(&self, rel: &str, source: io::Error) -> SyncError {
-        SyncError::Apply { path: rel.to_string(), source }
+        SyncError::Apply {
+            path: rel.to_string(),
+            source,
+        }
     }
 }
 

@@ -23,7 +23,11 @@ impl Archive {
     pub fn open(path: &Path, retention: Option<Duration>) -> io::Result<Archive> {
         std::fs::create_dir_all(path)?;
         let dir = Dir::open_ambient_dir(path, cap_std::ambient_authority())?;
-        Ok(Archive { dir, path: path.to_path_buf(), retention })
+        Ok(Archive {
+            dir,
+            path: path.to_path_buf(),
+            retention,
+        })
     }
 
     /// The archive's location, for messages.
@@ -74,7 +78,9 @@ impl Archive {
 
     /// Removes archive generations older than the retention period; returns how many went.
     pub fn expire(&self) -> io::Result<usize> {
-        let Some(retention) = self.retention else { return Ok(0) };
+        let Some(retention) = self.retention else {
+            return Ok(0);
+        };
         let cutoff = utc_stamp(SystemTime::now() - retention);
         let mut removed = 0;
         for entry in self.dir.entries()? {
@@ -92,7 +98,8 @@ impl Archive {
 
 fn is_cross_device(e: &io::Error) -> bool {
     // EXDEV on Unix, ERROR_NOT_SAME_DEVICE (17) on Windows.
-    e.kind() == io::ErrorKind::CrossesDevices || e.raw_os_error() == Some(if cfg!(windows) { 17 } else { 18 })
+    e.kind() == io::ErrorKind::CrossesDevices
+        || e.raw_os_error() == Some(if cfg!(windows) { 17 } else { 18 })
 }
 
 /// Removes a file, link or directory tree.
@@ -133,7 +140,10 @@ fn copy_tree(from: &Dir, src: &Path, to: &Dir, dst: &Path) -> io::Result<()> {
 
 /// `YYYYMMDDTHHMMSSZ` in UTC: sortable, and legal in file names on every OS.
 pub fn utc_stamp(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
     format!(
@@ -167,7 +177,10 @@ mod tests {
         assert_eq!(utc_stamp(UNIX_EPOCH), "19700101T000000Z");
         let t = UNIX_EPOCH + Duration::from_secs(1_795_671_612); // 2026-11-26 05:40:12 UTC
         assert_eq!(utc_stamp(t), "20261126T054012Z");
-        assert_eq!(utc_stamp(UNIX_EPOCH + Duration::from_secs(951_782_400)), "20000229T000000Z");
+        assert_eq!(
+            utc_stamp(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "20000229T000000Z"
+        );
     }
 
     #[test]

@@ -47,21 +47,35 @@ pub enum SyncError {
     #[error("{0}")]
     Tree(#[from] swrepl_tree::TreeError),
     #[error("root {path} is not usable: {source}; check --root")]
-    Root { path: PathBuf, source: std::io::Error },
+    Root {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot use swrepl's state directory {path}: {source}")]
-    State { path: PathBuf, source: std::io::Error },
+    State {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot apply {path:?}: {source}")]
-    Apply { path: String, source: std::io::Error },
+    Apply {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot reach the receiver at {addr}: {reason}; check that `swrepl receive` runs there and the port is open")]
     Unreachable { addr: String, reason: String },
     #[error("protocol violation: {0}")]
     Protocol(String),
     #[error("the peer reported {code:?}: {message}")]
-    PeerError { code: swrepl_proto::ErrorCode, message: String },
+    PeerError {
+        code: swrepl_proto::ErrorCode,
+        message: String,
+    },
     #[error("the peer went silent (no data for {} s)", PEER_TIMEOUT.as_secs())]
     PeerSilent,
     #[error("file watcher: {0}")]
     Watch(String),
+    #[error("session stopped: {0}")]
+    Stopped(&'static str),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -73,7 +87,11 @@ impl SyncError {
             SyncError::Net(e) => e.is_auth_failure(),
             SyncError::Root { .. } | SyncError::State { .. } | SyncError::Watch(_) => true,
             SyncError::PeerError { code, .. } => {
-                matches!(code, swrepl_proto::ErrorCode::VersionMismatch | swrepl_proto::ErrorCode::RoleRejected)
+                matches!(
+                    code,
+                    swrepl_proto::ErrorCode::VersionMismatch
+                        | swrepl_proto::ErrorCode::RoleRejected
+                )
             }
             _ => false,
         }
@@ -81,5 +99,8 @@ impl SyncError {
 }
 
 pub(crate) fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

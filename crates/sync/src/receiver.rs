@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use swrepl_net::{FrameReader, FrameWriter, Identity, Listener};
 use swrepl_proto::{
-    validate_entry, validate_message, EntryKind, ErrorCode, FileEntry, Hash, Message, Prune, Role, Seq, Welcome,
+    validate_entry, validate_message, EntryKind, ErrorCode, FileEntry, Hash, Message, Prune, Role,
+    Seq, Welcome,
 };
 use swrepl_tree::Excludes;
 use tokio::sync::{mpsc, Mutex};
@@ -40,11 +41,25 @@ pub struct ReceiverOptions {
 pub enum ReceiverEvent {
     Listening(std::net::SocketAddr),
     SenderConnected(String),
-    Applied { path: String, kind: &'static str, bytes_received: u64 },
+    Applied {
+        path: String,
+        kind: &'static str,
+        bytes_received: u64,
+    },
     Deleted(String),
-    Renamed { from: String, to: String },
-    Refused { path: String, reason: String },
-    PassDone { pass: u64, pruned: u64, held: u64 },
+    Renamed {
+        from: String,
+        to: String,
+    },
+    Refused {
+        path: String,
+        reason: String,
+    },
+    PassDone {
+        pass: u64,
+        pruned: u64,
+        held: u64,
+    },
     SenderGone(String),
 }
 
@@ -56,23 +71,26 @@ pub async fn run_receiver(
     events: Events,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), SyncError> {
-    let archive = options
-        .archive
-        .clone()
-        .unwrap_or_else(|| options.root.join(swrepl_tree::STATE_DIR_NAME).join("archive"));
+    let archive = options.archive.clone().unwrap_or_else(|| {
+        options
+            .root
+            .join(swrepl_tree::STATE_DIR_NAME)
+            .join("archive")
+    });
     let root = options.root.clone();
     let excludes = options.excludes.clone();
     let retention = options.archive_retention;
-    let applier = tokio::task::spawn_blocking(move || Applier::open(&root, &archive, retention, excludes))
-        .await
-        .map_err(|e| SyncError::Internal(e.to_string()))??;
+    let applier =
+        tokio::task::spawn_blocking(move || Applier::open(&root, &archive, retention, excludes))
+            .await
+            .map_err(|e| SyncError::Internal(e.to_string()))??;
     let listener = Listener::bind(&options.listen, &options.identity, &options.trusted).await?;
     tracing::info!(listen = %listener.local_addr(), root = %options.root.display(), archive = %applier.archive_path().display(), "receiver ready");
     emit(&events, ReceiverEvent::Listening(listener.local_addr()));
     let status = Arc::new(StatusFile::new(&options.root));
     status.update(|s| s.connected = false);
     let applier = Arc::new(Mutex::new(Some(applier)));
-    let current: Arc<std::sync::Mutex<Option<tokio::sync::watch::Sender<bool>>>> = Default::default();
+    let current: Arc<std::sync::Mutex<Option<StopSender>>> = Default::default();
 
     tokio::pin!(shutdown);
     loop {
@@ -96,20 +114,25 @@ pub async fn run_receiver(
             status: status.clone(),
         };
         tokio::spawn(async move {
-            if let Err(e) = handle_connection(reader, writer, &peer, ctx).await {
-                tracing::warn!(%peer, "session ended: {e}");
+            match handle_connection(reader, writer, &peer, ctx).await {
+                Ok(()) => {}
+                Err(e @ SyncError::Stopped(_)) => tracing::info!(%peer, "{e}"),
+                Err(e) => tracing::warn!(%peer, "session ended: {e}"),
             }
         });
     }
     if let Some(stop) = current.lock().expect("not poisoned").take() {
-        let _ = stop.send(true);
+        let _ = stop.send(Some("the receiver is shutting down"));
     }
     Ok(())
 }
 
+/// Tells a running sender session to stop, and why.
+type StopSender = tokio::sync::watch::Sender<Option<&'static str>>;
+
 struct ConnectionContext {
     applier: Arc<Mutex<Option<Applier>>>,
-    current: Arc<std::sync::Mutex<Option<tokio::sync::watch::Sender<bool>>>>,
+    current: Arc<std::sync::Mutex<Option<StopSender>>>,
     events: Events,
     status: Arc<StatusFile>,
 }
@@ -136,13 +159,22 @@ async fn handle_connection(
     let version = match swrepl_proto::negotiate(&hello) {
         Ok(v) => v,
         Err(e) => {
-            let _ = writer.send(&Message::Error { code: ErrorCode::VersionMismatch, message: e.to_string() }).await;
+            let _ = writer
+                .send(&Message::Error {
+                    code: ErrorCode::VersionMismatch,
+                    message: e.to_string(),
+                })
+                .await;
             let _ = writer.flush().await;
             return Err(SyncError::Protocol(e.to_string()));
         }
     };
     writer
-        .send(&Message::Welcome(Welcome { version, role: Role::Receiver, software: SOFTWARE.to_string() }))
+        .send(&Message::Welcome(Welcome {
+            version,
+            role: Role::Receiver,
+            software: SOFTWARE.to_string(),
+        }))
         .await?;
     writer.flush().await?;
     match hello.role {
@@ -150,17 +182,26 @@ async fn handle_connection(
         Role::Verifier => serve_verifier(reader, writer, ctx).await,
         Role::Receiver => {
             let _ = writer
-                .send(&Message::Error { code: ErrorCode::RoleRejected, message: "a receiver cannot connect to a receiver".into() })
+                .send(&Message::Error {
+                    code: ErrorCode::RoleRejected,
+                    message: "a receiver cannot connect to a receiver".into(),
+                })
                 .await;
             Err(SyncError::Protocol("peer claims to be a receiver".into()))
         }
     }
 }
 
-async fn serve_verifier(mut reader: FrameReader, mut writer: FrameWriter, ctx: ConnectionContext) -> Result<(), SyncError> {
+async fn serve_verifier(
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
+    ctx: ConnectionContext,
+) -> Result<(), SyncError> {
     while let Some(msg) = reader.recv().await? {
         if msg != Message::ListRequest {
-            return Err(SyncError::Protocol("a verifier may only send ListRequest".into()));
+            return Err(SyncError::Protocol(
+                "a verifier may only send ListRequest".into(),
+            ));
         }
         // Waits for any running sender session to release the tree for the listing.
         let listing = {
@@ -177,7 +218,7 @@ async fn serve_verifier(mut reader: FrameReader, mut writer: FrameWriter, ctx: C
         };
         let count = listing.len() as u64;
         for entry in listing {
-            writer.send(&Message::ListEntry(entry)).await?;
+            writer.feed(&Message::ListEntry(entry)).await?;
         }
         writer.send(&Message::ListEnd { entries: count }).await?;
         writer.flush().await?;
@@ -192,21 +233,24 @@ async fn run_sender_session(
     ctx: ConnectionContext,
 ) -> Result<(), SyncError> {
     // A newer sender session wins: the old one is most likely a dead connection not yet timed out.
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(None);
     if let Some(previous) = ctx.current.lock().expect("not poisoned").replace(stop_tx) {
-        let _ = previous.send(true);
+        let _ = previous.send(Some("replaced by a newer sender session"));
     }
     let applier = loop {
         if let Some(applier) = ctx.applier.lock().await.take() {
             break applier;
         }
-        if *stop_rx.borrow() {
+        if stop_rx.borrow().is_some() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     tracing::info!(%peer, "sender connected");
-    emit(&ctx.events, ReceiverEvent::SenderConnected(peer.to_string()));
+    emit(
+        &ctx.events,
+        ReceiverEvent::SenderConnected(peer.to_string()),
+    );
     ctx.status.update(|s| {
         s.connected = true;
         s.peer = Some(peer.to_string());
@@ -230,7 +274,7 @@ async fn run_sender_session(
             tokio::select! {
                 msg = out_rx.recv() => match msg {
                     Some(msg) => {
-                        writer.send(&msg).await?;
+                        writer.feed(&msg).await?;
                         if out_rx.is_empty() { writer.flush().await?; }
                     }
                     None => break,
@@ -248,7 +292,10 @@ async fn run_sender_session(
     let read_result: Result<(), SyncError> = async {
         loop {
             let msg = tokio::select! {
-                _ = stop_rx.changed() => return Err(SyncError::Protocol("replaced by a newer sender session".into())),
+                _ = stop_rx.changed() => {
+                    let reason = stop_rx.borrow().unwrap_or("stopped");
+                    return Err(SyncError::Stopped(reason));
+                }
                 read = tokio::time::timeout(PEER_TIMEOUT, reader.recv()) => match read {
                     Err(_) => return Err(SyncError::PeerSilent),
                     Ok(read) => read?,
@@ -263,7 +310,9 @@ async fn run_sender_session(
     }
     .await;
     drop(in_tx);
-    let (applier, work_result) = worker.await.map_err(|e| SyncError::Internal(e.to_string()))?;
+    let (applier, work_result) = worker
+        .await
+        .map_err(|e| SyncError::Internal(e.to_string()))?;
     *ctx.applier.lock().await = Some(applier);
     let _ = writer_task.await;
     ctx.status.update(|s| s.connected = false);
@@ -274,13 +323,36 @@ async fn run_sender_session(
 
 /// One queued change, applied in sequence order.
 enum Op {
-    File { seq: Seq, pending: Box<PendingFile>, then_remove: Option<String> },
-    Structural { seq: Seq, entry: FileEntry },
-    Delete { seq: Seq, path: String },
-    Rename { seq: Seq, from: String, entry: FileEntry },
-    Done { seq: Seq },
-    Refuse { seq: Seq, path: String, reason: String },
-    PassEnd { pass: u64, prune: Prune },
+    File {
+        seq: Seq,
+        pending: Box<PendingFile>,
+        then_remove: Option<String>,
+    },
+    Structural {
+        seq: Seq,
+        entry: FileEntry,
+    },
+    Delete {
+        seq: Seq,
+        path: String,
+    },
+    Rename {
+        seq: Seq,
+        from: String,
+        entry: FileEntry,
+    },
+    Done {
+        seq: Seq,
+    },
+    Refuse {
+        seq: Seq,
+        path: String,
+        reason: String,
+    },
+    PassEnd {
+        pass: u64,
+        prune: Prune,
+    },
 }
 
 impl Op {
@@ -313,7 +385,12 @@ struct Session {
 }
 
 impl Session {
-    fn new(applier: Applier, out: mpsc::UnboundedSender<Message>, events: Events, status: Arc<StatusFile>) -> Self {
+    fn new(
+        applier: Applier,
+        out: mpsc::UnboundedSender<Message>,
+        events: Events,
+        status: Arc<StatusFile>,
+    ) -> Self {
         Session {
             applier,
             out,
@@ -363,14 +440,20 @@ impl Session {
                 SyncError::Protocol(_) => ErrorCode::ProtocolViolation,
                 _ => ErrorCode::ReceiverUnavailable,
             };
-            self.send(Message::Error { code, message: e.to_string() });
+            self.send(Message::Error {
+                code,
+                message: e.to_string(),
+            });
         }
         result
     }
 
     fn next_seq(&mut self, seq: Seq) -> Result<(), SyncError> {
         if seq != self.last_seq + 1 {
-            return Err(SyncError::Protocol(format!("sequence {seq} after {}", self.last_seq)));
+            return Err(SyncError::Protocol(format!(
+                "sequence {seq} after {}",
+                self.last_seq
+            )));
         }
         self.last_seq = seq;
         Ok(())
@@ -380,7 +463,9 @@ impl Session {
         match msg {
             Message::Upsert { seq, entry } => {
                 self.next_seq(seq)?;
-                let op = self.check_entry(seq, &entry).unwrap_or_else(|| self.prepare(seq, entry, None))?;
+                let op = self
+                    .check_entry(seq, &entry)
+                    .unwrap_or_else(|| self.prepare(seq, entry, None))?;
                 self.queue.push_back(op);
             }
             Message::Rename { seq, from, entry } => {
@@ -396,7 +481,9 @@ impl Session {
             }
             Message::Delete { seq, path } => {
                 self.next_seq(seq)?;
-                let op = self.check_path(seq, &path).unwrap_or(Op::Delete { seq, path });
+                let op = self
+                    .check_path(seq, &path)
+                    .unwrap_or(Op::Delete { seq, path });
                 self.queue.push_back(op);
             }
             Message::ChunkData { seq, index, data } => self.chunk_data(seq, index, &data)?,
@@ -405,18 +492,28 @@ impl Session {
                 self.pass = Some((pass, full));
                 self.seen.clear();
             }
-            Message::PassEnd { pass, prune, .. } => self.queue.push_back(Op::PassEnd { pass, prune }),
+            Message::PassEnd { pass, prune, .. } => {
+                self.queue.push_back(Op::PassEnd { pass, prune })
+            }
             Message::Heartbeat(hb) => {
                 if let Some(service) = hb.service {
-                    self.status.update(|s| s.master_service = Some(format!("{}: {:?}", service.name, service.state)));
+                    self.status.update(|s| {
+                        s.master_service = Some(format!("{}: {:?}", service.name, service.state))
+                    });
                 }
-                self.status.update(|s| s.last_heartbeat_unix_ms = now_unix_ms());
+                self.status
+                    .update(|s| s.last_heartbeat_unix_ms = now_unix_ms());
             }
             Message::Error { code, message } => {
-                return Err(SyncError::Protocol(format!("sender reported {code:?}: {message}")))
+                return Err(SyncError::Protocol(format!(
+                    "sender reported {code:?}: {message}"
+                )))
             }
             other => {
-                return Err(SyncError::Protocol(format!("unexpected message from a sender: {}", message_name(&other))))
+                return Err(SyncError::Protocol(format!(
+                    "unexpected message from a sender: {}",
+                    message_name(&other)
+                )))
             }
         }
         Ok(())
@@ -425,7 +522,11 @@ impl Session {
     /// Refuses an entry with an invalid or excluded path, or inconsistent fields.
     fn check_entry(&mut self, seq: Seq, entry: &FileEntry) -> Option<Result<Op, SyncError>> {
         if let Err(e) = validate_entry(entry) {
-            return Some(Ok(Op::Refuse { seq, path: entry.path.clone(), reason: e.to_string() }));
+            return Some(Ok(Op::Refuse {
+                seq,
+                path: entry.path.clone(),
+                reason: e.to_string(),
+            }));
         }
         if self.pass.is_some_and(|(_, full)| full) {
             self.seen.insert(entry.path.clone());
@@ -435,30 +536,51 @@ impl Session {
 
     fn check_path(&self, seq: Seq, path: &str) -> Option<Op> {
         if let Err(e) = swrepl_proto::validate_path(path) {
-            return Some(Op::Refuse { seq, path: path.to_string(), reason: e.to_string() });
+            return Some(Op::Refuse {
+                seq,
+                path: path.to_string(),
+                reason: e.to_string(),
+            });
         }
         if self.applier.is_excluded(path) {
-            let reason = "path is excluded on this receiver (SwSQL data or swrepl state)".to_string();
-            return Some(Op::Refuse { seq, path: path.to_string(), reason });
+            let reason =
+                "path is excluded on this receiver (SwSQL data or swrepl state)".to_string();
+            return Some(Op::Refuse {
+                seq,
+                path: path.to_string(),
+                reason,
+            });
         }
         None
     }
 
-    fn prepare(&mut self, seq: Seq, entry: FileEntry, then_remove: Option<String>) -> Result<Op, SyncError> {
-        Ok(match self.applier.prepare_upsert(entry, &mut self.requested)? {
-            Prepared::UpToDate => Op::Done { seq },
-            Prepared::Structural(entry) => Op::Structural { seq, entry },
-            Prepared::File { pending, need } => {
-                if !need.is_empty() {
-                    self.send(Message::NeedChunks { seq, indices: need });
+    fn prepare(
+        &mut self,
+        seq: Seq,
+        entry: FileEntry,
+        then_remove: Option<String>,
+    ) -> Result<Op, SyncError> {
+        Ok(
+            match self.applier.prepare_upsert(entry, &mut self.requested)? {
+                Prepared::UpToDate => Op::Done { seq },
+                Prepared::Structural(entry) => Op::Structural { seq, entry },
+                Prepared::File { pending, need } => {
+                    if !need.is_empty() {
+                        self.send(Message::NeedChunks { seq, indices: need });
+                    }
+                    Op::File {
+                        seq,
+                        pending,
+                        then_remove,
+                    }
                 }
-                Op::File { seq, pending, then_remove }
-            }
-        })
+            },
+        )
     }
 
     fn chunk_data(&mut self, seq: Seq, index: u32, data: &[u8]) -> Result<(), SyncError> {
-        let Some(Op::File { pending, .. }) = self.queue.iter_mut().find(|op| op.seq() == Some(seq)) else {
+        let Some(Op::File { pending, .. }) = self.queue.iter_mut().find(|op| op.seq() == Some(seq))
+        else {
             // A change withdrawn or already refused; its data may still be in flight.
             tracing::debug!(seq, "chunk for a change not awaiting data; ignored");
             return Ok(());
@@ -495,29 +617,59 @@ impl Session {
     fn apply(&mut self, op: Op) -> Result<Option<Op>, SyncError> {
         let seq = op.seq();
         match op {
-            Op::File { seq, mut pending, then_remove } => {
+            Op::File {
+                seq,
+                mut pending,
+                then_remove,
+            } => {
                 if !pending.has_all_remote() {
-                    return Ok(Some(Op::File { seq, pending, then_remove }));
+                    return Ok(Some(Op::File {
+                        seq,
+                        pending,
+                        then_remove,
+                    }));
                 }
                 match self.applier.complete(&mut pending)? {
                     Completion::NeedMore(indices) => {
                         self.send(Message::NeedChunks { seq, indices });
-                        return Ok(Some(Op::File { seq, pending, then_remove }));
+                        return Ok(Some(Op::File {
+                            seq,
+                            pending,
+                            then_remove,
+                        }));
                     }
                     Completion::Installed => {
                         let path = pending.entry().path.clone();
                         if let Some(from) = then_remove {
                             self.applier.delete(&from)?;
                         }
-                        emit(&self.events, ReceiverEvent::Applied { path, kind: "file", bytes_received: pending.received_bytes });
+                        emit(
+                            &self.events,
+                            ReceiverEvent::Applied {
+                                path,
+                                kind: "file",
+                                bytes_received: pending.received_bytes,
+                            },
+                        );
                     }
                 }
             }
             Op::Structural { entry, .. } => {
-                let kind = if entry.kind == EntryKind::Dir { "dir" } else { "link" };
+                let kind = if entry.kind == EntryKind::Dir {
+                    "dir"
+                } else {
+                    "link"
+                };
                 let path = entry.path.clone();
                 self.applier.apply_structural(entry)?;
-                emit(&self.events, ReceiverEvent::Applied { path, kind, bytes_received: 0 });
+                emit(
+                    &self.events,
+                    ReceiverEvent::Applied {
+                        path,
+                        kind,
+                        bytes_received: 0,
+                    },
+                );
             }
             Op::Delete { path, .. } => {
                 if self.applier.delete(&path)? {
@@ -526,7 +678,13 @@ impl Session {
             }
             Op::Rename { seq, from, entry } => {
                 if self.applier.rename(&from, &entry)? {
-                    emit(&self.events, ReceiverEvent::Renamed { from, to: entry.path });
+                    emit(
+                        &self.events,
+                        ReceiverEvent::Renamed {
+                            from,
+                            to: entry.path,
+                        },
+                    );
                 } else {
                     // Not renameable here: build the target like any upsert, then remove `from`.
                     let fallback = self.prepare(seq, entry, Some(from))?;
@@ -536,7 +694,13 @@ impl Session {
             Op::Done { .. } => {}
             Op::Refuse { path, reason, seq } => {
                 tracing::warn!(%path, "refused: {reason}");
-                emit(&self.events, ReceiverEvent::Refused { path: path.clone(), reason: reason.clone() });
+                emit(
+                    &self.events,
+                    ReceiverEvent::Refused {
+                        path: path.clone(),
+                        reason: reason.clone(),
+                    },
+                );
                 self.send(Message::Refused { seq, path, reason });
             }
             Op::PassEnd { pass, prune } => {
@@ -546,10 +710,24 @@ impl Session {
                     Default::default()
                 };
                 if outcome.held > 0 {
-                    tracing::warn!(held = outcome.held, "mass-delete guard: holding deletes until the sender confirms");
+                    tracing::warn!(
+                        held = outcome.held,
+                        "mass-delete guard: holding deletes until the sender confirms"
+                    );
                 }
-                self.send(Message::PassDone { pass, pruned: outcome.pruned, held: outcome.held });
-                emit(&self.events, ReceiverEvent::PassDone { pass, pruned: outcome.pruned, held: outcome.held });
+                self.send(Message::PassDone {
+                    pass,
+                    pruned: outcome.pruned,
+                    held: outcome.held,
+                });
+                emit(
+                    &self.events,
+                    ReceiverEvent::PassDone {
+                        pass,
+                        pruned: outcome.pruned,
+                        held: outcome.held,
+                    },
+                );
                 self.status.update(|s| {
                     s.last_pass_pruned = outcome.pruned;
                     s.last_pass_held = outcome.held;
@@ -566,7 +744,9 @@ impl Session {
     fn ack(&mut self) {
         if self.applied_seq > self.acked_seq {
             self.acked_seq = self.applied_seq;
-            self.send(Message::Ack { seq: self.acked_seq });
+            self.send(Message::Ack {
+                seq: self.acked_seq,
+            });
             let seq = self.acked_seq;
             self.status.update(|s| {
                 s.last_ack_seq = seq;

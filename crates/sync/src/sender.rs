@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use swrepl_net::{FrameReader, FrameWriter, Identity, NetError};
 use swrepl_proto::{EntryKind, FileEntry, Heartbeat, Message, Prune, Role, Seq, ServiceStatus};
-use swrepl_tree::{Change, Excludes, Index, ScanOutcome, ScanProblem, Scanner, TreeError, STATE_DIR_NAME};
+use swrepl_tree::{
+    Change, Excludes, Index, ScanOutcome, ScanProblem, Scanner, TreeError, STATE_DIR_NAME,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -104,7 +106,11 @@ impl std::fmt::Display for SendSummary {
             write!(f, ", {} extras archived", self.pruned)?;
         }
         if self.held_deletes > 0 {
-            write!(f, "; {} deletes HELD by the mass-delete guard", self.held_deletes)?;
+            write!(
+                f,
+                "; {} deletes HELD by the mass-delete guard",
+                self.held_deletes
+            )?;
         }
         if !self.refused.is_empty() {
             write!(f, "; {} refused by the receiver", self.refused.len())?;
@@ -124,7 +130,15 @@ pub async fn run_sender(
 ) -> Result<SendSummary, SyncError> {
     let scanner = Arc::new(Mutex::new(open_scanner(&options)?));
     let (watch_tx, mut watch_rx) = mpsc::unbounded_channel::<WatchSignal>();
-    let _watcher = if options.once { None } else { Some(crate::watch::start(&options.root, options.excludes.clone(), watch_tx)?) };
+    let _watcher = if options.once {
+        None
+    } else {
+        Some(crate::watch::start(
+            &options.root,
+            options.excludes.clone(),
+            watch_tx,
+        )?)
+    };
 
     tokio::pin!(shutdown);
     let started = Instant::now();
@@ -140,7 +154,10 @@ pub async fn run_sender(
             Err(e) if e.is_auth_failure() => return Err(e.into()),
             Err(e) => {
                 if options.once && started.elapsed() >= options.connect_timeout {
-                    return Err(SyncError::Unreachable { addr: options.connect.clone(), reason: e.to_string() });
+                    return Err(SyncError::Unreachable {
+                        addr: options.connect.clone(),
+                        reason: e.to_string(),
+                    });
                 }
                 tracing::warn!("{e}; retrying in {:.1}s", backoff.as_secs_f64());
                 tokio::select! {
@@ -154,7 +171,8 @@ pub async fn run_sender(
         backoff = Duration::from_millis(250);
         let counters = stream.counters();
         let (reader, writer) = stream.split();
-        let mut session = Session::new(&options, scanner.clone(), writer, reader, last_paths.take());
+        let mut session =
+            Session::new(&options, scanner.clone(), writer, reader, last_paths.take());
         let result = tokio::select! {
             _ = &mut shutdown => return Ok(session.summary(&counters)),
             result = session.run(&mut watch_rx) => result,
@@ -175,16 +193,24 @@ pub async fn run_sender(
 }
 
 fn open_scanner(options: &SenderOptions) -> Result<Scanner, SyncError> {
-    let meta = std::fs::metadata(&options.root)
-        .map_err(|e| SyncError::Root { path: options.root.clone(), source: e })?;
+    let meta = std::fs::metadata(&options.root).map_err(|e| SyncError::Root {
+        path: options.root.clone(),
+        source: e,
+    })?;
     if !meta.is_dir() {
         return Err(SyncError::Root {
             path: options.root.clone(),
             source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
         });
     }
-    std::fs::read_dir(&options.root).map_err(|e| SyncError::Root { path: options.root.clone(), source: e })?;
-    let state = options.state_dir.clone().unwrap_or_else(|| options.root.join(STATE_DIR_NAME));
+    std::fs::read_dir(&options.root).map_err(|e| SyncError::Root {
+        path: options.root.clone(),
+        source: e,
+    })?;
+    let state = options
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| options.root.join(STATE_DIR_NAME));
     let index = Index::open(&state.join("sender-index.db"))?;
     Ok(Scanner::new(&options.root, options.excludes.clone(), index))
 }
@@ -224,7 +250,10 @@ struct Session<'a> {
     passes_sent: u64,
     last_paths: Option<HashSet<String>>,
     summary: SendSummary,
-    scan: Option<(ScanKind, tokio::task::JoinHandle<Result<ScanOutcome, TreeError>>)>,
+    scan: Option<(
+        ScanKind,
+        tokio::task::JoinHandle<Result<ScanOutcome, TreeError>>,
+    )>,
     dirty: Option<(Instant, Instant)>,
     want_full: bool,
     retries_left: u32,
@@ -299,21 +328,32 @@ impl<'a> Session<'a> {
     }
 
     async fn handshake(&mut self) -> Result<(), SyncError> {
-        self.writer.send(&Message::Hello(swrepl_proto::hello(Role::Sender, SOFTWARE))).await?;
+        self.writer
+            .send(&Message::Hello(swrepl_proto::hello(Role::Sender, SOFTWARE)))
+            .await?;
         self.writer.flush().await?;
         match self.incoming.recv().await {
             Some(Ok(Message::Welcome(welcome))) => {
                 tracing::info!(version = welcome.version, peer = %welcome.software, "connected to receiver {}", self.options.connect);
                 Ok(())
             }
-            Some(Ok(Message::Error { code, message })) => Err(SyncError::PeerError { code, message }),
-            Some(Ok(_)) => Err(SyncError::Protocol("receiver did not answer Hello with Welcome".into())),
+            Some(Ok(Message::Error { code, message })) => {
+                Err(SyncError::PeerError { code, message })
+            }
+            Some(Ok(_)) => Err(SyncError::Protocol(
+                "receiver did not answer Hello with Welcome".into(),
+            )),
             Some(Err(e)) => Err(e.into()),
-            None => Err(SyncError::Protocol("receiver closed the connection during the handshake".into())),
+            None => Err(SyncError::Protocol(
+                "receiver closed the connection during the handshake".into(),
+            )),
         }
     }
 
-    async fn run(&mut self, watch: &mut mpsc::UnboundedReceiver<WatchSignal>) -> Result<(), SyncError> {
+    async fn run(
+        &mut self,
+        watch: &mut mpsc::UnboundedReceiver<WatchSignal>,
+    ) -> Result<(), SyncError> {
         self.handshake().await?;
         self.start_scan(ScanKind::Full);
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
@@ -326,7 +366,9 @@ impl<'a> Session<'a> {
             if self.options.once && self.once_finished() {
                 return Ok(());
             }
-            let debounce = self.dirty.map(|(first, last)| (last + DEBOUNCE).min(first + DEBOUNCE_MAX));
+            let debounce = self
+                .dirty
+                .map(|(first, last)| (last + DEBOUNCE).min(first + DEBOUNCE_MAX));
             tokio::select! {
                 msg = self.incoming.recv() => match msg {
                     Some(Ok(msg)) => self.handle(msg).await?,
@@ -378,11 +420,16 @@ impl<'a> Session<'a> {
 
     fn start_scan(&mut self, kind: ScanKind) {
         let scanner = self.scanner.clone();
-        let handle = tokio::task::spawn_blocking(move || scanner.lock().expect("scanner lock").scan());
+        let handle =
+            tokio::task::spawn_blocking(move || scanner.lock().expect("scanner lock").scan());
         self.scan = Some((kind, handle));
     }
 
-    fn scan_done(&mut self, kind: ScanKind, outcome: Result<ScanOutcome, TreeError>) -> Result<(), SyncError> {
+    fn scan_done(
+        &mut self,
+        kind: ScanKind,
+        outcome: Result<ScanOutcome, TreeError>,
+    ) -> Result<(), SyncError> {
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(TreeError::RootMissing { .. }) if !self.options.once => {
@@ -404,7 +451,11 @@ impl<'a> Session<'a> {
             }
         }
         self.summary.unreadable = outcome.problems.clone();
-        let current: HashSet<String> = outcome.entries.iter().map(|e| e.entry.path.clone()).collect();
+        let current: HashSet<String> = outcome
+            .entries
+            .iter()
+            .map(|e| e.entry.path.clone())
+            .collect();
         match kind {
             ScanKind::Full => self.queue_full_pass(&outcome),
             ScanKind::Incremental => self.queue_incremental(&outcome, &current),
@@ -415,7 +466,10 @@ impl<'a> Session<'a> {
     }
 
     fn record_tree(&mut self, outcome: &ScanOutcome) {
-        let files = outcome.entries.iter().filter(|e| e.entry.kind == EntryKind::File);
+        let files = outcome
+            .entries
+            .iter()
+            .filter(|e| e.entry.kind == EntryKind::File);
         self.summary.entries = outcome.entries.len() as u64;
         self.summary.files = files.clone().count() as u64;
         self.summary.bytes_in_tree = files.map(|e| e.entry.size).sum();
@@ -423,12 +477,19 @@ impl<'a> Session<'a> {
 
     fn begin_pass(&mut self, full: bool) -> u64 {
         self.pass += 1;
-        self.queue.push_back(Message::PassBegin { pass: self.pass, full });
+        self.queue.push_back(Message::PassBegin {
+            pass: self.pass,
+            full,
+        });
         self.pass
     }
 
     fn end_pass(&mut self, pass: u64, entries: u64, prune: Prune) {
-        self.queue.push_back(Message::PassEnd { pass, entries, prune });
+        self.queue.push_back(Message::PassEnd {
+            pass,
+            entries,
+            prune,
+        });
         self.passes_sent += 1;
     }
 
@@ -438,7 +499,10 @@ impl<'a> Session<'a> {
         for change in &outcome.changes {
             if let Change::Rename { from, entry } = change {
                 renamed.insert(entry.path.clone());
-                self.queue_change(Change::Rename { from: from.clone(), entry: entry.clone() });
+                self.queue_change(Change::Rename {
+                    from: from.clone(),
+                    entry: entry.clone(),
+                });
             }
         }
         for scanned in &outcome.entries {
@@ -472,7 +536,9 @@ impl<'a> Session<'a> {
     /// The mass-delete guard for watched changes: when one scan removes more than the threshold
     /// of the tree, its deletes are held (not sent) until a confirmed full pass.
     fn deletes_to_hold(&mut self, outcome: &ScanOutcome, current: &HashSet<String>) -> u64 {
-        let Some(previous) = &self.last_paths else { return 0 };
+        let Some(previous) = &self.last_paths else {
+            return 0;
+        };
         let moved_from: Vec<&str> = outcome
             .changes
             .iter()
@@ -504,8 +570,21 @@ impl<'a> Session<'a> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let (msg, entry) = match change {
-            Change::Upsert(entry) => (Message::Upsert { seq, entry: entry.clone() }, Some(entry)),
-            Change::Rename { from, entry } => (Message::Rename { seq, from, entry: entry.clone() }, Some(entry)),
+            Change::Upsert(entry) => (
+                Message::Upsert {
+                    seq,
+                    entry: entry.clone(),
+                },
+                Some(entry),
+            ),
+            Change::Rename { from, entry } => (
+                Message::Rename {
+                    seq,
+                    from,
+                    entry: entry.clone(),
+                },
+                Some(entry),
+            ),
             Change::Delete(path) => (Message::Delete { seq, path }, None),
         };
         let entry = entry.filter(|e| e.kind == EntryKind::File && !e.chunks.is_empty());
@@ -523,7 +602,7 @@ impl<'a> Session<'a> {
                 }
             }
             let msg = self.queue.pop_front().expect("front exists");
-            self.writer.send(&msg).await?;
+            self.writer.feed(&msg).await?;
             sent = true;
         }
         if sent {
@@ -537,7 +616,9 @@ impl<'a> Session<'a> {
             Message::NeedChunks { seq, indices } => self.serve_chunks(seq, indices).await?,
             Message::Ack { seq } => {
                 if seq >= self.next_seq {
-                    return Err(SyncError::Protocol(format!("ack for {seq}, which was never sent")));
+                    return Err(SyncError::Protocol(format!(
+                        "ack for {seq}, which was never sent"
+                    )));
                 }
                 let newly = self.in_flight.range(..=seq).count() as u64;
                 self.summary.changes += newly;
@@ -559,7 +640,12 @@ impl<'a> Session<'a> {
             Message::Heartbeat(_) => {}
             Message::Error { code, message } => return Err(SyncError::PeerError { code, message }),
             other => {
-                return Err(SyncError::Protocol(format!("unexpected message from the receiver: {other:?}").chars().take(200).collect()))
+                return Err(SyncError::Protocol(
+                    format!("unexpected message from the receiver: {other:?}")
+                        .chars()
+                        .take(200)
+                        .collect(),
+                ))
             }
         }
         Ok(())
@@ -570,20 +656,28 @@ impl<'a> Session<'a> {
     /// file rescanned, so a half-written state is never sent.
     async fn serve_chunks(&mut self, seq: Seq, indices: Vec<u32>) -> Result<(), SyncError> {
         let Some(in_flight) = self.in_flight.get(&seq) else {
-            return Err(SyncError::Protocol(format!("chunks asked for change {seq}, which is not in flight")));
+            return Err(SyncError::Protocol(format!(
+                "chunks asked for change {seq}, which is not in flight"
+            )));
         };
         let Some(entry) = in_flight.entry.clone() else {
-            return Err(SyncError::Protocol(format!("chunks asked for change {seq}, which has no content")));
+            return Err(SyncError::Protocol(format!(
+                "chunks asked for change {seq}, which has no content"
+            )));
         };
         let offsets = in_flight.offsets.clone();
         let path = self.options.root.join(&entry.path);
         let (tx, mut rx) = mpsc::channel::<Result<(u32, Vec<u8>), String>>(8);
-        let reader = tokio::task::spawn_blocking(move || read_chunks(&path, &entry, &offsets, &indices, &tx));
+        let reader = tokio::task::spawn_blocking(move || {
+            read_chunks(&path, &entry, &offsets, &indices, &tx)
+        });
         while let Some(item) = rx.recv().await {
             match item {
                 Ok((index, data)) => {
                     self.summary.data_bytes_sent += data.len() as u64;
-                    self.writer.send(&Message::ChunkData { seq, index, data }).await?;
+                    self.writer
+                        .feed(&Message::ChunkData { seq, index, data })
+                        .await?;
                 }
                 Err(reason) => {
                     self.withdraw(seq, reason).await?;
@@ -597,9 +691,16 @@ impl<'a> Session<'a> {
     }
 
     async fn withdraw(&mut self, seq: Seq, reason: String) -> Result<(), SyncError> {
-        let path = self.in_flight.get(&seq).and_then(|f| f.entry.as_ref()).map(|e| e.path.clone()).unwrap_or_default();
+        let path = self
+            .in_flight
+            .get(&seq)
+            .and_then(|f| f.entry.as_ref())
+            .map(|e| e.path.clone())
+            .unwrap_or_default();
         tracing::info!(%path, "file changed while being sent ({reason}); withdrawing and rescanning it");
-        self.writer.send(&Message::FileUnavailable { seq, reason }).await?;
+        self.writer
+            .send(&Message::FileUnavailable { seq, reason })
+            .await?;
         // Forget what the index believes about the file so the next scan rereads it.
         let scanner = self.scanner.clone();
         tokio::task::spawn_blocking(move || {
@@ -667,11 +768,14 @@ fn chunk_offsets(entry: &FileEntry) -> Vec<u64> {
 
 fn change_seq(msg: &Message) -> Option<Seq> {
     match msg {
-        Message::Upsert { seq, .. } | Message::Rename { seq, .. } | Message::Delete { seq, .. } => Some(*seq),
+        Message::Upsert { seq, .. } | Message::Rename { seq, .. } | Message::Delete { seq, .. } => {
+            Some(*seq)
+        }
         _ => None,
     }
 }
 
 fn is_same_or_under(path: &str, dir: &str) -> bool {
-    path == dir || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
+    path == dir
+        || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
 }

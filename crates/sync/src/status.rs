@@ -52,7 +52,8 @@ impl StatusFile {
         let mut guard = self.state.lock().expect("status lock");
         let before = guard.0.clone();
         change(&mut guard.0);
-        let urgent = before.connected != guard.0.connected || (before.pending != 0) != (guard.0.pending != 0);
+        let urgent = before.connected != guard.0.connected
+            || (before.pending != 0) != (guard.0.pending != 0);
         let due = guard.1.is_none_or(|t| t.elapsed() >= MIN_WRITE_INTERVAL);
         if urgent || due {
             guard.1 = Some(Instant::now());

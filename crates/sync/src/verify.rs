@@ -15,12 +15,21 @@ pub async fn remote_listing(
     timeout: Duration,
 ) -> Result<Vec<FileEntry>, SyncError> {
     let mut stream = swrepl_net::connect(addr, identity, trusted, timeout).await?;
-    stream.send(&Message::Hello(swrepl_proto::hello(Role::Verifier, SOFTWARE))).await?;
+    stream
+        .send(&Message::Hello(swrepl_proto::hello(
+            Role::Verifier,
+            SOFTWARE,
+        )))
+        .await?;
     stream.flush().await?;
     match recv(&mut stream).await? {
         Message::Welcome(_) => {}
         Message::Error { code, message } => return Err(SyncError::PeerError { code, message }),
-        _ => return Err(SyncError::Protocol("receiver did not answer Hello with Welcome".into())),
+        _ => {
+            return Err(SyncError::Protocol(
+                "receiver did not answer Hello with Welcome".into(),
+            ))
+        }
     }
     stream.send(&Message::ListRequest).await?;
     stream.flush().await?;
@@ -28,16 +37,26 @@ pub async fn remote_listing(
     loop {
         match recv(&mut stream).await? {
             Message::ListEntry(entry) => {
-                swrepl_proto::validate_entry(&entry).map_err(|e| SyncError::Protocol(e.to_string()))?;
+                swrepl_proto::validate_entry(&entry)
+                    .map_err(|e| SyncError::Protocol(e.to_string()))?;
                 entries.push(entry);
             }
-            Message::ListEnd { entries: count } if count == entries.len() as u64 => return Ok(entries),
+            Message::ListEnd { entries: count } if count == entries.len() as u64 => {
+                return Ok(entries)
+            }
             Message::ListEnd { entries: count } => {
-                return Err(SyncError::Protocol(format!("listing announced {count} entries, sent {}", entries.len())))
+                return Err(SyncError::Protocol(format!(
+                    "listing announced {count} entries, sent {}",
+                    entries.len()
+                )))
             }
             Message::Heartbeat(_) => {}
             Message::Error { code, message } => return Err(SyncError::PeerError { code, message }),
-            _ => return Err(SyncError::Protocol("unexpected message in a listing".into())),
+            _ => {
+                return Err(SyncError::Protocol(
+                    "unexpected message in a listing".into(),
+                ))
+            }
         }
     }
 }

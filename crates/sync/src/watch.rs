@@ -16,14 +16,19 @@ pub struct WatchHandle {
 }
 
 /// Starts watching `root` recursively.
-pub fn start(root: &Path, excludes: Excludes, tx: UnboundedSender<WatchSignal>) -> Result<WatchHandle, SyncError> {
+pub fn start(
+    root: &Path,
+    excludes: Excludes,
+    tx: UnboundedSender<WatchSignal>,
+) -> Result<WatchHandle, SyncError> {
     let root_owned = root.to_path_buf();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
         let signal = match event {
             Ok(event) if event.need_rescan() => Some(WatchSignal::Rescan),
             Ok(event) => {
                 let relevant = event.paths.iter().any(|p| {
-                    swrepl_tree::to_wire_path(&root_owned, p).is_none_or(|rel| rel.is_empty() || !excludes.is_excluded(&rel))
+                    swrepl_tree::to_wire_path(&root_owned, p)
+                        .is_none_or(|rel| rel.is_empty() || !excludes.is_excluded(&rel))
                 });
                 relevant.then_some(WatchSignal::Changed)
             }

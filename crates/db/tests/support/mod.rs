@@ -36,13 +36,19 @@ fn find(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
     dirs.extend(["/usr/sbin", "/usr/local/sbin", "/usr/bin"].map(PathBuf::from));
-    dirs.into_iter().map(|d| d.join(program)).find(|p| p.is_file())
+    dirs.into_iter()
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
 fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -98,7 +104,11 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn port_is_free(port: u16) -> bool {
@@ -127,7 +137,11 @@ impl MariaDb {
     pub async fn start(opts: Options) -> MariaDb {
         let mut last_error = String::new();
         for attempt in 0..4 {
-            let port = if opts.prefer_5002 && attempt == 0 && port_is_free(5002) { 5002 } else { free_port() };
+            let port = if opts.prefer_5002 && attempt == 0 && port_is_free(5002) {
+                5002
+            } else {
+                free_port()
+            };
             match Self::try_start(opts, port).await {
                 Ok(server) => return server,
                 // Another test may have taken the port between our probe and the server's bind.
@@ -146,7 +160,10 @@ impl MariaDb {
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--socket={}", dir.path().join("sock").display()))
             .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-            .arg(format!("--log-error={}", dir.path().join("error.log").display()))
+            .arg(format!(
+                "--log-error={}",
+                dir.path().join("error.log").display()
+            ))
             .arg(format!("--tmpdir={}", dir.path().display()))
             .arg(format!("--port={port}"))
             .arg("--bind-address=127.0.0.1")
@@ -164,7 +181,9 @@ impl MariaDb {
         if running_as_root() {
             cmd.arg("--user=root");
         }
-        let child = cmd.spawn().map_err(|e| format!("cannot run mariadbd: {e}"))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run mariadbd: {e}"))?;
         let mut server = MariaDb {
             port,
             server_id: opts.server_id,
@@ -174,7 +193,8 @@ impl MariaDb {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
-                let log = std::fs::read_to_string(server.dir.path().join("error.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(server.dir.path().join("error.log"))
+                    .unwrap_or_default();
                 return Err(format!("mariadbd exited ({status}) on port {port}:\n{log}"));
             }
             if let Ok(conn) = Server::connect(&server.url()).await {
@@ -182,8 +202,11 @@ impl MariaDb {
                 return Ok(server);
             }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(server.dir.path().join("error.log")).unwrap_or_default();
-                return Err(format!("mariadbd on port {port} not ready after {START_DEADLINE:?}:\n{log}"));
+                let log = std::fs::read_to_string(server.dir.path().join("error.log"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "mariadbd on port {port} not ready after {START_DEADLINE:?}:\n{log}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -207,7 +230,9 @@ impl MariaDb {
     pub async fn exec(&self, statements: &[&str]) {
         let mut conn = self.conn().await;
         for sql in statements {
-            conn.exec(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            conn.exec(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
         }
         conn.close().await;
     }
@@ -215,7 +240,10 @@ impl MariaDb {
     /// A single value as text (`None` for no row or NULL).
     pub async fn value(&self, sql: &str) -> Option<String> {
         let mut conn = self.conn().await;
-        let v = conn.scalar::<String>(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let v = conn
+            .scalar::<String>(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
         conn.close().await;
         v
     }
@@ -257,7 +285,11 @@ impl Pair {
         );
         let files = tempfile::tempdir().unwrap();
         std::fs::write(files.path().join("repl.pw"), "repl-S3cret!\n").unwrap();
-        Pair { master, slave, files }
+        Pair {
+            master,
+            slave,
+            files,
+        }
     }
 
     pub fn password_file(&self) -> PathBuf {
