@@ -158,6 +158,9 @@ struct SendConfig {
     state: Option<PathBuf>,
     rescan_interval: Option<u64>,
     full_pass_interval: Option<u64>,
+    /// Read by `crate::monitor::service_probe`; listed so the key is accepted.
+    #[allow(dead_code)]
+    monitor_service: Option<String>,
 }
 
 /// The `[receive]` table of the config file.
@@ -271,7 +274,7 @@ pub fn sender_options(args: SendArgs) -> anyhow::Result<SenderOptions> {
                 .unwrap_or(3600)
                 .max(1),
         ),
-        service_probe: None,
+        service_probe: crate::monitor::service_probe(args.config.as_deref())?,
     })
 }
 
@@ -327,9 +330,11 @@ pub fn receiver_options(args: ReceiveArgs) -> anyhow::Result<ReceiverOptions> {
 }
 
 pub async fn receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config.clone();
     let options = receiver_options(args)?;
-    swrepl_sync::run_receiver(options, None, shutdown_signal()).await?;
-    Ok(ExitCode::SUCCESS)
+    let guard = crate::monitor::ReceiverGuard::start(config.as_deref(), &options.root)?;
+    swrepl_sync::run_receiver(options, None, guard.until_shutdown(shutdown_signal())).await?;
+    guard.finish()
 }
 
 const VERIFY_USAGE: &str = "usage: `swrepl verify A B` for two local trees, or \

@@ -35,6 +35,65 @@ pub struct Args {
     /// brain: use only when the old Master is known to be down.
     #[arg(long)]
     pub force: bool,
+    /// Switch over despite database lag (or a lag that cannot be measured), but not despite
+    /// the other checks: changes the replica has not received yet are lost.
+    #[arg(long)]
+    pub accept_data_loss: bool,
+}
+
+/// How a switch-over is asked for: by an operator (`swrepl switchover`) or by the receiver's
+/// monitor (`Request::automatic`).
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub dry_run: bool,
+    /// Skip the confirmation question.
+    pub yes: bool,
+    pub force: bool,
+    /// Override only the database-lag refusals.
+    pub accept_data_loss: bool,
+    /// The receiver's root, when the caller knows it better than `[switchover] receiver_root`.
+    pub receiver_root: Option<PathBuf>,
+    /// Asked for by the monitor, not an operator (noted in the event log).
+    pub automatic: bool,
+}
+
+impl Request {
+    fn from_args(args: &Args) -> Self {
+        Self {
+            dry_run: args.dry_run,
+            yes: args.yes,
+            force: args.force,
+            accept_data_loss: args.accept_data_loss,
+            receiver_root: None,
+            automatic: false,
+        }
+    }
+}
+
+/// How a switch-over run ended, when it did not fail or refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Switched over now; `matches` tells whether every service matches the active table.
+    Completed { matches: bool },
+    /// A completed switch-over was found and every service runs: nothing done.
+    AlreadyDone,
+    /// A dry run: whether a real run would proceed.
+    DryRun { would_proceed: bool },
+}
+
+impl Finished {
+    fn exit_code(self) -> ExitCode {
+        let ok = match self {
+            Finished::Completed { matches } => matches,
+            Finished::AlreadyDone => true,
+            Finished::DryRun { would_proceed } => would_proceed,
+        };
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    }
 }
 
 const ACTION: &str = "switchover";
@@ -47,6 +106,8 @@ struct Setup {
     hooks: Hooks,
     log: EventLog,
     precheck: ReplicationPrecheck,
+    /// Where the promoted marker goes (`None`: no receiver root known).
+    receiver_root: Option<PathBuf>,
 }
 
 pub(crate) fn load_services(path: &Path) -> anyhow::Result<(Backend, ServiceSet)> {
@@ -56,15 +117,15 @@ pub(crate) fn load_services(path: &Path) -> anyhow::Result<(Backend, ServiceSet)
     Ok((control, set))
 }
 
-fn load(path: &Path) -> anyhow::Result<Setup> {
+fn load(path: &Path, receiver_root: Option<&Path>) -> anyhow::Result<Setup> {
     let (control, set) = load_services(path)?;
-    let settings: SwitchoverConfig = config::section(path, "switchover")?.unwrap_or_default();
+    let mut settings: SwitchoverConfig =
+        config::section(path, "switchover")?.unwrap_or_default();
+    if let Some(root) = receiver_root {
+        settings.receiver_root = Some(root.to_owned());
+    }
     let hooks = settings.hooks()?;
-    let log_path = settings.event_log.clone().unwrap_or_else(|| {
-        path.parent()
-            .unwrap_or(Path::new("."))
-            .join("switchover-events.jsonl")
-    });
+    let log_path = event_log_path(path, &settings);
     let slave_db = settings
         .slave_db
         .as_deref()
@@ -81,14 +142,34 @@ fn load(path: &Path) -> anyhow::Result<Setup> {
         hooks,
         log: EventLog::new(log_path),
         precheck,
+        receiver_root: settings.receiver_root.clone(),
         settings,
     })
 }
 
+/// The event log: `[switchover] event_log`, else `switchover-events.jsonl` beside the config.
+pub(crate) fn event_log_path(config: &Path, settings: &SwitchoverConfig) -> PathBuf {
+    settings.event_log.clone().unwrap_or_else(|| {
+        config
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("switchover-events.jsonl")
+    })
+}
+
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let setup = load(&args.config)?;
-    if let Some(code) = already_done(&setup, &args).await? {
-        return Ok(code);
+    let request = Request::from_args(&args);
+    Ok(switch_over(&args.config, &request).await?.exit_code())
+}
+
+/// The whole switch-over as `swrepl switchover` runs it: pre-checks, refusals, confirmation
+/// (unless `yes`), fencing, promotion, services in order, event log, and the promoted marker
+/// under the receiver's root. Refusals and failures are errors (already logged as events).
+pub async fn switch_over(config_path: &Path, request: &Request) -> anyhow::Result<Finished> {
+    let setup = load(config_path, request.receiver_root.as_deref())?;
+    let args = request;
+    if let Some(finished) = already_done(&setup, args).await? {
+        return Ok(finished);
     }
     let assessment = match assess(&setup.control, &setup.set, &setup.precheck, &setup.hooks).await {
         Ok(a) => a,
@@ -96,7 +177,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             record(
                 &setup.log,
                 EventOutcome::Refused,
-                &args,
+                args,
                 &e.to_string(),
                 None,
             );
@@ -104,16 +185,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     print_assessment(&setup, &assessment);
-    let refusals = assessment.refusals(setup.settings.max_db_lag(), setup.hooks.fence.is_some());
+    let (effective, accepted) = accept_data_loss(&assessment, &setup.settings, args);
+    let refusals = effective.refusals(setup.settings.max_db_lag(), setup.hooks.fence.is_some());
     if args.dry_run {
-        return Ok(dry_run_verdict(&setup, &args, &assessment, &refusals));
+        return Ok(dry_run_verdict(&setup, args, &assessment, &refusals));
     }
     if !refusals.is_empty() && !args.force {
         let error = SwitchoverError::Refused(refusals);
         record(
             &setup.log,
             EventOutcome::Refused,
-            &args,
+            args,
             &error.to_string(),
             Some(&assessment),
         );
@@ -124,19 +206,51 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             record(
                 &setup.log,
                 EventOutcome::Cancelled,
-                &args,
+                args,
                 &format!("{e:#}"),
                 Some(&assessment),
             );
             return Err(e);
         }
     }
-    carry_out(&setup, &args, &assessment).await
+    if let Some(note) = &accepted {
+        println!("{note}");
+        tracing::warn!("{note}");
+    }
+    carry_out(&setup, args, &assessment, &effective).await
+}
+
+/// With `accept_data_loss`, a database lag over the limit (or one that cannot be measured) no
+/// longer refuses: returns the assessment to decide with and a note of what was accepted. The
+/// real assessment is still what the event log records.
+fn accept_data_loss(
+    assessment: &Assessment,
+    settings: &SwitchoverConfig,
+    request: &Request,
+) -> (Assessment, Option<String>) {
+    let mut effective = assessment.clone();
+    if !request.accept_data_loss {
+        return (effective, None);
+    }
+    let note = match &assessment.db {
+        DbLag::Measured { lag } if *lag > settings.max_db_lag() => format!(
+            "accepting data loss: the database replica is {:.1} s behind",
+            lag.as_secs_f64()
+        ),
+        DbLag::Unknown { reason } => {
+            format!("accepting data loss: the database lag is unknown ({reason})")
+        }
+        _ => return (effective, None),
+    };
+    effective.db = DbLag::Measured {
+        lag: Duration::ZERO,
+    };
+    (effective, Some(note))
 }
 
 /// A re-run after a completed switch-over, with the services still matching the active table,
 /// does nothing.
-async fn already_done(setup: &Setup, args: &Args) -> anyhow::Result<Option<ExitCode>> {
+async fn already_done(setup: &Setup, args: &Request) -> anyhow::Result<Option<Finished>> {
     let Some(last) = setup.log.last_decisive(ACTION)? else {
         return Ok(None);
     };
@@ -156,15 +270,33 @@ async fn already_done(setup: &Setup, args: &Args) -> anyhow::Result<Option<ExitC
     println!("{message}");
     if !args.dry_run {
         record(&setup.log, EventOutcome::AlreadyDone, args, &message, None);
+        mark_promoted(setup, args);
     }
-    Ok(Some(ExitCode::SUCCESS))
+    Ok(Some(Finished::AlreadyDone))
+}
+
+/// Writes the promoted marker so the receiver no longer accepts the old Master's changes.
+fn mark_promoted(setup: &Setup, request: &Request) {
+    let Some(root) = &setup.receiver_root else {
+        tracing::warn!("[switchover] receiver_root is not set: cannot mark this Slave promoted; stop `swrepl receive` by hand so the old Master cannot overwrite it");
+        return;
+    };
+    let how = if request.automatic {
+        "automatic switch-over by the monitor"
+    } else {
+        "swrepl switchover"
+    };
+    if let Err(e) = crate::monitor::write_promoted_marker(root, how) {
+        tracing::warn!("{e:#}; stop `swrepl receive` by hand so the old Master cannot overwrite this server");
+    }
 }
 
 async fn carry_out(
     setup: &Setup,
-    args: &Args,
+    args: &Request,
     assessment: &Assessment,
-) -> anyhow::Result<ExitCode> {
+    effective: &Assessment,
+) -> anyhow::Result<Finished> {
     let options = ExecuteOptions {
         force: args.force,
         max_db_lag: setup.settings.max_db_lag(),
@@ -175,7 +307,7 @@ async fn carry_out(
         &setup.set,
         &setup.precheck,
         &setup.hooks,
-        assessment,
+        effective,
         options,
     )
     .await;
@@ -205,11 +337,13 @@ async fn carry_out(
                 &setup.log,
                 event(EventOutcome::Completed, args, &message, details),
             );
+            mark_promoted(setup, args);
             if !after.matches() {
                 println!("warning: the services do not all match the active table (marked !)");
-                return Ok(ExitCode::from(1));
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(Finished::Completed {
+                matches: after.matches(),
+            })
         }
         Err(error) => {
             let outcome = match error {
@@ -230,10 +364,10 @@ async fn carry_out(
 
 fn dry_run_verdict(
     setup: &Setup,
-    args: &Args,
+    args: &Request,
     assessment: &Assessment,
     refusals: &[swrepl_switchover::Refusal],
-) -> ExitCode {
+) -> Finished {
     println!("Plan:");
     if let Some(fence) = &setup.hooks.fence {
         println!("  fence the old Master: {fence}");
@@ -271,7 +405,9 @@ fn dry_run_verdict(
         &message,
         Some(assessment),
     );
-    ExitCode::from(code)
+    Finished::DryRun {
+        would_proceed: code == 0,
+    }
 }
 
 fn print_assessment(setup: &Setup, assessment: &Assessment) {
@@ -324,8 +460,18 @@ pub(crate) fn confirm(question: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn event(outcome: EventOutcome, args: &Args, message: &str, details: serde_json::Value) -> Event {
-    let mut event = Event::now(ACTION, outcome, args.force, message.to_owned());
+fn event(
+    outcome: EventOutcome,
+    args: &Request,
+    message: &str,
+    details: serde_json::Value,
+) -> Event {
+    let message = if args.automatic {
+        format!("automatic (monitor): {message}")
+    } else {
+        message.to_owned()
+    };
+    let mut event = Event::now(ACTION, outcome, args.force, message);
     event.details = details;
     event
 }
@@ -333,7 +479,7 @@ fn event(outcome: EventOutcome, args: &Args, message: &str, details: serde_json:
 fn record(
     log: &EventLog,
     outcome: EventOutcome,
-    args: &Args,
+    args: &Request,
     message: &str,
     assessment: Option<&Assessment>,
 ) {
@@ -345,7 +491,7 @@ fn record(
 }
 
 /// A log that cannot be written must not stop a switch-over in a disaster: warn instead.
-fn append(log: &EventLog, event: Event) {
+pub(crate) fn append(log: &EventLog, event: Event) {
     if let Err(e) = log.append(&event) {
         tracing::warn!("{e}");
     }
@@ -387,7 +533,7 @@ impl ReplicationPrecheck {
 }
 
 /// Lag measured by the replica: the larger of Seconds_Behind_Master and the heartbeat's age.
-fn lag_from_report(report: &swrepl_db::LagReport) -> DbLag {
+pub(crate) fn lag_from_report(report: &swrepl_db::LagReport) -> DbLag {
     if !report.sql_running || !report.io_running {
         let thread = if report.sql_running { "IO" } else { "SQL" };
         let error = report.last_error.as_deref().unwrap_or("no error reported");
@@ -447,5 +593,53 @@ impl Precheck for ReplicationPrecheck {
         swrepl_db::promote(url)
             .await
             .map_err(|e| PrecheckError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(
+        io: bool,
+        sql: bool,
+        behind: Option<u64>,
+        heartbeat: Option<u64>,
+    ) -> swrepl_db::LagReport {
+        swrepl_db::LagReport {
+            io_running: io,
+            sql_running: sql,
+            seconds_behind: behind,
+            true_lag: heartbeat.map(Duration::from_secs),
+            last_error: Some("error reconnecting to master".to_owned()),
+        }
+    }
+
+    #[test]
+    fn lag_is_the_larger_of_seconds_behind_and_heartbeat_age() {
+        let lag = |r| match lag_from_report(&r) {
+            DbLag::Measured { lag } => lag.as_secs(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(lag(report(true, true, Some(0), Some(3))), 3);
+        assert_eq!(lag(report(true, true, Some(9), Some(1))), 9);
+        assert_eq!(lag(report(true, true, Some(2), None)), 2);
+    }
+
+    #[test]
+    fn stopped_replication_threads_make_the_lag_unknown() {
+        match lag_from_report(&report(false, true, None, Some(1))) {
+            DbLag::Unknown { reason } => {
+                assert!(
+                    reason.contains("IO thread") && reason.contains("reconnecting"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            lag_from_report(&report(true, true, None, None)),
+            DbLag::Unknown { .. }
+        ));
     }
 }

@@ -5,12 +5,15 @@
 //! 2 an error, printed as one line on stderr saying what happened and what to do.
 
 mod cmd_db;
+mod cmd_failback;
 mod cmd_files;
 mod cmd_registry;
 mod cmd_services;
+mod cmd_status;
 mod cmd_switchover;
 mod config;
 mod demo;
+mod monitor;
 mod progress;
 
 use std::process::ExitCode;
@@ -51,6 +54,11 @@ enum Command {
     Registry(cmd_registry::Args),
     /// Promote this Slave: pre-checks, database promotion, fencing, services in the runbook's order.
     Switchover(cmd_switchover::Args),
+    /// The way back after a switch-over: the plan that makes the old Master the new Slave.
+    Failback(cmd_failback::Args),
+    /// One view of role, replication link, files, database and services; exit 1 if anything
+    /// needs attention.
+    Status(cmd_status::Args),
 }
 
 fn init_logging(filter: &str) {
@@ -92,6 +100,8 @@ fn main() -> ExitCode {
             Command::Services(args) => cmd_services::run(args).await,
             Command::Registry(args) => cmd_registry::run(args).await,
             Command::Switchover(args) => cmd_switchover::run(args).await,
+            Command::Failback(args) => cmd_failback::run(args),
+            Command::Status(args) => cmd_status::run(args).await,
         }
     });
     match result {

@@ -168,5 +168,8 @@ pub fn message_name(msg: &Message) -> &'static str {
         Message::ListEntry(_) => "ListEntry",
         Message::ListEnd { .. } => "ListEnd",
         Message::Error { .. } => "Error",
+        Message::RegistrySnapshot(_) => "RegistrySnapshot",
+        Message::RegistryChanges { .. } => "RegistryChanges",
+        Message::RegistryRequest => "RegistryRequest",
     }
 }

@@ -309,7 +309,10 @@ mod tests {
         assert!(validate_registry_changes(&bad).is_err());
 
         let snapshot = RegistrySnapshot {
-            roots: vec![ALIASES.into(), r"HKEY_LOCAL_MACHINE\Software\Missing".into()],
+            roots: vec![
+                ALIASES.into(),
+                r"HKEY_LOCAL_MACHINE\Software\Missing".into(),
+            ],
             keys: vec![RegistryKeyState {
                 path: ALIASES.into(),
                 values: vec![],

@@ -2,6 +2,7 @@
 
 use crate::limits::{MAX_CHUNKS_PER_ENTRY, MAX_CHUNK_LEN, MAX_TEXT_LEN};
 use crate::path::validate_component;
+use crate::registry::{validate_registry_changes, validate_registry_snapshot};
 use crate::{validate_path, EntryKind, FileEntry, Hello, Message, ProtoError, Role, MAGIC};
 
 /// The protocol version this crate speaks best.
@@ -209,11 +210,14 @@ pub fn validate_message(msg: &Message) -> Result<(), ProtoError> {
             None => Ok(()),
         },
         Message::Error { message, .. } => check_text("message", message),
+        Message::RegistrySnapshot(snapshot) => validate_registry_snapshot(snapshot),
+        Message::RegistryChanges { changes, .. } => validate_registry_changes(changes),
         Message::PassBegin { .. }
         | Message::PassEnd { .. }
         | Message::Ack { .. }
         | Message::PassDone { .. }
         | Message::ListRequest
-        | Message::ListEnd { .. } => Ok(()),
+        | Message::ListEnd { .. }
+        | Message::RegistryRequest => Ok(()),
     }
 }

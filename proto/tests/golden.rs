@@ -283,3 +283,180 @@ fn concatenated_golden_frames_decode_in_order() {
     assert_eq!(decoder.next_message(), Ok(None));
     assert_eq!(decoder.buffered(), 0);
 }
+
+// ---- Registry replication (tags 18–20) ----
+
+use swrepl_proto::registry::{
+    RegistryChangeSet, RegistryKeyState, RegistryOp, RegistrySnapshot, RegistryValue,
+};
+
+const ALIASES: &str =
+    r"HKEY_LOCAL_MACHINE\Software\Hornbill\Core Services\Applications\_Global\HttpAliases";
+
+/// UTF-16LE with the terminating NUL, as `RegQueryValueExW` returns a `REG_SZ`.
+fn utf16z(text: &str) -> Vec<u8> {
+    text.encode_utf16()
+        .chain([0])
+        .flat_map(u16::to_le_bytes)
+        .collect()
+}
+
+fn value(name: &str, kind: u32, data: Vec<u8>) -> RegistryValue {
+    RegistryValue {
+        name: name.into(),
+        kind,
+        data,
+    }
+}
+
+/// (name, message, frame as lowercase hex) for the registry messages.
+fn registry_vectors() -> Vec<(&'static str, Message, &'static str)> {
+    vec![
+        (
+            "registry_snapshot",
+            Message::RegistrySnapshot(RegistrySnapshot {
+                roots: vec![ALIASES.into()],
+                keys: vec![
+                    RegistryKeyState {
+                        path: ALIASES.into(),
+                        values: vec![
+                            value("", 1, utf16z("sw")),
+                            value("port", 4, 5015u32.to_le_bytes().to_vec()),
+                        ],
+                    },
+                    RegistryKeyState {
+                        path: format!(r"{ALIASES}\portal"),
+                        values: vec![],
+                    },
+                ],
+            }),
+            "0000011c120153484b45595f4c4f43414c5f4d414348494e455c536f6674776172655c486f726e62696c6c5c436f72652053657276696365735c4170706c69636174696f6e735c5f476c6f62616c5c48747470416c69617365730253484b45595f4c4f43414c5f4d414348494e455c536f6674776172655c486f726e62696c6c5c436f72652053657276696365735c4170706c69636174696f6e735c5f476c6f62616c5c48747470416c69617365730200010673007700000004706f72740404971300005a484b45595f4c4f43414c5f4d414348494e455c536f6674776172655c486f726e62696c6c5c436f72652053657276696365735c4170706c69636174696f6e735c5f476c6f62616c5c48747470416c69617365735c706f7274616c00",
+        ),
+        (
+            "registry_snapshot_none",
+            Message::RegistrySnapshot(RegistrySnapshot::default()),
+            "00000003120000",
+        ),
+        (
+            "registry_changes",
+            Message::RegistryChanges {
+                seq: 47,
+                changes: RegistryChangeSet {
+                    ops: vec![
+                        RegistryOp::CreateKey {
+                            path: format!(r"{ALIASES}\portal"),
+                        },
+                        RegistryOp::SetValue {
+                            key: format!(r"{ALIASES}\portal"),
+                            value: value("root", 2, utf16z("%SW%")),
+                        },
+                        RegistryOp::SetValue {
+                            key: ALIASES.into(),
+                            value: value("odd", 0xdead_beef, vec![1, 2, 3]),
+                        },
+                        RegistryOp::DeleteValue {
+                            key: ALIASES.into(),
+                            name: "old".into(),
+                        },
+                        RegistryOp::DeleteKey {
+                            path: format!(r"{ALIASES}\gone"),
+                        },
+                    ],
+                },
+            },
+            "000001e1132f05005a484b45595f4c4f43414c5f4d414348494e455c536f6674776172655c486f726e62696c6c5c436f72652053657276696365735c4170706c69636174696f6e735c5f476c6f62616c5c48747470416c69617365735c706f7274616c025a484b45595f4c4f43414c5f4d414348494e455c536f6674776172655c486f726e62696c6c5c436f72652053657276696365735c4170706c69636174696f6e735c5f476c6f62616c5c48747470416c69617365735c706f7274616c04726f6f74020a250053005700250000000253484b45595f4c4f43414c5f4d414348494e455c536f6674776172655c486f726e62696c6c5c436f72652053657276696365735c4170706c69636174696f6e735c5f476c6f62616c5c48747470416c6961736573036f6464effdb6f50d030102030353484b45595f4c4f43414c5f4d414348494e455c536f6674776172655c486f726e62696c6c5c436f72652053657276696365735c4170706c69636174696f6e735c5f476c6f62616c5c48747470416c6961736573036f6c640158484b45595f4c4f43414c5f4d414348494e455c536f6674776172655c486f726e62696c6c5c436f72652053657276696365735c4170706c69636174696f6e735c5f476c6f62616c5c48747470416c69617365735c676f6e65",
+        ),
+        (
+            "registry_changes_small",
+            Message::RegistryChanges {
+                seq: 5,
+                changes: RegistryChangeSet {
+                    ops: vec![RegistryOp::DeleteValue {
+                        key: r"HKEY_USERS\x".into(),
+                        name: "a".into(),
+                    }],
+                },
+            },
+            "0000001313050103 0c484b45595f55534552535c78 0161",
+        ),
+        ("registry_request", Message::RegistryRequest, "0000000114"),
+    ]
+}
+
+fn registry_frame_of(name: &str, spaced_hex: &str) -> Vec<u8> {
+    frame_of(name, &spaced_hex.replace(' ', ""))
+}
+
+#[test]
+fn every_registry_vector_encodes_to_its_golden_bytes() {
+    for (name, msg, golden) in registry_vectors() {
+        let frame = encode_frame(&msg).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            hex::encode(&frame),
+            golden.replace(' ', ""),
+            "{name}: encoding changed"
+        );
+    }
+}
+
+#[test]
+fn every_registry_golden_frame_decodes_and_validates() {
+    for (name, msg, golden) in registry_vectors() {
+        let frame = registry_frame_of(name, golden);
+        let announced = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(announced, frame.len() - 4, "{name}: length prefix");
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&frame);
+        assert_eq!(decoder.next_message(), Ok(Some(msg.clone())), "{name}");
+        assert_eq!(decoder.buffered(), 0, "{name}: leftover bytes");
+        assert_eq!(swrepl_proto::validate_message(&msg), Ok(()), "{name}");
+    }
+}
+
+#[test]
+fn every_message_variant_including_registry_has_a_golden_vector() {
+    let mut tags: Vec<u8> = vectors()
+        .iter()
+        .map(|(name, _, golden)| frame_of(name, golden)[4])
+        .chain(
+            registry_vectors()
+                .iter()
+                .map(|(name, _, golden)| registry_frame_of(name, golden)[4]),
+        )
+        .collect();
+    tags.sort_unstable();
+    tags.dedup();
+    assert_eq!(tags, (0..=20).collect::<Vec<u8>>());
+}
+
+#[test]
+fn registry_golden_names_are_unique_and_distinct_from_the_others() {
+    let mut names: Vec<&str> = vectors()
+        .iter()
+        .chain(registry_vectors().iter())
+        .map(|(name, _, _)| *name)
+        .collect();
+    names.sort_unstable();
+    let count = names.len();
+    names.dedup();
+    assert_eq!(names.len(), count);
+}
+
+/// A hostile change set is caught by `validate_message`, not only by the registry crate.
+#[test]
+fn registry_messages_with_bad_paths_are_invalid() {
+    let bad = Message::RegistryChanges {
+        seq: 1,
+        changes: RegistryChangeSet {
+            ops: vec![RegistryOp::DeleteKey {
+                path: r"C:\Windows".into(),
+            }],
+        },
+    };
+    assert!(swrepl_proto::validate_message(&bad).is_err());
+    let bad = Message::RegistrySnapshot(RegistrySnapshot {
+        roots: vec!["HKLM".into()],
+        keys: vec![],
+    });
+    assert!(swrepl_proto::validate_message(&bad).is_err());
+}

@@ -83,7 +83,9 @@ impl CheckReport {
                 if r.sql_running { "Yes" } else { "No" },
                 pos(&r.read_position),
                 pos(&r.exec_position),
-                r.seconds_behind.map(|s| s.to_string()).unwrap_or_else(|| "NULL".into()),
+                r.seconds_behind
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "NULL".into()),
                 r.sql_delay
             ));
         }
@@ -106,7 +108,11 @@ impl CheckReport {
 
 /// Checks the link between `master` and `slave`. `Err` only when a server cannot be checked
 /// (unreachable, refused login); everything wrong with replication is in `problems`.
-pub async fn check(master: &ServerUrl, slave: &ServerUrl, opts: &CheckOptions) -> Result<CheckReport, DbError> {
+pub async fn check(
+    master: &ServerUrl,
+    slave: &ServerUrl,
+    opts: &CheckOptions,
+) -> Result<CheckReport, DbError> {
     let mut m = Server::connect(master).await?;
     let mut s = Server::connect(slave).await?;
     let report = check_connected(&mut m, &mut s, opts).await;
@@ -115,10 +121,16 @@ pub async fn check(master: &ServerUrl, slave: &ServerUrl, opts: &CheckOptions) -
     report
 }
 
-pub(crate) async fn check_connected(m: &mut Server, s: &mut Server, opts: &CheckOptions) -> Result<CheckReport, DbError> {
+pub(crate) async fn check_connected(
+    m: &mut Server,
+    s: &mut Server,
+    opts: &CheckOptions,
+) -> Result<CheckReport, DbError> {
     let mut problems = Vec::new();
     if !m.info.log_bin {
-        problems.push("master: the binary log is off (log-bin missing from its option file)".to_string());
+        problems.push(
+            "master: the binary log is off (log-bin missing from its option file)".to_string(),
+        );
     }
     if m.info.server_id == 0 || s.info.server_id == 0 {
         problems.push(format!(
@@ -126,12 +138,21 @@ pub(crate) async fn check_connected(m: &mut Server, s: &mut Server, opts: &Check
             m.info.server_id, s.info.server_id
         ));
     } else if m.info.server_id == s.info.server_id {
-        problems.push(format!("server ids are not unique: both servers have server_id={}", m.info.server_id));
+        problems.push(format!(
+            "server ids are not unique: both servers have server_id={}",
+            m.info.server_id
+        ));
     }
     if !s.info.read_only {
-        problems.push("slave: read_only is OFF, so applications can write to it and break replication".into());
+        problems.push(
+            "slave: read_only is OFF, so applications can write to it and break replication".into(),
+        );
     }
-    let master_position = if m.info.log_bin { m.master_status().await? } else { None };
+    let master_position = if m.info.log_bin {
+        m.master_status().await?
+    } else {
+        None
+    };
     let replica = s.replica_status().await?;
     match &replica {
         None => problems.push("slave: not configured as a replica (run `swrepl db setup`)".into()),
@@ -142,10 +163,15 @@ pub(crate) async fn check_connected(m: &mut Server, s: &mut Server, opts: &Check
         _ => None,
     };
     let checksums = if opts.checksums {
-        let applying = replica.as_ref().is_some_and(|r| r.io_running && r.sql_running);
+        let applying = replica
+            .as_ref()
+            .is_some_and(|r| r.io_running && r.sql_running);
         let sums = compare_checksums(m, s, opts.chunk_rows, applying).await?;
         for c in sums.iter().filter(|c| !c.matches) {
-            problems.push(format!("checksum: table {} differs between Master and Slave ({})", c.table, c.detail));
+            problems.push(format!(
+                "checksum: table {} differs between Master and Slave ({})",
+                c.table, c.detail
+            ));
         }
         sums
     } else {
@@ -162,7 +188,12 @@ pub(crate) async fn check_connected(m: &mut Server, s: &mut Server, opts: &Check
     })
 }
 
-fn replica_problems(r: &ReplicaStatus, m: &Server, opts: &CheckOptions, problems: &mut Vec<String>) {
+fn replica_problems(
+    r: &ReplicaStatus,
+    m: &Server,
+    opts: &CheckOptions,
+    problems: &mut Vec<String>,
+) {
     if r.master_port != m.url.port || !same_host(&r.master_host, &m.url.host) {
         problems.push(format!(
             "slave: replicates from {}, not from the Master {} (if the Slave reaches the Master under another address, ignore this)",
@@ -170,7 +201,10 @@ fn replica_problems(r: &ReplicaStatus, m: &Server, opts: &CheckOptions, problems
             m.url.address()
         ));
     }
-    if let Some(id) = r.master_server_id.filter(|id| *id != 0 && *id != m.info.server_id) {
+    if let Some(id) = r
+        .master_server_id
+        .filter(|id| *id != 0 && *id != m.info.server_id)
+    {
         problems.push(format!(
             "slave: its source has server_id={id}, the Master has server_id={}",
             m.info.server_id
@@ -179,8 +213,15 @@ fn replica_problems(r: &ReplicaStatus, m: &Server, opts: &CheckOptions, problems
     if !r.io_running {
         problems.push(format!(
             "slave: IO thread not running (state {}){}",
-            if r.io_state.is_empty() { "No" } else { &r.io_state },
-            r.last_io_error.as_ref().map(|e| format!("; last IO error: {e}")).unwrap_or_default()
+            if r.io_state.is_empty() {
+                "No"
+            } else {
+                &r.io_state
+            },
+            r.last_io_error
+                .as_ref()
+                .map(|e| format!("; last IO error: {e}"))
+                .unwrap_or_default()
         ));
     } else if let Some(e) = &r.last_io_error {
         problems.push(format!("slave: last IO error: {e}"));
@@ -188,13 +229,18 @@ fn replica_problems(r: &ReplicaStatus, m: &Server, opts: &CheckOptions, problems
     if !r.sql_running {
         problems.push(format!(
             "slave: SQL thread not running{}",
-            r.last_sql_error.as_ref().map(|e| format!("; last SQL error: {e}")).unwrap_or_default()
+            r.last_sql_error
+                .as_ref()
+                .map(|e| format!("; last SQL error: {e}"))
+                .unwrap_or_default()
         ));
     } else if let Some(e) = &r.last_sql_error {
         problems.push(format!("slave: last SQL error: {e}"));
     }
     match r.seconds_behind {
-        None if r.io_running && r.sql_running => problems.push("slave: Seconds_Behind_Master is NULL".into()),
+        None if r.io_running && r.sql_running => {
+            problems.push("slave: Seconds_Behind_Master is NULL".into())
+        }
         Some(secs) if secs > r.sql_delay + opts.max_lag.as_secs() => problems.push(format!(
             "slave: {secs}s behind the Master (Seconds_Behind_Master), more than the allowed {}s{}",
             opts.max_lag.as_secs(),
@@ -236,18 +282,26 @@ async fn measure_true_lag(
     let written = match write_heartbeat(m).await {
         Ok(ts) => ts,
         Err(e) => {
-            problems.push(format!("master: cannot write the heartbeat ({e}); run `swrepl db setup`"));
+            problems.push(format!(
+                "master: cannot write the heartbeat ({e}); run `swrepl db setup`"
+            ));
             return Ok(None);
         }
     };
     let started = Instant::now();
     // A delayed replica will not show a fresh heartbeat for `sql_delay` seconds: do not wait.
-    let wait = if r.sql_delay > 0 { Duration::ZERO } else { opts.heartbeat_wait };
+    let wait = if r.sql_delay > 0 {
+        Duration::ZERO
+    } else {
+        opts.heartbeat_wait
+    };
     loop {
         let seen = read_heartbeat(s, Some(m.info.server_id)).await?;
         match seen {
             Some(ts) if ts >= written => return Ok(Some(started.elapsed())),
             _ if started.elapsed() < wait => tokio::time::sleep(Duration::from_millis(100)).await,
+            // A delayed replica has not applied its first heartbeat yet: the delay explains it.
+            None if r.sql_delay > 0 && r.io_running => return Ok(None),
             None => {
                 problems.push("slave: no heartbeat from this Master has arrived (the link is down or setup has not run)".into());
                 return Ok(None);
@@ -294,10 +348,13 @@ pub async fn replica_lag(slave: &ServerUrl) -> Result<LagReport, DbError> {
 }
 
 async fn replica_lag_connected(s: &mut Server) -> Result<LagReport, DbError> {
-    let r = s.replica_status().await?.ok_or_else(|| DbError::Unsupported {
-        server: s.url.to_string(),
-        what: "is not configured as a replica".into(),
-    })?;
+    let r = s
+        .replica_status()
+        .await?
+        .ok_or_else(|| DbError::Unsupported {
+            server: s.url.to_string(),
+            what: "is not configured as a replica".into(),
+        })?;
     let newest = read_heartbeat(s, r.master_server_id.filter(|id| *id != 0)).await?;
     let true_lag = match newest {
         Some(ts) => Some(age(ts, server_now(s).await?)),

@@ -116,7 +116,11 @@ async fn compare_table(
         .await?;
     let full = format!("{}.{}", quote_ident(schema), quote_ident(table));
     let sum_sql = chunk_sum_sql(&full, &columns);
-    let pk_list = pk.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(",");
+    let pk_list = pk
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut result = TableChecksum {
         table: format!("{schema}.{table}"),
         rows: 0,
@@ -140,7 +144,11 @@ async fn compare_table(
             result.matches = false;
             result.detail = match (&lower, &upper) {
                 (None, None) => "its rows differ".into(),
-                _ => format!("rows differ in chunk {} (primary key {})", result.chunks, pk.join(",")),
+                _ => format!(
+                    "rows differ in chunk {} (primary key {})",
+                    result.chunks,
+                    pk.join(",")
+                ),
             };
             return Ok(result);
         }
@@ -155,7 +163,11 @@ async fn compare_table(
 /// the chunk's WHERE clause and `) x`.
 fn chunk_sum_sql(full: &str, columns: &[String]) -> String {
     let cols = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>();
-    let nulls = cols.iter().map(|c| format!("ISNULL({c})")).collect::<Vec<_>>().join(",");
+    let nulls = cols
+        .iter()
+        .map(|c| format!("ISNULL({c})"))
+        .collect::<Vec<_>>()
+        .join(",");
     let row = format!("CONCAT_WS('#',{},CONCAT({nulls}))", cols.join(","));
     format!(
         "SELECT COUNT(*), CAST(COALESCE(BIT_XOR(CAST(CONV(LEFT(h,16),16,10) AS UNSIGNED)),0) AS CHAR), \
@@ -168,7 +180,11 @@ fn placeholders(n: usize) -> String {
     vec!["?"; n].join(",")
 }
 
-fn chunk_condition(pk_list: &str, lower: Option<&[Value]>, upper: Option<&[Value]>) -> (String, Vec<Value>) {
+fn chunk_condition(
+    pk_list: &str,
+    lower: Option<&[Value]>,
+    upper: Option<&[Value]>,
+) -> (String, Vec<Value>) {
     let mut conds = Vec::new();
     let mut params = Vec::new();
     if let Some(l) = lower {
@@ -232,7 +248,10 @@ async fn compare_chunk(
 
 async fn chunk_sum(server: &mut Server, sql: &str, params: &[Value]) -> Result<ChunkSum, DbError> {
     let rows: Vec<(u64, String, String)> = server.rows_with(sql, params.to_vec()).await?;
-    let (rows, a, b) = rows.into_iter().next().unwrap_or((0, "0".into(), "0".into()));
+    let (rows, a, b) = rows
+        .into_iter()
+        .next()
+        .unwrap_or((0, "0".into(), "0".into()));
     Ok(ChunkSum { rows, a, b })
 }
 
@@ -242,7 +261,11 @@ async fn wait_for_master_position(m: &mut Server, s: &mut Server) -> Result<bool
     let Some(pos) = m.master_status().await? else {
         return Ok(false);
     };
-    let function = if s.info.uses_replica_words() { "SOURCE_POS_WAIT" } else { "MASTER_POS_WAIT" };
+    let function = if s.info.uses_replica_words() {
+        "SOURCE_POS_WAIT"
+    } else {
+        "MASTER_POS_WAIT"
+    };
     let reached: Option<i64> = s
         .scalar(&format!(
             "SELECT {function}({}, {}, {POS_WAIT_SECONDS})",

@@ -72,7 +72,11 @@ pub enum DbError {
 }
 
 impl DbError {
-    pub(crate) fn file(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn file(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         DbError::File {
             action,
             path: path.into(),

@@ -31,7 +31,10 @@ pub async fn write_heartbeat(master: &mut Server) -> Result<f64, DbError> {
         what: format!("UNIX_TIMESTAMP(NOW(6)) returned {now:?}"),
     })?;
     // Older servers without per-session binlog_format log statements anyway.
-    let statement_format = master.exec("SET SESSION binlog_format='STATEMENT'").await.is_ok();
+    let statement_format = master
+        .exec("SET SESSION binlog_format='STATEMENT'")
+        .await
+        .is_ok();
     let write = master
         .exec(&format!(
             "REPLACE INTO swrepl.heartbeat (server_id, ts) VALUES ({}, {now})",
@@ -85,23 +88,32 @@ pub async fn run_heartbeat(
 
 /// The newest heartbeat the Slave holds from `master_server_id` (any Master when `None`), as
 /// UNIX seconds; `Ok(None)` when the table or row is missing.
-pub async fn read_heartbeat(slave: &mut Server, master_server_id: Option<u64>) -> Result<Option<f64>, DbError> {
+pub async fn read_heartbeat(
+    slave: &mut Server,
+    master_server_id: Option<u64>,
+) -> Result<Option<f64>, DbError> {
     let exists: Option<i64> = slave
         .scalar("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA='swrepl' AND TABLE_NAME='heartbeat'")
         .await?;
     if exists.unwrap_or(0) == 0 {
         return Ok(None);
     }
-    let filter = master_server_id.map(|id| format!(" WHERE server_id={id}")).unwrap_or_default();
+    let filter = master_server_id
+        .map(|id| format!(" WHERE server_id={id}"))
+        .unwrap_or_default();
     let ts: Option<String> = slave
-        .scalar(&format!("SELECT CAST(MAX(ts) AS CHAR) FROM swrepl.heartbeat{filter}"))
+        .scalar(&format!(
+            "SELECT CAST(MAX(ts) AS CHAR) FROM swrepl.heartbeat{filter}"
+        ))
         .await?;
     Ok(ts.and_then(|t| t.parse().ok()))
 }
 
 /// The server's clock as UNIX seconds.
 pub async fn server_now(server: &mut Server) -> Result<f64, DbError> {
-    let now: Option<String> = server.scalar("SELECT CAST(UNIX_TIMESTAMP(NOW(6)) AS CHAR)").await?;
+    let now: Option<String> = server
+        .scalar("SELECT CAST(UNIX_TIMESTAMP(NOW(6)) AS CHAR)")
+        .await?;
     Ok(now.and_then(|n| n.parse().ok()).unwrap_or(0.0))
 }
 

@@ -51,8 +51,8 @@ pub struct IniEdit {
 /// keys are equivalent and keys are case-insensitive, as the server treats them. When nothing
 /// changes, the file is not rewritten and no backup is made.
 pub fn apply_ini_lines(path: &Path, lines: &[IniLine]) -> Result<IniEdit, DbError> {
-    let original =
-        std::fs::read_to_string(path).map_err(|e| DbError::file("cannot read option file", path, e))?;
+    let original = std::fs::read_to_string(path)
+        .map_err(|e| DbError::file("cannot read option file", path, e))?;
     let (edited, changed) = edit_text(&original, lines);
     if changed.is_empty() {
         return Ok(IniEdit {
@@ -61,7 +61,8 @@ pub fn apply_ini_lines(path: &Path, lines: &[IniLine]) -> Result<IniEdit, DbErro
         });
     }
     let backup = backup_path(path);
-    std::fs::copy(path, &backup).map_err(|e| DbError::file("cannot back up option file to", &backup, e))?;
+    std::fs::copy(path, &backup)
+        .map_err(|e| DbError::file("cannot back up option file to", &backup, e))?;
     write_atomically(path, &edited)?;
     tracing::info!(file = %path.display(), backup = %backup.display(), "option file updated");
     Ok(IniEdit {
@@ -72,8 +73,15 @@ pub fn apply_ini_lines(path: &Path, lines: &[IniLine]) -> Result<IniEdit, DbErro
 
 /// The pure edit: new text and the lines that changed.
 pub fn edit_text(original: &str, lines: &[IniLine]) -> (String, Vec<String>) {
-    let eol = if original.contains("\r\n") { "\r\n" } else { "\n" };
-    let mut file: Vec<String> = original.lines().map(|l| l.trim_end_matches('\r').to_string()).collect();
+    let eol = if original.contains("\r\n") {
+        "\r\n"
+    } else {
+        "\n"
+    };
+    let mut file: Vec<String> = original
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .collect();
     let mut changed = Vec::new();
     let section = find_server_section(&file).unwrap_or_else(|| {
         if file.last().is_some_and(|l| !l.trim().is_empty()) {
@@ -118,7 +126,9 @@ fn find_server_section(file: &[String]) -> Option<usize> {
     SERVER_SECTIONS.iter().find_map(|want| {
         file.iter().position(|l| {
             let t = l.trim();
-            t.starts_with('[') && t.ends_with(']') && t[1..t.len() - 1].trim().eq_ignore_ascii_case(want)
+            t.starts_with('[')
+                && t.ends_with(']')
+                && t[1..t.len() - 1].trim().eq_ignore_ascii_case(want)
         })
     })
 }
@@ -145,7 +155,10 @@ fn normalize_key(key: &str) -> String {
 }
 
 fn backup_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut candidate = path.with_file_name(format!("{name}.swrepl-{}.bak", utc_stamp()));
     let mut n = 1;
     while candidate.exists() {
@@ -156,7 +169,10 @@ fn backup_path(path: &Path) -> PathBuf {
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<(), DbError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .map_err(|e| DbError::file("cannot create a temporary file in", dir, e))?;
     tmp.write_all(text.as_bytes())
@@ -172,7 +188,10 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), DbError> {
 
 /// `YYYYMMDDTHHMMSSZ` for now, in UTC.
 fn utc_stamp() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil-from-days (Howard Hinnant's algorithm), valid for any date after 1970.
     let z = days as i64 + 719_468;
@@ -206,7 +225,8 @@ mod tests {
 
     #[test]
     fn adds_to_existing_section_and_keeps_crlf_and_other_sections() {
-        let before = "# SwSQL\r\n[mysqld]\r\nport=5002\r\nserver_id=1\r\n\r\n[client]\r\nport=5002\r\n";
+        let before =
+            "# SwSQL\r\n[mysqld]\r\nport=5002\r\nserver_id=1\r\n\r\n[client]\r\nport=5002\r\n";
         let (after, changed) = edit_text(before, &lines());
         assert_eq!(
             after,
@@ -222,7 +242,10 @@ mod tests {
     fn creates_the_section_when_missing_and_keeps_other_filters() {
         let before = "[client]\nport=5002\n";
         let (after, _) = edit_text(before, &lines());
-        assert!(after.starts_with("[client]\nport=5002\n\n[mysqld]\nserver-id=2\n"), "{after}");
+        assert!(
+            after.starts_with("[client]\nport=5002\n\n[mysqld]\nserver-id=2\n"),
+            "{after}"
+        );
         let with_filter = "[mysqld]\nreplicate-wild-ignore-table=audit.%\n";
         let (after, _) = edit_text(with_filter, &lines()[2..]);
         assert_eq!(
@@ -238,8 +261,13 @@ mod tests {
         std::fs::write(&path, "[mysqld]\nport=5002\n").unwrap();
         let edit = apply_ini_lines(&path, &lines()).unwrap();
         let backup = edit.backup.expect("backup");
-        assert_eq!(std::fs::read_to_string(&backup).unwrap(), "[mysqld]\nport=5002\n");
-        assert!(std::fs::read_to_string(&path).unwrap().contains("server-id=2"));
+        assert_eq!(
+            std::fs::read_to_string(&backup).unwrap(),
+            "[mysqld]\nport=5002\n"
+        );
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("server-id=2"));
         let edit = apply_ini_lines(&path, &lines()).unwrap();
         assert_eq!(edit.backup, None);
         assert!(apply_ini_lines(&dir.path().join("missing.ini"), &lines()).is_err());

@@ -63,9 +63,13 @@ impl ReplicationConfig {
             )));
         }
         if self.repl_user.is_empty() || self.repl_user.len() > 32 {
-            return Err(DbError::Refused("--repl-user must be 1 to 32 characters".into()));
+            return Err(DbError::Refused(
+                "--repl-user must be 1 to 32 characters".into(),
+            ));
         }
-        if self.repl_user.eq_ignore_ascii_case(&self.master.user) || self.repl_user.eq_ignore_ascii_case("root") {
+        if self.repl_user.eq_ignore_ascii_case(&self.master.user)
+            || self.repl_user.eq_ignore_ascii_case("root")
+        {
             return Err(DbError::Refused(format!(
                 "--repl-user {:?} is an administrative login; use a dedicated replication account such as `repl`",
                 self.repl_user
@@ -94,7 +98,11 @@ pub struct Survey {
 }
 
 /// Reads everything [`build_plan`] needs. Changes nothing.
-pub async fn survey(master: &mut Server, slave: &mut Server, cfg: &ReplicationConfig) -> Result<Survey, DbError> {
+pub async fn survey(
+    master: &mut Server,
+    slave: &mut Server,
+    cfg: &ReplicationConfig,
+) -> Result<Survey, DbError> {
     let master_position = if master.info.log_bin {
         master.master_status().await?
     } else {
@@ -110,7 +118,10 @@ pub async fn survey(master: &mut Server, slave: &mut Server, cfg: &ReplicationCo
         .unwrap_or_default();
     let master_dbs = user_databases(master).await?;
     let slave_dbs = user_databases(slave).await?;
-    let missing_on_slave = master_dbs.into_iter().filter(|d| !slave_dbs.contains(d)).collect();
+    let missing_on_slave = master_dbs
+        .into_iter()
+        .filter(|d| !slave_dbs.contains(d))
+        .collect();
     Ok(Survey {
         master: master.info.clone(),
         slave: slave.info.clone(),
@@ -122,7 +133,10 @@ pub async fn survey(master: &mut Server, slave: &mut Server, cfg: &ReplicationCo
     })
 }
 
-async fn account_grants(master: &mut Server, cfg: &ReplicationConfig) -> Result<Option<Vec<String>>, DbError> {
+async fn account_grants(
+    master: &mut Server,
+    cfg: &ReplicationConfig,
+) -> Result<Option<Vec<String>>, DbError> {
     let exists: Option<i64> = master
         .scalar(&format!(
             "SELECT COUNT(*) FROM mysql.user WHERE User={} AND Host={}",
@@ -133,14 +147,18 @@ async fn account_grants(master: &mut Server, cfg: &ReplicationConfig) -> Result<
     if exists.unwrap_or(0) == 0 {
         return Ok(None);
     }
-    let grants: Vec<String> = master.rows(&format!("SHOW GRANTS FOR {}", cfg.account())).await?;
+    let grants: Vec<String> = master
+        .rows(&format!("SHOW GRANTS FOR {}", cfg.account()))
+        .await?;
     Ok(Some(grants))
 }
 
 /// Databases other than the server's own and swrepl's, sorted.
 pub async fn user_databases(server: &mut Server) -> Result<Vec<String>, DbError> {
     let mut dbs: Vec<String> = server.rows("SHOW DATABASES").await?;
-    dbs.retain(|d| !SYSTEM_SCHEMAS.contains(&d.to_ascii_lowercase().as_str()) && d != HEARTBEAT_SCHEMA);
+    dbs.retain(|d| {
+        !SYSTEM_SCHEMAS.contains(&d.to_ascii_lowercase().as_str()) && d != HEARTBEAT_SCHEMA
+    });
     dbs.sort();
     Ok(dbs)
 }
@@ -165,7 +183,11 @@ pub enum Target {
 #[derive(Clone, Debug)]
 pub enum Step {
     /// A statement to run. `shown` is the same statement with secrets masked.
-    Sql { sql: String, shown: String, why: String },
+    Sql {
+        sql: String,
+        shown: String,
+        why: String,
+    },
     /// Take a consistent binlog position on the Master (FLUSH TABLES WITH READ LOCK, SHOW MASTER
     /// STATUS, UNLOCK TABLES) and point the Slave at it with this statement template, where
     /// `{file}` and `{pos}` are filled in.
@@ -306,7 +328,11 @@ fn plan_master(cfg: &ReplicationConfig, s: &Survey, plan: &mut Plan) {
             (false, _) => "the binary log off",
             _ => "no server id",
         };
-        let lines = ini.iter().map(IniLine::render).collect::<Vec<_>>().join(" ");
+        let lines = ini
+            .iter()
+            .map(IniLine::render)
+            .collect::<Vec<_>>()
+            .join(" ");
         plan.blockers.push(DbError::MasterNotReady {
             server: cfg.master.to_string(),
             what: what.to_string(),
@@ -317,7 +343,8 @@ fn plan_master(cfg: &ReplicationConfig, s: &Survey, plan: &mut Plan) {
             why: "binary log and server id (then restart the Master's SwSqlServer service)".into(),
         });
         plan.master.push(Step::Manual(
-            "restart the Master's database service so the binary log starts, then run setup again".into(),
+            "restart the Master's database service so the binary log starts, then run setup again"
+                .into(),
         ));
         return;
     }
@@ -335,7 +362,11 @@ fn plan_master(cfg: &ReplicationConfig, s: &Survey, plan: &mut Plan) {
         format!("CREATE DATABASE IF NOT EXISTS {HEARTBEAT_SCHEMA}"),
         "swrepl's own schema for the heartbeat (true lag)",
     );
-    plan.sql(Target::Master, HEARTBEAT_TABLE_DDL.into(), "heartbeat table, one row per Master server id");
+    plan.sql(
+        Target::Master,
+        HEARTBEAT_TABLE_DDL.into(),
+        "heartbeat table, one row per Master server id",
+    );
     if !ini.is_empty() {
         plan.master.push(Step::Ini {
             lines: ini,
@@ -355,7 +386,10 @@ fn plan_account(cfg: &ReplicationConfig, s: &Survey, plan: &mut Plan) {
     );
     match &s.account_grants {
         Some(grants) => {
-            if grants.iter().any(|g| g.to_ascii_uppercase().contains("ALL PRIVILEGES")) {
+            if grants
+                .iter()
+                .any(|g| g.to_ascii_uppercase().contains("ALL PRIVILEGES"))
+            {
                 plan.blockers.push(DbError::Refused(format!(
                     "the account {account} already has ALL PRIVILEGES (the runbook's GRANT ALL); drop it (`DROP USER {account}`) or choose another --repl-user"
                 )));
@@ -365,7 +399,11 @@ fn plan_account(cfg: &ReplicationConfig, s: &Survey, plan: &mut Plan) {
             } else {
                 format!("SET PASSWORD FOR {account} = PASSWORD({password})")
             };
-            plan.sql(Target::Master, sql, "the account exists: make its password the one in the password file");
+            plan.sql(
+                Target::Master,
+                sql,
+                "the account exists: make its password the one in the password file",
+            );
         }
         None if m.create_user_if_not_exists() => {
             plan.sql(
@@ -382,18 +420,30 @@ fn plan_account(cfg: &ReplicationConfig, s: &Survey, plan: &mut Plan) {
     } else {
         grant
     };
-    plan.sql(Target::Master, grant, "least privilege: read the binary log and the replication status, nothing else");
-    plan.sql(Target::Master, "SET SESSION sql_log_bin=1".into(), "log this session's statements again");
+    plan.sql(
+        Target::Master,
+        grant,
+        "least privilege: read the binary log and the replication status, nothing else",
+    );
+    plan.sql(
+        Target::Master,
+        "SET SESSION sql_log_bin=1".into(),
+        "log this session's statements again",
+    );
 }
 
 fn plan_slave(cfg: &ReplicationConfig, s: &Survey, plan: &mut Plan) {
     let sl = &s.slave;
     if sl.server_id != 0 && sl.server_id == s.master.server_id {
-        plan.blockers.push(DbError::DuplicateServerId { id: sl.server_id });
+        plan.blockers
+            .push(DbError::DuplicateServerId { id: sl.server_id });
     }
     let mut ini = Vec::new();
     if sl.server_id == 0 {
-        ini.push(IniLine::new("server-id", (s.master.server_id.max(1) + 1).to_string()));
+        ini.push(IniLine::new(
+            "server-id",
+            (s.master.server_id.max(1) + 1).to_string(),
+        ));
         plan.blockers.push(DbError::Unsupported {
             server: cfg.slave.to_string(),
             what: format!(
@@ -439,18 +489,30 @@ fn plan_slave(cfg: &ReplicationConfig, s: &Survey, plan: &mut Plan) {
             what: "does not support a delayed replica (MASTER_DELAY needs MariaDB 10.2.3+ or MySQL 5.6+)".into(),
         });
     }
-    let needs_stop = already_ours && (filter_missing && sl.runtime_filters() || delay_change.is_some());
+    let needs_stop =
+        already_ours && (filter_missing && sl.runtime_filters() || delay_change.is_some());
     if !already_ours || needs_stop {
-        plan.sql(Target::Slave, sl.stop_replica().into(), "filters and the source can only change while replication is stopped");
+        plan.sql(
+            Target::Slave,
+            sl.stop_replica().into(),
+            "filters and the source can only change while replication is stopped",
+        );
     }
     if filter_missing {
         if sl.runtime_filters() {
             let mut filters = s.slave_wild_ignore.clone();
             filters.push(SWSYSTAG_FILTER.into());
             let sql = if sl.flavor == crate::server::Flavor::MariaDb {
-                format!("SET GLOBAL replicate_wild_ignore_table={}", quote(&filters.join(",")))
+                format!(
+                    "SET GLOBAL replicate_wild_ignore_table={}",
+                    quote(&filters.join(","))
+                )
             } else {
-                let list = filters.iter().map(|f| quote(f)).collect::<Vec<_>>().join(",");
+                let list = filters
+                    .iter()
+                    .map(|f| quote(f))
+                    .collect::<Vec<_>>()
+                    .join(",");
                 format!("CHANGE REPLICATION FILTER REPLICATE_WILD_IGNORE_TABLE=({list})")
             };
             plan.sql(Target::Slave, sql, "never replicate table swsystag (a table-level filter, safe under any binlog format)");
@@ -460,11 +522,19 @@ fn plan_slave(cfg: &ReplicationConfig, s: &Survey, plan: &mut Plan) {
     }
     ini.push(IniLine::new("replicate-wild-ignore-table", SWSYSTAG_FILTER));
     if !sl.read_only {
-        plan.sql(Target::Slave, "SET GLOBAL read_only=1".into(), "nothing but replication writes on the Slave");
+        plan.sql(
+            Target::Slave,
+            "SET GLOBAL read_only=1".into(),
+            "nothing but replication writes on the Slave",
+        );
     }
     ini.push(IniLine::new("read-only", "1"));
     ini.push(IniLine::new("relay-log-recovery", "1"));
-    plan.sql(Target::Slave, format!("CREATE DATABASE IF NOT EXISTS {HEARTBEAT_SCHEMA}"), "heartbeat schema, so the Master's heartbeat rows apply");
+    plan.sql(
+        Target::Slave,
+        format!("CREATE DATABASE IF NOT EXISTS {HEARTBEAT_SCHEMA}"),
+        "heartbeat schema, so the Master's heartbeat rows apply",
+    );
     plan.sql(Target::Slave, HEARTBEAT_TABLE_DDL.into(), "heartbeat table");
 
     let (change, p) = sl.change_source();
@@ -473,7 +543,11 @@ fn plan_slave(cfg: &ReplicationConfig, s: &Survey, plan: &mut Plan) {
             "the Slave already replicates from {source_host}:{source_port}; its position is kept (use `swrepl db seed` to start over from a fresh copy)"
         ));
         if let Some(d) = delay_change {
-            plan.sql(Target::Slave, format!("{change} {p}DELAY={d}"), "delayed replica");
+            plan.sql(
+                Target::Slave,
+                format!("{change} {p}DELAY={d}"),
+                "delayed replica",
+            );
         }
     } else {
         let mut opts = format!(
@@ -487,19 +561,35 @@ fn plan_slave(cfg: &ReplicationConfig, s: &Survey, plan: &mut Plan) {
         }
         let template = format!("{change} {opts}, {p}LOG_FILE={{file}}, {p}LOG_POS={{pos}}");
         let shown = crate::server::redact_for_display(&template);
-        plan.slave.push(Step::ChangeMasterAtCurrentPosition { template, shown });
+        plan.slave
+            .push(Step::ChangeMasterAtCurrentPosition { template, shown });
     }
-    if !already_ours || needs_stop || s.replica.as_ref().is_some_and(|r| !r.io_running || !r.sql_running) {
-        plan.sql(Target::Slave, sl.start_replica().into(), "start the IO and SQL threads");
+    if !already_ours
+        || needs_stop
+        || s.replica
+            .as_ref()
+            .is_some_and(|r| !r.io_running || !r.sql_running)
+    {
+        plan.sql(
+            Target::Slave,
+            sl.start_replica().into(),
+            "start the IO and SQL threads",
+        );
     }
     plan.slave.push(Step::Ini {
         lines: ini,
-        why: "keep the filter and read_only across a restart; recover relay logs after a crash".into(),
+        why: "keep the filter and read_only across a restart; recover relay logs after a crash"
+            .into(),
     });
 }
 
 /// Very old builds: replication is configured only through `master-*` option-file lines.
-fn plan_slave_ini_only(cfg: &ReplicationConfig, s: &Survey, plan: &mut Plan, mut ini: Vec<IniLine>) {
+fn plan_slave_ini_only(
+    cfg: &ReplicationConfig,
+    s: &Survey,
+    plan: &mut Plan,
+    mut ini: Vec<IniLine>,
+) {
     let (host, port) = cfg.source();
     ini.extend([
         IniLine::new("master-host", host),
@@ -510,13 +600,137 @@ fn plan_slave_ini_only(cfg: &ReplicationConfig, s: &Survey, plan: &mut Plan, mut
         IniLine::new("read-only", "1"),
     ]);
     if s.slave.server_id == 0 {
-        plan.notes.push("server-id for the Slave is among the option-file lines".into());
+        plan.notes
+            .push("server-id for the Slave is among the option-file lines".into());
     }
     plan.slave.push(Step::Ini {
         lines: ini,
-        why: format!("this server ({}) takes the Master's address only from its option file", s.slave.version_text),
+        why: format!(
+            "this server ({}) takes the Master's address only from its option file",
+            s.slave.version_text
+        ),
     });
     plan.slave.push(Step::Manual(
         "stop both database services, copy the Master's Data folder to the Slave, start both, then run `FLUSH SLAVE` (or `SLAVE START`) on the Slave".into(),
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::{Flavor, Version};
+
+    fn info(server_id: u64, log_bin: bool) -> ServerInfo {
+        ServerInfo {
+            version_text: "10.11.6-MariaDB".into(),
+            version: Version(10, 11, 6),
+            flavor: Flavor::MariaDb,
+            server_id,
+            log_bin,
+            binlog_format: Some("ROW".into()),
+            read_only: false,
+        }
+    }
+
+    fn cfg() -> ReplicationConfig {
+        ReplicationConfig {
+            master: ServerUrl::parse("mysql://root:pw@10.0.0.1").unwrap(),
+            slave: ServerUrl::parse("mysql://root:pw@10.0.0.2").unwrap(),
+            repl_user: "repl".into(),
+            repl_password: "secret".into(),
+            repl_host: None,
+            master_address: None,
+            delay: None,
+            master_ini: None,
+            slave_ini: None,
+        }
+    }
+
+    fn survey() -> Survey {
+        Survey {
+            master: info(1, true),
+            slave: info(2, true),
+            master_position: None,
+            replica: None,
+            account_grants: None,
+            slave_wild_ignore: vec![],
+            missing_on_slave: vec![],
+        }
+    }
+
+    fn blockers(plan: &Plan) -> Vec<String> {
+        plan.blockers.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn fresh_pair_has_no_blockers_and_never_prints_the_password() {
+        let plan = build_plan(&cfg(), &survey());
+        assert!(plan.blockers.is_empty(), "{:?}", blockers(&plan));
+        let text = plan.render(&cfg(), &survey());
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("'repl'@'10.0.0.2'"), "{text}");
+        assert!(
+            text.contains("MASTER_HOST='10.0.0.1', MASTER_PORT=5002"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn refuses_unsafe_or_conflicting_set_ups() {
+        let mut s = survey();
+        s.slave.server_id = 1;
+        s.account_grants = Some(vec![
+            "GRANT ALL PRIVILEGES ON *.* TO `repl`@`10.0.0.2`".into()
+        ]);
+        s.replica = Some(ReplicaStatus {
+            master_host: "10.9.9.9".into(),
+            master_port: 3306,
+            ..ReplicaStatus::default()
+        });
+        let all = blockers(&build_plan(&cfg(), &s)).join("\n");
+        assert!(all.contains("both have server_id=1"), "{all}");
+        assert!(all.contains("ALL PRIVILEGES"), "{all}");
+        assert!(
+            all.contains("already replicates from 10.9.9.9:3306"),
+            "{all}"
+        );
+
+        let mut c = cfg();
+        c.repl_host = Some("%".into());
+        assert!(blockers(&build_plan(&c, &survey()))[0].contains("wildcard"));
+        c.repl_host = None;
+        c.repl_user = "root".into();
+        assert!(blockers(&build_plan(&c, &survey()))[0].contains("administrative"));
+    }
+
+    #[test]
+    fn master_without_binlog_gets_the_ini_lines() {
+        let mut s = survey();
+        s.master = info(0, false);
+        let all = blockers(&build_plan(&cfg(), &s)).join("\n");
+        assert!(
+            all.contains("log-bin=swrepl-bin server-id=1 binlog-format=ROW"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn already_replicating_from_this_master_keeps_the_position() {
+        let mut s = survey();
+        s.slave.read_only = true;
+        s.slave_wild_ignore = vec![SWSYSTAG_FILTER.into()];
+        s.replica = Some(ReplicaStatus {
+            master_host: "10.0.0.1".into(),
+            master_port: 5002,
+            io_running: true,
+            sql_running: true,
+            ..ReplicaStatus::default()
+        });
+        let plan = build_plan(&cfg(), &s);
+        assert!(plan.blockers.is_empty());
+        assert!(!plan.slave.iter().any(|st| matches!(
+            st,
+            Step::ChangeMasterAtCurrentPosition { .. }
+        ) || matches!(st, Step::Sql { sql, .. } if sql.contains("STOP"))));
+    }
 }

@@ -111,19 +111,33 @@ async fn seed_connected(
     let (position, bytes) = if databases.is_empty() {
         (crate::setup::consistent_position(m).await?, 0)
     } else {
-        let dir = tempfile::tempdir().map_err(|e| DbError::file("cannot create a temporary directory in", std::env::temp_dir(), e))?;
+        let dir = tempfile::tempdir().map_err(|e| {
+            DbError::file(
+                "cannot create a temporary directory in",
+                std::env::temp_dir(),
+                e,
+            )
+        })?;
         let master_cnf = write_client_options(dir.path(), "master.cnf", &cfg.master)?;
         let slave_cnf = write_client_options(dir.path(), "slave.cnf", &cfg.slave)?;
         let mut args = vec![
             format!("--defaults-extra-file={}", master_cnf.display()),
             "--master-data=2".into(),
-            if locked_tables { "--lock-all-tables".into() } else { "--single-transaction".into() },
+            if locked_tables {
+                "--lock-all-tables".into()
+            } else {
+                "--single-transaction".into()
+            },
             "--routines".into(),
             "--events".into(),
             "--triggers".into(),
             "--hex-blob".into(),
         ];
-        args.extend(swsystags.iter().map(|(db, t)| format!("--ignore-table={db}.{t}")));
+        args.extend(
+            swsystags
+                .iter()
+                .map(|(db, t)| format!("--ignore-table={db}.{t}")),
+        );
         args.push("--databases".into());
         args.extend(databases.iter().cloned());
         pipe_dump(&dump, &args, &client, &slave_cnf, estimate, progress).await?
@@ -174,10 +188,17 @@ fn in_list(databases: &[String]) -> String {
     if databases.is_empty() {
         return "''".into();
     }
-    databases.iter().map(|d| quote(d)).collect::<Vec<_>>().join(",")
+    databases
+        .iter()
+        .map(|d| quote(d))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-async fn has_non_transactional_tables(m: &mut Server, databases: &[String]) -> Result<bool, DbError> {
+async fn has_non_transactional_tables(
+    m: &mut Server,
+    databases: &[String],
+) -> Result<bool, DbError> {
     let n: Option<i64> = m
         .scalar(&format!(
             "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA IN ({}) \
@@ -188,7 +209,10 @@ async fn has_non_transactional_tables(m: &mut Server, databases: &[String]) -> R
     Ok(n.unwrap_or(0) > 0)
 }
 
-async fn swsystag_tables(m: &mut Server, databases: &[String]) -> Result<Vec<(String, String)>, DbError> {
+async fn swsystag_tables(
+    m: &mut Server,
+    databases: &[String],
+) -> Result<Vec<(String, String)>, DbError> {
     m.rows(&format!(
         "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA IN ({}) \
          AND LOWER(TABLE_NAME)='swsystag'",
@@ -208,7 +232,11 @@ async fn data_size(m: &mut Server, databases: &[String]) -> Result<u64, DbError>
 }
 
 /// swsystag is not copied; where the Slave lacks one, it gets the Master's structure, empty.
-async fn create_missing_swsystags(m: &mut Server, s: &mut Server, tables: &[(String, String)]) -> Result<(), DbError> {
+async fn create_missing_swsystags(
+    m: &mut Server,
+    s: &mut Server,
+    tables: &[(String, String)],
+) -> Result<(), DbError> {
     for (db, table) in tables {
         let exists: Option<i64> = s
             .scalar(&format!(
@@ -250,7 +278,9 @@ fn write_client_options(dir: &Path, name: &str, url: &ServerUrl) -> Result<PathB
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(&path).map_err(|e| DbError::file("cannot create", &path, e))?;
+    let mut file = options
+        .open(&path)
+        .map_err(|e| DbError::file("cannot create", &path, e))?;
     file.write_all(text.as_bytes())
         .map_err(|e| DbError::file("cannot write", &path, e))?;
     Ok(path)
@@ -287,8 +317,14 @@ async fn pipe_dump(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| tool_err(client, format!("cannot start: {e}")))?;
-    let mut from = dumper.stdout.take().ok_or_else(|| tool_err(dump, "no stdout".into()))?;
-    let mut to = loader.stdin.take().ok_or_else(|| tool_err(client, "no stdin".into()))?;
+    let mut from = dumper
+        .stdout
+        .take()
+        .ok_or_else(|| tool_err(dump, "no stdout".into()))?;
+    let mut to = loader
+        .stdin
+        .take()
+        .ok_or_else(|| tool_err(client, "no stdin".into()))?;
     let dump_stderr = read_all_later(dumper.stderr.take());
     let load_stderr = read_all_later(loader.stderr.take());
 
@@ -298,7 +334,10 @@ async fn pipe_dump(
     let mut buf = vec![0u8; 256 * 1024];
     let copy: Result<(), String> = async {
         loop {
-            let n = from.read(&mut buf).await.map_err(|e| format!("reading the dump: {e}"))?;
+            let n = from
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("reading the dump: {e}"))?;
             if n == 0 {
                 break;
             }
@@ -306,31 +345,50 @@ async fn pipe_dump(
                 head.extend_from_slice(&buf[..n]);
                 position = parse_dump_position(&String::from_utf8_lossy(&head));
             }
-            to.write_all(&buf[..n]).await.map_err(|e| format!("loading into the Slave: {e}"))?;
+            to.write_all(&buf[..n])
+                .await
+                .map_err(|e| format!("loading into the Slave: {e}"))?;
             bytes += n as u64;
             progress(SeedProgress { bytes, estimate });
         }
-        to.shutdown().await.map_err(|e| format!("loading into the Slave: {e}"))?;
+        to.shutdown()
+            .await
+            .map_err(|e| format!("loading into the Slave: {e}"))?;
         Ok(())
     }
     .await;
     drop(to);
-    let dump_status = dumper.wait().await.map_err(|e| tool_err(dump, e.to_string()))?;
-    let load_status = loader.wait().await.map_err(|e| tool_err(client, e.to_string()))?;
+    let dump_status = dumper
+        .wait()
+        .await
+        .map_err(|e| tool_err(dump, e.to_string()))?;
+    let load_status = loader
+        .wait()
+        .await
+        .map_err(|e| tool_err(client, e.to_string()))?;
     let dump_err = dump_stderr.await.unwrap_or_default();
     let load_err = load_stderr.await.unwrap_or_default();
     if !dump_status.success() {
-        return Err(tool_err(dump, format!("failed ({dump_status}): {}", first_line(&dump_err))));
+        return Err(tool_err(
+            dump,
+            format!("failed ({dump_status}): {}", first_line(&dump_err)),
+        ));
     }
     if !load_status.success() {
         return Err(tool_err(
             client,
-            format!("loading into the Slave failed ({load_status}): {}", first_line(&load_err)),
+            format!(
+                "loading into the Slave failed ({load_status}): {}",
+                first_line(&load_err)
+            ),
         ));
     }
     copy.map_err(|e| tool_err(client, e))?;
     let position = position.ok_or_else(|| {
-        tool_err(dump, "the dump has no `CHANGE MASTER TO` position; is the Master's binary log on?".into())
+        tool_err(
+            dump,
+            "the dump has no `CHANGE MASTER TO` position; is the Master's binary log on?".into(),
+        )
     })?;
     Ok((position, bytes))
 }
@@ -365,7 +423,10 @@ pub(crate) fn parse_dump_position(head: &str) -> Option<BinlogPosition> {
             let file_at = line.find("_LOG_FILE='")? + "_LOG_FILE='".len();
             let file_end = file_at + line[file_at..].find('\'')?;
             let pos_at = line.find("_LOG_POS=")? + "_LOG_POS=".len();
-            let digits: String = line[pos_at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+            let digits: String = line[pos_at..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
             Some(BinlogPosition {
                 file: line[file_at..file_end].to_string(),
                 position: digits.parse().ok()?,

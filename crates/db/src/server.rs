@@ -34,7 +34,11 @@ impl Version {
             .split(|c: char| !c.is_ascii_digit())
             .take(3)
             .map(|p| p.parse::<u32>().ok());
-        Some(Version(parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+        Some(Version(
+            parts.next()??,
+            parts.next()??,
+            parts.next().flatten().unwrap_or(0),
+        ))
     }
 }
 
@@ -169,7 +173,12 @@ impl Server {
             reason,
         };
         let conn = match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts)).await {
-            Err(_) => return Err(fail(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()))),
+            Err(_) => {
+                return Err(fail(format!(
+                    "no answer within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                )))
+            }
             Ok(Err(e)) => return Err(fail(e.to_string())),
             Ok(Ok(conn)) => conn,
         };
@@ -209,7 +218,10 @@ impl Server {
             version_text,
             version,
             flavor,
-            server_id: vars.get("server_id").and_then(|v| v.parse().ok()).unwrap_or(0),
+            server_id: vars
+                .get("server_id")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             log_bin: vars.get("log_bin").is_some_and(|v| is_on(v)),
             binlog_format: vars.get("binlog_format").map(|v| v.to_ascii_uppercase()),
             read_only: vars.get("read_only").is_some_and(|v| is_on(v)),
@@ -225,7 +237,9 @@ impl Server {
             .collect::<Vec<_>>()
             .join(",");
         let rows: Vec<(String, Option<String>)> = self
-            .rows(&format!("SHOW GLOBAL VARIABLES WHERE Variable_name IN ({list})"))
+            .rows(&format!(
+                "SHOW GLOBAL VARIABLES WHERE Variable_name IN ({list})"
+            ))
             .await?;
         Ok(rows
             .into_iter()
@@ -236,7 +250,10 @@ impl Server {
     /// Runs a statement that returns nothing.
     pub async fn exec(&mut self, sql: &str) -> Result<(), DbError> {
         tracing::debug!(server = %self.url, sql = %redact(sql), "exec");
-        self.conn.query_drop(sql).await.map_err(|e| self.query_error(sql, e))
+        self.conn
+            .query_drop(sql)
+            .await
+            .map_err(|e| self.query_error(sql, e))
     }
 
     /// Runs a prepared statement with parameters.
@@ -252,7 +269,10 @@ impl Server {
         &mut self,
         sql: &str,
     ) -> Result<Vec<T>, DbError> {
-        self.conn.query(sql).await.map_err(|e| self.query_error(sql, e))
+        self.conn
+            .query(sql)
+            .await
+            .map_err(|e| self.query_error(sql, e))
     }
 
     /// Runs a prepared query with parameters and converts each row to `T`.
@@ -272,8 +292,16 @@ impl Server {
         &mut self,
         sql: &str,
     ) -> Result<Option<T>, DbError> {
-        let row: Option<Row> = self.conn.query_first(sql).await.map_err(|e| self.query_error(sql, e))?;
-        Ok(row.and_then(|r| r.get_opt::<Option<T>, usize>(0).and_then(Result::ok).flatten()))
+        let row: Option<Row> = self
+            .conn
+            .query_first(sql)
+            .await
+            .map_err(|e| self.query_error(sql, e))?;
+        Ok(row.and_then(|r| {
+            r.get_opt::<Option<T>, usize>(0)
+                .and_then(Result::ok)
+                .flatten()
+        }))
     }
 
     /// Closes the connection politely.
@@ -410,7 +438,10 @@ fn columns(row: &Row) -> HashMap<String, Option<String>> {
 }
 
 fn is_on(value: &str) -> bool {
-    matches!(value.to_ascii_uppercase().as_str(), "ON" | "1" | "YES" | "TRUE")
+    matches!(
+        value.to_ascii_uppercase().as_str(),
+        "ON" | "1" | "YES" | "TRUE"
+    )
 }
 
 /// Hides passwords in a statement before it goes into a message, a log or a printed plan: the
@@ -493,7 +524,10 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert_eq!(Version::parse("10.11.6-MariaDB-0+deb12u1-log"), Some(Version(10, 11, 6)));
+        assert_eq!(
+            Version::parse("10.11.6-MariaDB-0+deb12u1-log"),
+            Some(Version(10, 11, 6))
+        );
         assert_eq!(Version::parse("8.0.36"), Some(Version(8, 0, 36)));
         assert_eq!(Version::parse("3.23"), Some(Version(3, 23, 0)));
         assert_eq!(Version::parse("banana"), None);
@@ -502,12 +536,18 @@ mod tests {
     #[test]
     fn redacts_passwords() {
         let s = redact("CHANGE MASTER TO MASTER_HOST='h', MASTER_PASSWORD='x\\'y', MASTER_PORT=1");
-        assert_eq!(s, "CHANGE MASTER TO MASTER_HOST='h', MASTER_PASSWORD='***', MASTER_PORT=1");
+        assert_eq!(
+            s,
+            "CHANGE MASTER TO MASTER_HOST='h', MASTER_PASSWORD='***', MASTER_PORT=1"
+        );
         assert_eq!(
             redact("ALTER USER 'u'@'h' IDENTIFIED BY 'pw'"),
             "ALTER USER 'u'@'h' IDENTIFIED BY '***'"
         );
-        assert_eq!(redact("SET PASSWORD FOR x = PASSWORD('pw')"), "SET PASSWORD FOR x = PASSWORD('***')");
+        assert_eq!(
+            redact("SET PASSWORD FOR x = PASSWORD('pw')"),
+            "SET PASSWORD FOR x = PASSWORD('***')"
+        );
     }
 
     #[test]

@@ -57,7 +57,12 @@ pub async fn setup(cfg: &ReplicationConfig) -> Result<SetupReport, DbError> {
 }
 
 /// Runs the plan's steps: the Master's, then the Slave's.
-async fn execute(cfg: &ReplicationConfig, plan: &Plan, m: &mut Server, s: &mut Server) -> Result<SetupReport, DbError> {
+async fn execute(
+    cfg: &ReplicationConfig,
+    plan: &Plan,
+    m: &mut Server,
+    s: &mut Server,
+) -> Result<SetupReport, DbError> {
     let mut report = SetupReport::default();
     execute_master(cfg, plan, m, &mut report).await?;
     execute_slave(cfg, plan, m, s, None, &mut report).await?;
@@ -88,7 +93,15 @@ pub(crate) async fn execute_slave(
     report: &mut SetupReport,
 ) -> Result<(), DbError> {
     for step in &plan.slave {
-        run_step(cfg, Target::Slave, step, s, Some((&mut *m, known_position.clone())), report).await?;
+        run_step(
+            cfg,
+            Target::Slave,
+            step,
+            s,
+            Some((&mut *m, known_position.clone())),
+            report,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -125,7 +138,9 @@ async fn run_step(
                 Target::Slave => &cfg.slave_ini,
             };
             match path {
-                Some(p) => report.ini_edits.push((p.clone(), apply_ini_lines(p, lines)?)),
+                Some(p) => report
+                    .ini_edits
+                    .push((p.clone(), apply_ini_lines(p, lines)?)),
                 None => report.ini_to_add.push((target, lines.clone())),
             }
         }
@@ -135,7 +150,9 @@ async fn run_step(
 }
 
 fn unreachable_step() -> Result<BinlogPosition, DbError> {
-    Err(DbError::Refused("internal: a Master step asked for a binlog position".into()))
+    Err(DbError::Refused(
+        "internal: a Master step asked for a binlog position".into(),
+    ))
 }
 
 /// The Master's binlog position with no transaction half-committed: read under a global read

@@ -39,7 +39,10 @@ impl ServerUrl {
             .host_str()
             .filter(|h| !h.is_empty())
             .ok_or_else(|| bad("no host"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let user = decode(parsed.username()).map_err(|_| bad("the user is not valid UTF-8"))?;
         if user.is_empty() {
             return Err(bad("no user"));
@@ -152,16 +155,27 @@ mod tests {
 
     #[test]
     fn port_defaults_to_swsql() {
-        assert_eq!(ServerUrl::parse("mysql://root@10.0.0.1").unwrap().port, 5002);
+        assert_eq!(
+            ServerUrl::parse("mysql://root@10.0.0.1").unwrap().port,
+            5002
+        );
     }
 
     #[test]
     fn rejects_bad_input_without_leaking_the_password() {
-        for bad in ["http://root@h", "mysql://h:1", "nonsense", "mysql://root:pw@:5", "mysql://u@h/db"] {
+        for bad in [
+            "http://root@h",
+            "mysql://h:1",
+            "nonsense",
+            "mysql://root:pw@:5",
+            "mysql://u@h/db",
+        ] {
             let err = ServerUrl::parse(bad).unwrap_err().to_string();
             assert!(err.starts_with("bad server URL"), "{err}");
         }
-        let err = ServerUrl::parse("mysql://root:topsecret@h:notaport").unwrap_err().to_string();
+        let err = ServerUrl::parse("mysql://root:topsecret@h:notaport")
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("topsecret"), "{err}");
     }
 }

@@ -45,14 +45,20 @@ async fn replication_lifecycle() {
     assert!(report.position.is_some());
     assert!(report.ini_edits[0].1.backup.is_some());
     let ini = std::fs::read_to_string(pair.files.path().join("slave.cnf")).unwrap();
-    assert!(ini.contains("replicate-wild-ignore-table=%.swsystag"), "{ini}");
+    assert!(
+        ini.contains("replicate-wild-ignore-table=%.swsystag"),
+        "{ini}"
+    );
     // Idempotent: the second run keeps the position and changes nothing on disk.
     let again = setup(&cfg).await.expect("second setup");
     assert!(again.position.is_none());
     assert!(again.ini_edits[0].1.backup.is_none());
 
     // The account is least-privilege and host-restricted.
-    let grants = pair.master.value("SELECT GROUP_CONCAT(Host) FROM mysql.user WHERE User='repl'").await;
+    let grants = pair
+        .master
+        .value("SELECT GROUP_CONCAT(Host) FROM mysql.user WHERE User='repl'")
+        .await;
     assert_eq!(grants.as_deref(), Some("127.0.0.1"));
 
     pair.master
@@ -64,7 +70,12 @@ async fn replication_lifecycle() {
             "INSERT INTO sw.swsystag VALUES ('master-tag')",
         ])
         .await;
-    let got = pair.slave_eventually("SELECT summary FROM sw.opencall WHERE callref=5", Some("login")).await;
+    let got = pair
+        .slave_eventually(
+            "SELECT summary FROM sw.opencall WHERE callref=5",
+            Some("login"),
+        )
+        .await;
     assert_eq!(got.as_deref(), Some("login"));
     // The CREATE TABLE of swsystag is filtered too: the table must not exist, or be empty.
     let tag = pair
@@ -76,17 +87,25 @@ async fn replication_lifecycle() {
     let healthy = check(&cfg.master, &cfg.slave, &opts(true)).await.unwrap();
     assert!(healthy.healthy(), "{:?}", healthy.problems);
     assert!(healthy.true_lag_ms.is_some());
-    assert!(healthy.checksums.iter().any(|c| c.table == "sw.opencall" && c.matches && c.rows == 7));
+    assert!(healthy
+        .checksums
+        .iter()
+        .any(|c| c.table == "sw.opencall" && c.matches && c.rows == 7));
 
     let lag = replica_lag(&cfg.slave).await.unwrap();
     assert!(lag.io_running && lag.sql_running && lag.last_error.is_none());
     assert!(lag.true_lag.is_some());
 
     // A divergence made on the Slave behind replication's back.
-    pair.slave.exec(&["UPDATE sw.opencall SET summary='tampered' WHERE callref=6"]).await;
+    pair.slave
+        .exec(&["UPDATE sw.opencall SET summary='tampered' WHERE callref=6"])
+        .await;
     let diverged = check(&cfg.master, &cfg.slave, &opts(true)).await.unwrap();
     assert!(
-        diverged.problems.iter().any(|p| p.contains("sw.opencall differs")),
+        diverged
+            .problems
+            .iter()
+            .any(|p| p.contains("sw.opencall differs")),
         "{:?}",
         diverged.problems
     );
@@ -94,16 +113,24 @@ async fn replication_lifecycle() {
     pair.slave.exec(&["STOP SLAVE SQL_THREAD"]).await;
     let stopped = check(&cfg.master, &cfg.slave, &opts(false)).await.unwrap();
     assert!(
-        stopped.problems.iter().any(|p| p.contains("SQL thread not running")),
+        stopped
+            .problems
+            .iter()
+            .any(|p| p.contains("SQL thread not running")),
         "{:?}",
         stopped.problems
     );
     assert!(!replica_lag(&cfg.slave).await.unwrap().sql_running);
 
     promote(&cfg.slave).await.expect("promote");
-    assert_eq!(pair.slave.value("SELECT @@read_only").await.as_deref(), Some("0"));
+    assert_eq!(
+        pair.slave.value("SELECT @@read_only").await.as_deref(),
+        Some("0")
+    );
     let status = pair.slave.value("SHOW SLAVE STATUS").await;
     assert_eq!(status, None, "replica configuration should be gone");
-    pair.slave.exec(&["INSERT INTO sw.opencall VALUES (100,'after promotion')"]).await;
+    pair.slave
+        .exec(&["INSERT INTO sw.opencall VALUES (100,'after promotion')"])
+        .await;
     promote(&cfg.slave).await.expect("promote is idempotent");
 }

@@ -40,12 +40,8 @@ impl RegFileBackend {
     /// A backend over an existing `.reg` file.
     pub fn open(path: impl Into<PathBuf>) -> Result<RegFileBackend> {
         let path = path.into();
-        fs::metadata(&path).map_err(|e| {
-            Error::io(
-                format!("cannot open registry file {}", path.display()),
-                e,
-            )
-        })?;
+        fs::metadata(&path)
+            .map_err(|e| Error::io(format!("cannot open registry file {}", path.display()), e))?;
         Ok(RegFileBackend { path })
     }
 
@@ -66,7 +62,10 @@ impl RegFileBackend {
     /// The whole file as a tree, and the encoding it is stored in.
     pub fn load(&self) -> Result<(Tree, Encoding)> {
         let bytes = fs::read(&self.path).map_err(|e| {
-            Error::io(format!("cannot read registry file {}", self.path.display()), e)
+            Error::io(
+                format!("cannot read registry file {}", self.path.display()),
+                e,
+            )
         })?;
         let encoding = if bytes.starts_with(&[0xFF, 0xFE]) {
             Encoding::Utf16Le

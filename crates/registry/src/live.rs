@@ -11,7 +11,9 @@
 
 use std::time::Duration;
 
-use windows_registry::{Key, Transaction, Type, CLASSES_ROOT, CURRENT_CONFIG, CURRENT_USER, LOCAL_MACHINE, USERS};
+use windows_registry::{
+    Key, Transaction, Type, CLASSES_ROOT, CURRENT_CONFIG, CURRENT_USER, LOCAL_MACHINE, USERS,
+};
 use windows_sys::Win32::Foundation::{CloseHandle, HANDLE, WAIT_OBJECT_0};
 use windows_sys::Win32::System::Registry::{
     RegNotifyChangeKeyValue, REG_NOTIFY_CHANGE_LAST_SET, REG_NOTIFY_CHANGE_NAME,
@@ -113,7 +115,12 @@ fn apply_op(tx: &Transaction, op: &Op) -> windows_registry::Result<()> {
     match op {
         Op::CreateKey(path) => {
             let (hive, rest) = split_hive(path);
-            hive.options().read().write().create().transaction(tx).open(&rest)?;
+            hive.options()
+                .read()
+                .write()
+                .create()
+                .transaction(tx)
+                .open(&rest)?;
             Ok(())
         }
         Op::DeleteKey(path) => {
@@ -140,7 +147,13 @@ fn apply_op(tx: &Transaction, op: &Op) -> windows_registry::Result<()> {
         }
         Op::SetValue { key, name, value } => {
             let (hive, rest) = split_hive(key);
-            let key = hive.options().read().write().create().transaction(tx).open(&rest)?;
+            let key = hive
+                .options()
+                .read()
+                .write()
+                .create()
+                .transaction(tx)
+                .open(&rest)?;
             // `Type::Other(n)` writes type number `n` as is. Using it for every type (not
             // `Type::String` for 1) keeps string data that lacks a terminator exact, where the
             // crate would debug-assert a terminator.
@@ -210,14 +223,15 @@ impl RegistryBackend for LiveRegistry {
         for op in &changes.ops {
             // On error the transaction is dropped uncommitted: Windows rolls everything back.
             apply_op(&tx, op).map_err(|e| {
-                os_error(
-                    format!("cannot apply `{op}`; nothing was changed"),
-                    Err(e),
-                )
+                os_error(format!("cannot apply `{op}`; nothing was changed"), Err(e))
             })?;
         }
-        tx.commit()
-            .map_err(|e| os_error("cannot commit the registry transaction; nothing was changed".into(), Err(e)))
+        tx.commit().map_err(|e| {
+            os_error(
+                "cannot commit the registry transaction; nothing was changed".into(),
+                Err(e),
+            )
+        })
     }
 
     /// Waits on `RegNotifyChangeKeyValue` over each root's subtree (or, for a root that does not

@@ -372,8 +372,19 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// A snapshot from its parts (each root with its subtree, or `None` when absent).
+    /// A snapshot from its parts (each root with its subtree, or `None` when absent). Each root
+    /// key takes its name from its path.
     pub fn new(roots: Vec<(KeyPath, Option<Key>)>) -> Snapshot {
+        let roots = roots
+            .into_iter()
+            .map(|(path, key)| {
+                let key = key.map(|mut key| {
+                    key.name = path.name().to_string();
+                    key
+                });
+                (path, key)
+            })
+            .collect();
         Snapshot { roots }
     }
 

@@ -55,7 +55,12 @@ impl KeyPath {
             .iter()
             .find(|(short, _)| short.eq_ignore_ascii_case(hive))
             .map(|(_, full)| *full)
-            .or_else(|| REGISTRY_HIVES.iter().copied().find(|h| h.eq_ignore_ascii_case(hive)))
+            .or_else(|| {
+                REGISTRY_HIVES
+                    .iter()
+                    .copied()
+                    .find(|h| h.eq_ignore_ascii_case(hive))
+            })
             .ok_or_else(|| Error::BadKeyPath {
                 path: text.to_string(),
                 reason: "it must start with a hive such as HKEY_LOCAL_MACHINE (or HKLM)".into(),
@@ -167,7 +172,9 @@ mod tests {
         assert_eq!(a, b);
         assert!(a.child("HttpAliases").is_within(&b));
         assert!(a.is_within(&a));
-        assert!(!KeyPath::parse(r"HKLM\Software\HornbillX").unwrap().is_within(&a));
+        assert!(!KeyPath::parse(r"HKLM\Software\HornbillX")
+            .unwrap()
+            .is_within(&a));
         assert!(!a.is_within(&a.child("x")));
         assert_eq!(a.parent().unwrap().as_str(), r"HKEY_LOCAL_MACHINE\Software");
         assert_eq!(a.name(), "Hornbill");

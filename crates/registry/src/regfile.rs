@@ -190,13 +190,18 @@ pub fn encode(text: &str, encoding: Encoding) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Writing
 
+/// Escapes a quoted name or string: `\\` and `\"` as regedit does, and line breaks as `\r` /
+/// `\n` as Wine's regedit does (only value names can hold them: such string data goes as hex).
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c == '\\' || c == '"' {
-            out.push('\\');
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
         }
-        out.push(c);
     }
     out
 }
@@ -425,7 +430,9 @@ fn parse_quoted(text: &str, number: usize) -> Result<(String, &str), Error> {
                 Some((_, other)) => {
                     return Err(syntax(
                         number,
-                        format!("unknown escape \\{other} in a quoted string (write \\\\ for a backslash)"),
+                        format!(
+                        "unknown escape \\{other} in a quoted string (write \\\\ for a backslash)"
+                    ),
                     ))
                 }
                 None => break,
@@ -448,7 +455,10 @@ fn parse_data(
     if data.starts_with('"') {
         let (text, rest) = parse_quoted(data, number)?;
         if !rest.trim().is_empty() {
-            return Err(syntax(number, format!("unexpected {:?} after the closing quote", rest.trim())));
+            return Err(syntax(
+                number,
+                format!("unexpected {:?} after the closing quote", rest.trim()),
+            ));
         }
         return Ok(Some(Value::string(&text)));
     }
@@ -522,7 +532,10 @@ fn parse_hex_bytes(text: &str, number: usize) -> Result<Vec<u8>, Error> {
         .map(|pair| {
             let pair = pair.trim();
             if pair.is_empty() || pair.len() > 2 {
-                return Err(syntax(number, format!("bad hex byte {pair:?} (want two hex digits between commas)")));
+                return Err(syntax(
+                    number,
+                    format!("bad hex byte {pair:?} (want two hex digits between commas)"),
+                ));
             }
             u8::from_str_radix(pair, 16)
                 .map_err(|_| syntax(number, format!("bad hex byte {pair:?}")))
@@ -574,23 +587,66 @@ mod tests {
         let short_dword = Value::raw(kind::REG_DWORD, vec![1, 2]);
         assert_eq!(line_of(short_dword, "d"), "\"d\"=hex(4):01,02");
         assert_eq!(line_of(Value::raw(0, vec![]), ""), "@=hex(0):");
-        assert_eq!(line_of(Value::string("C:\\\"x\""), "q\""), r#""q\""="C:\\\"x\"""#);
+        assert_eq!(
+            line_of(Value::string("C:\\\"x\""), "q\""),
+            r#""q\""="C:\\\"x\"""#
+        );
     }
 
     #[test]
     fn errors_name_the_line() {
         let cases = [
-            ("Windows Registry Editor Version 5.00\n\n[HKLM\\A]\n\"x\"=dword:zz\n", 4, "hexadecimal"),
-            ("Windows Registry Editor Version 5.00\n\"x\"=\"y\"\n", 2, "before any"),
+            (
+                "Windows Registry Editor Version 5.00\n\n[HKLM\\A]\n\"x\"=dword:zz\n",
+                4,
+                "hexadecimal",
+            ),
+            (
+                "Windows Registry Editor Version 5.00\n\"x\"=\"y\"\n",
+                2,
+                "before any",
+            ),
             ("Windows Registry Editor Version 5.00\n[HKLM\\A\n", 2, "']'"),
-            ("Windows Registry Editor Version 5.00\n[Software\\A]\n", 2, "hive"),
-            ("Windows Registry Editor Version 5.00\n[HKLM\\A]\n\"x\"=hex:0g\n", 3, "hex byte"),
-            ("Windows Registry Editor Version 5.00\n[HKLM\\A]\n\"x\"=\"a\\qb\"\n", 3, "escape"),
-            ("Windows Registry Editor Version 5.00\n[HKLM\\A]\n\"x\"=\"abc\n", 3, "closing"),
-            ("Windows Registry Editor Version 5.00\n[HKLM\\A]\n\"x\" \"y\"\n", 3, "'='"),
-            ("Windows Registry Editor Version 5.00\n[HKLM\\A]\n\"x\"=wat\n", 3, "unrecognised"),
-            ("Windows Registry Editor Version 5.00\n[HKLM\\A]\n\"x\"=hex(zz):00\n", 3, "type number"),
-            ("Windows Registry Editor Version 5.00\n[-HKLM\\A]\n\"x\"=-\n", 3, "deletion"),
+            (
+                "Windows Registry Editor Version 5.00\n[Software\\A]\n",
+                2,
+                "hive",
+            ),
+            (
+                "Windows Registry Editor Version 5.00\n[HKLM\\A]\n\"x\"=hex:0g\n",
+                3,
+                "hex byte",
+            ),
+            (
+                "Windows Registry Editor Version 5.00\n[HKLM\\A]\n\"x\"=\"a\\qb\"\n",
+                3,
+                "escape",
+            ),
+            (
+                "Windows Registry Editor Version 5.00\n[HKLM\\A]\n\"x\"=\"abc\n",
+                3,
+                "closing",
+            ),
+            (
+                "Windows Registry Editor Version 5.00\n[HKLM\\A]\n\"x\" \"y\"\n",
+                3,
+                "'='",
+            ),
+            (
+                "Windows Registry Editor Version 5.00\n[HKLM\\A]\n\"x\"=wat\n",
+                3,
+                "unrecognised",
+            ),
+            (
+                "Windows Registry Editor Version 5.00\n[HKLM\\A]\n\"x\"=hex(zz):00\n",
+                3,
+                "type number",
+            ),
+            (
+                "Windows Registry Editor Version 5.00\n[-HKLM\\A]\n\"x\"=-\n",
+                3,
+                "deletion",
+            ),
             ("REGEDIT4\n", 1, "REGEDIT4"),
             ("hello\n", 1, "header"),
         ];
@@ -607,8 +663,17 @@ mod tests {
 
     #[test]
     fn refuses_bad_encodings() {
-        assert!(matches!(RegFile::parse(&[0xFF, 0xFE, 0x41]), Err(Error::Encoding { .. })));
-        assert!(matches!(RegFile::parse(&[0xFE, 0xFF, 0, 0x41]), Err(Error::Encoding { .. })));
-        assert!(matches!(RegFile::parse(&[0xC3, 0x28]), Err(Error::Encoding { .. })));
+        assert!(matches!(
+            RegFile::parse(&[0xFF, 0xFE, 0x41]),
+            Err(Error::Encoding { .. })
+        ));
+        assert!(matches!(
+            RegFile::parse(&[0xFE, 0xFF, 0, 0x41]),
+            Err(Error::Encoding { .. })
+        ));
+        assert!(matches!(
+            RegFile::parse(&[0xC3, 0x28]),
+            Err(Error::Encoding { .. })
+        ));
     }
 }

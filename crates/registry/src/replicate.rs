@@ -119,7 +119,7 @@ pub fn apply_changes(
     backend.apply(&effective)?;
     tracing::info!(
         changes = effective.len(),
-        archive = ?archived,
+        archive = %archived.as_ref().map_or("none".into(), |p| p.display().to_string()),
         "registry changes applied to {}",
         backend.describe()
     );
@@ -134,7 +134,10 @@ pub fn apply_changes(
 /// Returns the file's path.
 pub fn archive_snapshot(dir: &Path, snapshot: &Snapshot) -> Result<PathBuf> {
     fs::create_dir_all(dir).map_err(|e| {
-        Error::io(format!("cannot create archive directory {}", dir.display()), e)
+        Error::io(
+            format!("cannot create archive directory {}", dir.display()),
+            e,
+        )
     })?;
     let bytes = RegFile::restore_point(snapshot).to_bytes(Encoding::Utf16Le);
     let stem = format!("registry-{}", utc_stamp(SystemTime::now()));
@@ -144,11 +147,17 @@ pub fn archive_snapshot(dir: &Path, snapshot: &Snapshot) -> Result<PathBuf> {
             n => format!("{stem}-{n}.reg"),
         };
         let path = dir.join(name);
-        match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
             Ok(mut file) => {
                 file.write_all(&bytes)
                     .and_then(|()| file.sync_all())
-                    .map_err(|e| Error::io(format!("cannot write archive {}", path.display()), e))?;
+                    .map_err(|e| {
+                        Error::io(format!("cannot write archive {}", path.display()), e)
+                    })?;
                 return Ok(path);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,

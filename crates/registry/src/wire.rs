@@ -95,7 +95,11 @@ pub fn to_wire_snapshot(snapshot: &Snapshot) -> RegistrySnapshot {
         }
     }
     RegistrySnapshot {
-        roots: snapshot.root_paths().iter().map(|r| r.to_string()).collect(),
+        roots: snapshot
+            .root_paths()
+            .iter()
+            .map(|r| r.to_string())
+            .collect(),
         keys,
     }
 }
@@ -122,7 +126,9 @@ pub fn from_wire_snapshot(wire: &RegistrySnapshot) -> Result<Snapshot> {
         }
         let parent_known = path.parent().is_some_and(|p| tree.get(&p).is_some());
         if !is_root && !parent_known {
-            return Err(Error::Wire(format!("key {path} is listed before its parent")));
+            return Err(Error::Wire(format!(
+                "key {path} is listed before its parent"
+            )));
         }
         let key = tree.create(&path);
         for value in &state.values {

@@ -107,7 +107,11 @@ impl ServicesConfig {
         let timeout = self.command_timeout()?;
         let kind = self.backend.unwrap_or_else(BackendKind::native);
         if kind != BackendKind::Command {
-            for (key, value) in [("start", &self.start), ("stop", &self.stop), ("query", &self.query)] {
+            for (key, value) in [
+                ("start", &self.start),
+                ("stop", &self.stop),
+                ("query", &self.query),
+            ] {
                 if value.is_some() {
                     return Err(ConfigError::TemplateNotUsed { key });
                 }
@@ -127,7 +131,9 @@ impl ServicesConfig {
 }
 
 fn template(key: &'static str, value: &Option<String>) -> Result<CommandTemplate, ConfigError> {
-    let text = value.as_deref().ok_or(ConfigError::MissingTemplate { key })?;
+    let text = value
+        .as_deref()
+        .ok_or(ConfigError::MissingTemplate { key })?;
     let parsed =
         CommandTemplate::parse(text).map_err(|source| ConfigError::Template { key, source })?;
     if !parsed.mentions_name() {
@@ -257,13 +263,14 @@ impl ServiceControl for CommandBackend {
 
     async fn query(&self, name: &str) -> Result<ServiceState, ServiceError> {
         let argv = self.query.argv(name);
-        let output = run_argv(&argv, self.timeout)
-            .await
-            .map_err(|source| ServiceError::Command {
-                service: name.to_owned(),
-                action: "query",
-                source,
-            })?;
+        let output =
+            run_argv(&argv, self.timeout)
+                .await
+                .map_err(|source| ServiceError::Command {
+                    service: name.to_owned(),
+                    action: "query",
+                    source,
+                })?;
         match output.stdout.parse::<ServiceState>() {
             Ok(state) => Ok(state),
             Err(_) if !output.success() => Err(ServiceError::CommandFailed {
@@ -350,13 +357,25 @@ impl ServiceControl for SystemdBackend {
     }
 
     async fn query(&self, name: &str) -> Result<ServiceState, ServiceError> {
-        let argv = self.argv(&["show", "--property=LoadState", "--property=ActiveState", "--", name]);
+        let argv = self.argv(&[
+            "show",
+            "--property=LoadState",
+            "--property=ActiveState",
+            "--",
+            name,
+        ]);
         let output = run_checked(name, "query", argv, self.timeout).await?;
         parse_systemd_show(name, &output)
     }
 
     async fn start(&self, name: &str) -> Result<(), ServiceError> {
-        run_checked(name, "start", self.argv(&["start", "--", name]), self.timeout).await?;
+        run_checked(
+            name,
+            "start",
+            self.argv(&["start", "--", name]),
+            self.timeout,
+        )
+        .await?;
         Ok(())
     }
 
@@ -382,11 +401,26 @@ mod tests {
     #[test]
     fn systemd_show_output_is_mapped() {
         let show = |s: &str| parse_systemd_show("x", s);
-        assert_eq!(show("LoadState=loaded\nActiveState=active\n").unwrap(), ServiceState::Running);
-        assert_eq!(show("LoadState=loaded\nActiveState=failed").unwrap(), ServiceState::Stopped);
-        assert_eq!(show("ActiveState=activating\nLoadState=loaded").unwrap(), ServiceState::StartPending);
-        assert!(matches!(show("LoadState=not-found\nActiveState=inactive"), Err(ServiceError::NotInstalled { .. })));
-        assert!(matches!(show("garbage"), Err(ServiceError::UnrecognisedState { .. })));
+        assert_eq!(
+            show("LoadState=loaded\nActiveState=active\n").unwrap(),
+            ServiceState::Running
+        );
+        assert_eq!(
+            show("LoadState=loaded\nActiveState=failed").unwrap(),
+            ServiceState::Stopped
+        );
+        assert_eq!(
+            show("ActiveState=activating\nLoadState=loaded").unwrap(),
+            ServiceState::StartPending
+        );
+        assert!(matches!(
+            show("LoadState=not-found\nActiveState=inactive"),
+            Err(ServiceError::NotInstalled { .. })
+        ));
+        assert!(matches!(
+            show("garbage"),
+            Err(ServiceError::UnrecognisedState { .. })
+        ));
     }
 
     #[test]
@@ -394,26 +428,43 @@ mod tests {
         let err = config(r#"{"backend":"command","start":"s {name}","stop":"s {name}"}"#)
             .backend()
             .unwrap_err();
-        assert!(matches!(err, ConfigError::MissingTemplate { key: "query" }), "{err}");
-        let err = config(r#"{"backend":"command","start":"s","stop":"s {name}","query":"q {name}"}"#)
-            .backend()
-            .unwrap_err();
-        assert!(matches!(err, ConfigError::TemplateWithoutName { key: "start", .. }), "{err}");
-        let ok = config(r#"{"backend":"command","start":"s {name}","stop":"s {name}","query":"q {name}"}"#);
+        assert!(
+            matches!(err, ConfigError::MissingTemplate { key: "query" }),
+            "{err}"
+        );
+        let err =
+            config(r#"{"backend":"command","start":"s","stop":"s {name}","query":"q {name}"}"#)
+                .backend()
+                .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::TemplateWithoutName { key: "start", .. }),
+            "{err}"
+        );
+        let ok = config(
+            r#"{"backend":"command","start":"s {name}","stop":"s {name}","query":"q {name}"}"#,
+        );
         assert_eq!(ok.backend().unwrap().backend_name(), "command");
     }
 
     #[test]
     fn templates_with_another_backend_are_refused() {
-        let err = config(r#"{"backend":"systemd","start":"s {name}"}"#).backend().unwrap_err();
-        assert!(matches!(err, ConfigError::TemplateNotUsed { key: "start" }), "{err}");
+        let err = config(r#"{"backend":"systemd","start":"s {name}"}"#)
+            .backend()
+            .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::TemplateNotUsed { key: "start" }),
+            "{err}"
+        );
     }
 
     #[cfg(not(windows))]
     #[test]
     fn windows_backend_elsewhere_is_a_clear_error() {
         let err = config(r#"{"backend":"windows"}"#).backend().unwrap_err();
-        assert!(err.to_string().contains("only available on Windows"), "{err}");
+        assert!(
+            err.to_string().contains("only available on Windows"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -426,8 +477,12 @@ mod tests {
     fn names_default_to_the_runbook_and_can_be_overridden() {
         let set = config("{}").service_set().unwrap();
         assert_eq!(set.start_order().len(), 9);
-        let set = config(r#"{"always_running":[],"start_order":["app"]}"#).service_set().unwrap();
+        let set = config(r#"{"always_running":[],"start_order":["app"]}"#)
+            .service_set()
+            .unwrap();
         assert_eq!(set.all().collect::<Vec<_>>(), ["app"]);
-        assert!(config(r#"{"start_order":["bad name"]}"#).service_set().is_err());
+        assert!(config(r#"{"start_order":["bad name"]}"#)
+            .service_set()
+            .is_err());
     }
 }

@@ -272,10 +272,19 @@ mod tests {
     fn splits_on_whitespace_and_quotes() {
         assert_eq!(words("mysvc start {name}"), ["mysvc", "start", "{name}"]);
         assert_eq!(words("  a\t b  "), ["a", "b"]);
-        assert_eq!(words(r#""C:\Program Files\x.exe" start"#), [r"C:\Program Files\x.exe", "start"]);
+        assert_eq!(
+            words(r#""C:\Program Files\x.exe" start"#),
+            [r"C:\Program Files\x.exe", "start"]
+        );
         assert_eq!(words(r"C:\Tools\svc.exe q"), [r"C:\Tools\svc.exe", "q"]);
-        assert_eq!(words(r#"--unit="a b".service ''"#), ["--unit=a b.service", ""]);
-        assert_eq!(words(r#"sh -c 'echo "$1"' sh"#), ["sh", "-c", r#"echo "$1""#, "sh"]);
+        assert_eq!(
+            words(r#"--unit="a b".service ''"#),
+            ["--unit=a b.service", ""]
+        );
+        assert_eq!(
+            words(r#"sh -c 'echo "$1"' sh"#),
+            ["sh", "-c", r#"echo "$1""#, "sh"]
+        );
     }
 
     #[test]
@@ -297,9 +306,16 @@ mod tests {
     #[cfg(unix)]
     #[tokio::test]
     async fn runs_without_a_shell_and_captures_output() {
-        let argv: Vec<String> = ["sh", "-c", "printf '%s|' \"$@\"; echo oops >&2; exit 3", "sh", "a b", "$HOME"]
-            .map(String::from)
-            .to_vec();
+        let argv: Vec<String> = [
+            "sh",
+            "-c",
+            "printf '%s|' \"$@\"; echo oops >&2; exit 3",
+            "sh",
+            "a b",
+            "$HOME",
+        ]
+        .map(String::from)
+        .to_vec();
         let out = run_argv(&argv, Duration::from_secs(30)).await.unwrap();
         assert_eq!(out.code, Some(3));
         assert_eq!(out.stdout, "a b|$HOME|");
@@ -310,7 +326,9 @@ mod tests {
     #[tokio::test]
     async fn kills_a_command_that_overruns() {
         let argv: Vec<String> = ["sleep", "600"].map(String::from).to_vec();
-        let err = run_argv(&argv, Duration::from_millis(200)).await.unwrap_err();
+        let err = run_argv(&argv, Duration::from_millis(200))
+            .await
+            .unwrap_err();
         assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
     }
 

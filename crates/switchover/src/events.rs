@@ -119,7 +119,10 @@ impl EventLog {
             let Ok(event) = serde_json::from_str::<Event>(&line) else {
                 continue;
             };
-            let decisive = matches!(event.outcome, EventOutcome::Completed | EventOutcome::Failed);
+            let decisive = matches!(
+                event.outcome,
+                EventOutcome::Completed | EventOutcome::Failed
+            );
             if event.action == action && decisive {
                 last = Some(event);
             }
@@ -137,9 +140,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = EventLog::new(dir.path().join("events.jsonl"));
         assert_eq!(log.last_decisive("switchover").unwrap(), None);
-        log.append(&Event::now("switchover", EventOutcome::Failed, false, "a".into())).unwrap();
-        log.append(&Event::now("switchover", EventOutcome::Completed, true, "b".into())).unwrap();
-        log.append(&Event::now("switchover", EventOutcome::DryRun, false, "c".into())).unwrap();
+        log.append(&Event::now(
+            "switchover",
+            EventOutcome::Failed,
+            false,
+            "a".into(),
+        ))
+        .unwrap();
+        log.append(&Event::now(
+            "switchover",
+            EventOutcome::Completed,
+            true,
+            "b".into(),
+        ))
+        .unwrap();
+        log.append(&Event::now(
+            "switchover",
+            EventOutcome::DryRun,
+            false,
+            "c".into(),
+        ))
+        .unwrap();
         std::fs::OpenOptions::new()
             .append(true)
             .open(log.path())

@@ -267,12 +267,21 @@ mod tests {
     const DOWN: DownReason = DownReason::ServiceNotRunning(ServiceState::Stopped);
 
     fn auto() -> (Monitor, Clock) {
-        (Monitor::new(MonitorConfig::new(Policy::Auto, 30)), Clock(Instant::now()))
+        (
+            Monitor::new(MonitorConfig::new(Policy::Auto, 30)),
+            Clock(Instant::now()),
+        )
     }
 
     /// Observes `view` every second from `from` to `to` inclusive; returns the non-NoAction
     /// decisions with their times.
-    fn feed(m: &mut Monitor, c: &Clock, view: MasterView, from: u64, to: u64) -> Vec<(u64, Decision)> {
+    fn feed(
+        m: &mut Monitor,
+        c: &Clock,
+        view: MasterView,
+        from: u64,
+        to: u64,
+    ) -> Vec<(u64, Decision)> {
         (from..=to)
             .map(|t| (t, m.observe(view, c.at(t))))
             .filter(|(_, d)| *d != Decision::NoAction)
@@ -284,7 +293,10 @@ mod tests {
         let (mut m, c) = auto();
         assert!(feed(&mut m, &c, RUNNING, 0, 10).is_empty());
         let decisions = feed(&mut m, &c, STOPPED, 11, 200);
-        assert_eq!(decisions, [(11, Decision::Warn(DOWN)), (41, Decision::SwitchOver(DOWN))]);
+        assert_eq!(
+            decisions,
+            [(11, Decision::Warn(DOWN)), (41, Decision::SwitchOver(DOWN))]
+        );
     }
 
     #[test]
@@ -309,10 +321,16 @@ mod tests {
         let mut m = Monitor::new(MonitorConfig::new(Policy::Manual, 30));
         let c = Clock(Instant::now());
         let first = feed(&mut m, &c, STOPPED, 0, 100);
-        assert_eq!(first, [(0, Decision::Warn(DOWN)), (30, Decision::Alert(DOWN))]);
+        assert_eq!(
+            first,
+            [(0, Decision::Warn(DOWN)), (30, Decision::Alert(DOWN))]
+        );
         assert!(feed(&mut m, &c, RUNNING, 101, 101).is_empty());
         let second = feed(&mut m, &c, STOPPED, 102, 200);
-        assert_eq!(second, [(102, Decision::Warn(DOWN)), (132, Decision::Alert(DOWN))]);
+        assert_eq!(
+            second,
+            [(102, Decision::Warn(DOWN)), (132, Decision::Alert(DOWN))]
+        );
     }
 
     #[test]
@@ -321,7 +339,10 @@ mod tests {
         let decisions = feed(&mut m, &c, MasterView::Silent, 0, 100);
         assert_eq!(
             decisions,
-            [(0, Decision::Warn(DownReason::MasterSilent)), (30, Decision::ProbeMaster)]
+            [
+                (0, Decision::Warn(DownReason::MasterSilent)),
+                (30, Decision::ProbeMaster)
+            ]
         );
         assert_eq!(
             m.probe_result(false, c.at(101)),
@@ -333,7 +354,10 @@ mod tests {
     fn a_reachable_master_restarts_the_window() {
         let (mut m, c) = auto();
         feed(&mut m, &c, MasterView::Silent, 0, 30);
-        assert_eq!(m.probe_result(true, c.at(31)), Decision::Warn(DownReason::MasterSilent));
+        assert_eq!(
+            m.probe_result(true, c.at(31)),
+            Decision::Warn(DownReason::MasterSilent)
+        );
         let decisions = feed(&mut m, &c, MasterView::Silent, 32, 70);
         assert_eq!(decisions, [(61, Decision::ProbeMaster)]);
     }
@@ -361,15 +385,27 @@ mod tests {
         // The Master flaps back and down again: alert only, no second switch-over.
         feed(&mut m, &c, RUNNING, 31, 31);
         let again = feed(&mut m, &c, STOPPED, 32, 100);
-        assert_eq!(again, [(32, Decision::Warn(DOWN)), (62, Decision::Alert(DOWN))]);
+        assert_eq!(
+            again,
+            [(32, Decision::Warn(DOWN)), (62, Decision::Alert(DOWN))]
+        );
         // Acknowledged, but within the hour of the first switch-over: still alert only.
         m.acknowledge();
         let within = feed(&mut m, &c, STOPPED, 200, 240);
-        assert_eq!(within, [(200, Decision::Warn(DOWN)), (230, Decision::Alert(DOWN))]);
+        assert_eq!(
+            within,
+            [(200, Decision::Warn(DOWN)), (230, Decision::Alert(DOWN))]
+        );
         // Acknowledged after the re-arm window: armed again.
         m.acknowledge();
         let later = feed(&mut m, &c, STOPPED, 4000, 4040);
-        assert_eq!(later, [(4000, Decision::Warn(DOWN)), (4030, Decision::SwitchOver(DOWN))]);
+        assert_eq!(
+            later,
+            [
+                (4000, Decision::Warn(DOWN)),
+                (4030, Decision::SwitchOver(DOWN))
+            ]
+        );
     }
 
     #[test]

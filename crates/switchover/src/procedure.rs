@@ -116,7 +116,11 @@ impl Hooks {
         let result = match run_argv(fence.words(), self.timeout).await {
             Ok(out) if out.success() => FenceResult::Fenced,
             Ok(out) => FenceResult::Failed {
-                reason: format!("`{}` ended with {}", display_argv(fence.words()), out.summary()),
+                reason: format!(
+                    "`{}` ended with {}",
+                    display_argv(fence.words()),
+                    out.summary()
+                ),
             },
             Err(e) => FenceResult::Failed {
                 reason: e.to_string(),
@@ -161,7 +165,10 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refusal::FilesBehind { pending } => {
-                write!(f, "files are not caught up ({pending} acknowledged changes not applied yet)")
+                write!(
+                    f,
+                    "files are not caught up ({pending} acknowledged changes not applied yet)"
+                )
             }
             Refusal::FilesUnknown { reason } => {
                 write!(f, "file replication state is unknown ({reason})")
@@ -176,10 +183,16 @@ impl fmt::Display for Refusal {
                 write!(f, "database replication lag is unknown ({reason})")
             }
             Refusal::MasterRunning => {
-                write!(f, "the master probe reports the old Master still running (split-brain risk)")
+                write!(
+                    f,
+                    "the master probe reports the old Master still running (split-brain risk)"
+                )
             }
             Refusal::MasterProbeUnknown { reason } => {
-                write!(f, "the master probe could not tell whether the old Master is down ({reason})")
+                write!(
+                    f,
+                    "the master probe could not tell whether the old Master is down ({reason})"
+                )
             }
         }
     }
@@ -192,7 +205,9 @@ impl Assessment {
         let mut refusals = Vec::new();
         match &self.files {
             FilesState::CaughtUp { .. } => {}
-            FilesState::Behind { pending } => refusals.push(Refusal::FilesBehind { pending: *pending }),
+            FilesState::Behind { pending } => {
+                refusals.push(Refusal::FilesBehind { pending: *pending })
+            }
             FilesState::Unknown { reason } => refusals.push(Refusal::FilesUnknown {
                 reason: reason.clone(),
             }),
@@ -238,7 +253,9 @@ pub enum SwitchoverError {
     Refused(Vec<Refusal>),
     #[error("refusing to switch over: fencing the old Master failed ({reason}) and {why}; stop the old Master by hand, or re-run with --force")]
     NotFenced { reason: String, why: String },
-    #[error("database promotion failed: {0}; no service was started. Fix the database, then re-run")]
+    #[error(
+        "database promotion failed: {0}; no service was started. Fix the database, then re-run"
+    )]
     Promotion(PrecheckError),
     #[error("switch-over stopped at service {service}: {source}{}", started_note(.started))]
     ServiceFailed {
@@ -345,7 +362,9 @@ pub async fn execute<S: ServiceControl, P: Precheck>(
         if !options.force {
             return Err(SwitchoverError::Refused(refusals));
         }
-        outcome.overridden.extend(refusals.iter().map(ToString::to_string));
+        outcome
+            .overridden
+            .extend(refusals.iter().map(ToString::to_string));
     }
     fence_old_master(hooks, options.force, &mut outcome).await?;
     if assessment.db != DbLag::NotConfigured {
@@ -397,7 +416,9 @@ async fn fence_old_master(
     let probe = match fence_failure {
         // Without fencing the assessment's probe already counted among the refusals.
         None if hooks.master_probe.is_none() => {
-            tracing::warn!("no fencing hook and no master probe configured: make sure the old Master is down");
+            tracing::warn!(
+                "no fencing hook and no master probe configured: make sure the old Master is down"
+            );
             return Ok(());
         }
         None => return Ok(()),
@@ -417,4 +438,233 @@ async fn fence_old_master(
         return Ok(());
     }
     Err(SwitchoverError::NotFenced { reason, why })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The procedure's decisions with an in-memory service manager and replication side; the
+    //! real command backend, hooks and binary are exercised by `tests/switchover.rs`.
+
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::state::ServiceState;
+
+    /// Services in memory; every start and the promotion are recorded in one journal so their
+    /// relative order can be checked.
+    #[derive(Default)]
+    struct Lab {
+        states: Mutex<HashMap<String, ServiceState>>,
+        journal: Mutex<Vec<String>>,
+    }
+
+    impl Lab {
+        fn standby(set: &ServiceSet) -> Self {
+            let lab = Lab::default();
+            for name in set.always_running() {
+                lab.set(name, ServiceState::Running);
+            }
+            for name in set.start_order() {
+                lab.set(name, ServiceState::Stopped);
+            }
+            lab
+        }
+        fn set(&self, name: &str, state: ServiceState) {
+            self.states.lock().unwrap().insert(name.to_owned(), state);
+        }
+        fn note(&self, entry: String) {
+            self.journal.lock().unwrap().push(entry);
+        }
+        fn journal(&self) -> Vec<String> {
+            self.journal.lock().unwrap().clone()
+        }
+    }
+
+    impl ServiceControl for Lab {
+        fn backend_name(&self) -> &'static str {
+            "lab"
+        }
+        async fn query(&self, name: &str) -> Result<ServiceState, ServiceError> {
+            self.states
+                .lock()
+                .unwrap()
+                .get(name)
+                .copied()
+                .ok_or_else(|| ServiceError::NotInstalled {
+                    service: name.to_owned(),
+                })
+        }
+        async fn start(&self, name: &str) -> Result<(), ServiceError> {
+            self.note(format!("start {name}"));
+            self.set(name, ServiceState::Running);
+            Ok(())
+        }
+        async fn stop(&self, name: &str) -> Result<(), ServiceError> {
+            self.set(name, ServiceState::Stopped);
+            Ok(())
+        }
+    }
+
+    struct Replication<'a> {
+        lab: &'a Lab,
+        files: FilesState,
+        db: Result<DbLag, PrecheckError>,
+        promote: Result<(), PrecheckError>,
+    }
+
+    impl Precheck for Replication<'_> {
+        async fn files_caught_up(&self) -> Result<FilesState, PrecheckError> {
+            Ok(self.files.clone())
+        }
+        async fn db_lag(&self) -> Result<DbLag, PrecheckError> {
+            self.db.clone()
+        }
+        async fn promote_db(&self) -> Result<(), PrecheckError> {
+            self.lab.note("promote".to_owned());
+            self.promote.clone()
+        }
+    }
+
+    fn replication(lab: &Lab, db: Result<DbLag, PrecheckError>) -> Replication<'_> {
+        Replication {
+            lab,
+            files: FilesState::CaughtUp {
+                last_applied_unix_ms: None,
+            },
+            db,
+            promote: Ok(()),
+        }
+    }
+
+    fn no_hooks() -> Hooks {
+        Hooks {
+            fence: None,
+            master_probe: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn options(force: bool) -> ExecuteOptions {
+        ExecuteOptions {
+            force,
+            max_db_lag: Duration::from_secs(5),
+            start_wait: WaitPolicy {
+                timeout: Duration::from_secs(10),
+                poll: Duration::from_millis(10),
+            },
+        }
+    }
+
+    async fn switch_over(
+        lab: &Lab,
+        set: &ServiceSet,
+        replication: &Replication<'_>,
+        force: bool,
+    ) -> Result<Outcome, SwitchoverError> {
+        let hooks = no_hooks();
+        let assessment = assess(lab, set, replication, &hooks).await?;
+        execute(lab, set, replication, &hooks, &assessment, options(force)).await
+    }
+
+    fn lag(seconds: u64) -> Result<DbLag, PrecheckError> {
+        Ok(DbLag::Measured {
+            lag: Duration::from_secs(seconds),
+        })
+    }
+
+    #[tokio::test]
+    async fn promotes_the_database_before_starting_services_in_order() {
+        let set = ServiceSet::runbook();
+        let lab = Lab::standby(&set);
+        let outcome = switch_over(&lab, &set, &replication(&lab, lag(2)), false)
+            .await
+            .unwrap();
+        assert!(outcome.db_promoted);
+        let mut expected = vec!["promote".to_owned()];
+        expected.extend(set.start_order().iter().map(|n| format!("start {n}")));
+        assert_eq!(lab.journal(), expected);
+        assert_eq!(outcome.already_running, set.always_running());
+    }
+
+    #[tokio::test]
+    async fn refuses_with_the_measured_lag_and_touches_nothing() {
+        let set = ServiceSet::runbook();
+        let lab = Lab::standby(&set);
+        let err = switch_over(&lab, &set, &replication(&lab, lag(12)), false)
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("12.0 s behind") && message.contains("5.0 s"),
+            "{message}"
+        );
+        assert!(lab.journal().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unknown_lag_refuses_unless_forced() {
+        let set = ServiceSet::runbook();
+        let lab = Lab::standby(&set);
+        let unreachable = || Err(PrecheckError("cannot connect".to_owned()));
+        let err = switch_over(&lab, &set, &replication(&lab, unreachable()), false)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, SwitchoverError::Refused(r) if matches!(r[..], [Refusal::DbUnknown { .. }])),
+            "{err}"
+        );
+        assert!(lab.journal().is_empty());
+        let outcome = switch_over(&lab, &set, &replication(&lab, unreachable()), true)
+            .await
+            .unwrap();
+        assert_eq!(outcome.overridden.len(), 1);
+        assert_eq!(outcome.started.len(), 9);
+    }
+
+    #[tokio::test]
+    async fn without_a_database_nothing_is_promoted() {
+        let set = ServiceSet::runbook();
+        let lab = Lab::standby(&set);
+        let outcome = switch_over(
+            &lab,
+            &set,
+            &replication(&lab, Ok(DbLag::NotConfigured)),
+            false,
+        )
+        .await
+        .unwrap();
+        assert!(!outcome.db_promoted);
+        assert!(!lab.journal().contains(&"promote".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn a_failed_promotion_starts_no_service() {
+        let set = ServiceSet::runbook();
+        let lab = Lab::standby(&set);
+        let mut replication = replication(&lab, lag(0));
+        replication.promote = Err(PrecheckError("read_only is locked".to_owned()));
+        let err = switch_over(&lab, &set, &replication, false)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("read_only is locked"), "{err}");
+        assert_eq!(lab.journal(), ["promote"]);
+        assert!(set
+            .start_order()
+            .iter()
+            .all(|n| lab.states.lock().unwrap()[n] == ServiceState::Stopped));
+    }
+
+    #[tokio::test]
+    async fn files_behind_refuse() {
+        let set = ServiceSet::runbook();
+        let lab = Lab::standby(&set);
+        let mut replication = replication(&lab, Ok(DbLag::NotConfigured));
+        replication.files = FilesState::Behind { pending: 7 };
+        let err = switch_over(&lab, &set, &replication, false)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("7 acknowledged changes"), "{err}");
+        assert!(lab.journal().is_empty());
+    }
 }

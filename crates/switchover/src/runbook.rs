@@ -92,7 +92,10 @@ impl ServiceSet {
                 return Err(NameError::Duplicate { name: name.clone() });
             }
         }
-        let monitored = start_order.first().ok_or(NameError::EmptyStartOrder)?.clone();
+        let monitored = start_order
+            .first()
+            .ok_or(NameError::EmptyStartOrder)?
+            .clone();
         Ok(Self {
             always_running,
             start_order,
@@ -137,7 +140,11 @@ impl ServiceSet {
         self.always_running
             .iter()
             .map(|name| (name.clone(), Expected::Running))
-            .chain(self.start_order.iter().map(|name| (name.clone(), for_switched)))
+            .chain(
+                self.start_order
+                    .iter()
+                    .map(|name| (name.clone(), for_switched)),
+            )
             .collect()
     }
 }

@@ -49,6 +49,16 @@ pub struct SwitchoverConfig {
     pub rearm_minutes: u64,
     /// Monitor: alert hook run on every alert.
     pub alert: Option<String>,
+    /// Monitor: the Master's TCP ports (`host:port`) probed when it goes silent; reachable if
+    /// any answers. Default: the sender's address on 5002 and 80.
+    #[serde(default)]
+    pub master_ports: Vec<String>,
+    /// Monitor: a command run from a third vantage point; exit 0 = it reaches the Master.
+    pub witness: Option<String>,
+    /// Monitor: let an automatic switch-over go ahead despite database lag (or a lag that
+    /// cannot be measured). Changes made on the Master after the lag are lost.
+    #[serde(default)]
+    pub accept_data_loss: bool,
 }
 
 fn default_max_db_lag() -> u64 {
@@ -83,6 +93,9 @@ impl Default for SwitchoverConfig {
             confirm_seconds: default_confirm(),
             rearm_minutes: default_rearm(),
             alert: None,
+            master_ports: Vec::new(),
+            witness: None,
+            accept_data_loss: false,
         }
     }
 }
@@ -116,7 +129,10 @@ impl SwitchoverConfig {
 
     pub fn start_wait(&self) -> Result<WaitPolicy, SettingsError> {
         Ok(WaitPolicy {
-            timeout: Duration::from_secs(nonzero("start_timeout_seconds", self.start_timeout_seconds)?),
+            timeout: Duration::from_secs(nonzero(
+                "start_timeout_seconds",
+                self.start_timeout_seconds,
+            )?),
             ..WaitPolicy::default()
         })
     }
@@ -125,8 +141,16 @@ impl SwitchoverConfig {
         Ok(Hooks {
             fence: hook("fence", &self.fence)?,
             master_probe: hook("master_probe", &self.master_probe)?,
-            timeout: Duration::from_secs(nonzero("hook_timeout_seconds", self.hook_timeout_seconds)?),
+            timeout: Duration::from_secs(nonzero(
+                "hook_timeout_seconds",
+                self.hook_timeout_seconds,
+            )?),
         })
+    }
+
+    /// The witness hook, for the receiver's monitor.
+    pub fn witness_hook(&self) -> Result<Option<CommandTemplate>, SettingsError> {
+        hook("witness", &self.witness)
     }
 
     /// The alert hook, for the receiver's monitor.
@@ -149,7 +173,10 @@ fn nonzero(key: &'static str, value: u64) -> Result<u64, SettingsError> {
     Ok(value)
 }
 
-fn hook(key: &'static str, value: &Option<String>) -> Result<Option<CommandTemplate>, SettingsError> {
+fn hook(
+    key: &'static str,
+    value: &Option<String>,
+) -> Result<Option<CommandTemplate>, SettingsError> {
     value
         .as_deref()
         .map(CommandTemplate::parse)

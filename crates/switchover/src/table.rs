@@ -71,18 +71,27 @@ impl StateTable {
             .chain([7])
             .max()
             .unwrap_or(7);
-        let mut out = format!("  {:<width$}  {:<13}  {}\n", "SERVICE", "EXPECTED", "ACTUAL");
+        let mut out = format!(
+            "  {:<width$}  {:<13}  {}\n",
+            "SERVICE", "EXPECTED", "ACTUAL"
+        );
         for row in &self.rows {
             let actual = match row.actual {
                 Some(state) => state.to_string(),
                 None => "query failed".to_owned(),
             };
-            let (mark, note) = if row.deviates() { ("!", "  DEVIATION") } else { (" ", "") };
-            out.push_str(&format!(
-                "{mark} {:<width$}  {:<13}  {actual:<13}{note}\n",
+            let (mark, note) = if row.deviates() {
+                ("!", "  DEVIATION")
+            } else {
+                (" ", "")
+            };
+            let line = format!(
+                "{mark} {:<width$}  {:<13}  {actual:<13}{note}",
                 row.service,
                 row.expected.to_string()
-            ));
+            );
+            out.push_str(line.trim_end());
+            out.push('\n');
         }
         out
     }
@@ -121,7 +130,10 @@ mod tests {
         let text = table.render();
         let lines: Vec<_> = text.lines().collect();
         assert!(lines[1].starts_with("  S"), "{text}");
-        assert!(lines[2].starts_with("! S") && lines[2].ends_with("DEVIATION"), "{text}");
+        assert!(
+            lines[2].starts_with("! S") && lines[2].ends_with("DEVIATION"),
+            "{text}"
+        );
         assert!(!table.matches());
     }
 }

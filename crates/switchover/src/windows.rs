@@ -123,7 +123,11 @@ impl ServiceControl for WindowsBackend {
 
     async fn start(&self, name: &str) -> Result<(), ServiceError> {
         blocking(name, "start", |name| {
-            let service = open(&name, "start", ServiceAccess::START | ServiceAccess::QUERY_STATUS)?;
+            let service = open(
+                &name,
+                "start",
+                ServiceAccess::START | ServiceAccess::QUERY_STATUS,
+            )?;
             match service.start::<&str>(&[]) {
                 Ok(()) => Ok(()),
                 Err(e) if os_code(&e) == Some(ERROR_SERVICE_ALREADY_RUNNING) => Ok(()),
@@ -135,7 +139,11 @@ impl ServiceControl for WindowsBackend {
 
     async fn stop(&self, name: &str) -> Result<(), ServiceError> {
         blocking(name, "stop", |name| {
-            let service = open(&name, "stop", ServiceAccess::STOP | ServiceAccess::QUERY_STATUS)?;
+            let service = open(
+                &name,
+                "stop",
+                ServiceAccess::STOP | ServiceAccess::QUERY_STATUS,
+            )?;
             match service.stop() {
                 Ok(_) => Ok(()),
                 Err(e) if os_code(&e) == Some(ERROR_SERVICE_NOT_ACTIVE) => Ok(()),

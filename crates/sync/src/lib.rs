@@ -10,6 +10,9 @@
 //!   what is replaced or removed, answer verifiers; reports [`ReceiverEvent`]s to an optional
 //!   channel and keeps `<root>/.swrepl/status.json` ([`ReceiverStatus`]) current.
 //! - [`remote_listing`]: a receiver's tree over the channel, for `swrepl verify --connect`.
+//! - [`RegistrySource`] (a backend factory and the configured keys, in `SenderOptions::registry`
+//!   and `ReceiverOptions::registry`): the registry keys replicated over the same session
+//!   (see the `registry` module); [`remote_registry`]: a receiver's keys, for verify.
 //!
 //! The receiver applies changes strictly in sequence order on a blocking thread that owns the
 //! file system state ([`apply`]); chunk requests for later changes go out as soon as those
@@ -18,6 +21,7 @@
 pub mod apply;
 pub mod archive;
 mod receiver;
+mod registry;
 mod sender;
 pub mod status;
 mod verify;
@@ -27,6 +31,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use receiver::{run_receiver, ReceiverEvent, ReceiverOptions};
+pub use registry::{remote_registry, OpenRegistry, RegistrySource, DEFAULT_REGISTRY_POLL};
 pub use sender::{run_sender, SendSummary, SenderOptions, ServiceProbe, WatchSignal};
 pub use status::{read_status, ReceiverStatus};
 pub use swrepl_net::Fingerprint;

@@ -34,6 +34,8 @@ pub struct ReceiverOptions {
     /// How long archived generations are kept (None: forever).
     pub archive_retention: Option<Duration>,
     pub excludes: Excludes,
+    /// Registry keys this receiver lets the sender write (None: files only).
+    pub registry: Option<crate::RegistrySource>,
 }
 
 /// Something the receiver did, for the demo and for tests that watch a receiver in-process.
@@ -61,6 +63,10 @@ pub enum ReceiverEvent {
         held: u64,
     },
     SenderGone(String),
+    /// A registry change set was applied; `ops` operations changed something.
+    RegistryApplied {
+        ops: usize,
+    },
 }
 
 type Events = Option<mpsc::UnboundedSender<ReceiverEvent>>;
@@ -112,6 +118,7 @@ pub async fn run_receiver(
             current: current.clone(),
             events: events.clone(),
             status: status.clone(),
+            registry: options.registry.clone(),
         };
         tokio::spawn(async move {
             match handle_connection(reader, writer, &peer, ctx).await {
@@ -135,6 +142,7 @@ struct ConnectionContext {
     current: Arc<std::sync::Mutex<Option<StopSender>>>,
     events: Events,
     status: Arc<StatusFile>,
+    registry: Option<crate::RegistrySource>,
 }
 
 fn emit(events: &Events, event: ReceiverEvent) {
@@ -198,6 +206,12 @@ async fn serve_verifier(
     ctx: ConnectionContext,
 ) -> Result<(), SyncError> {
     while let Some(msg) = reader.recv().await? {
+        if msg == Message::RegistryRequest {
+            let answer = crate::registry::answer_request(ctx.registry.clone()).await?;
+            writer.send(&answer).await?;
+            writer.flush().await?;
+            continue;
+        }
         if msg != Message::ListRequest {
             return Err(SyncError::Protocol(
                 "a verifier may only send ListRequest".into(),
@@ -262,8 +276,11 @@ async fn run_sender_session(
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
     let events = ctx.events.clone();
     let status = ctx.status.clone();
+    let registry_source = ctx.registry.clone();
     let worker = tokio::task::spawn_blocking(move || {
-        let mut session = Session::new(applier, out_tx, events, status);
+        let registry =
+            crate::registry::ReceiverRegistry::new(registry_source, applier.archive_path());
+        let mut session = Session::new(applier, out_tx, events, status, registry);
         let result = session.run(in_rx);
         (session.into_applier(), result)
     });
@@ -353,6 +370,12 @@ enum Op {
         pass: u64,
         prune: Prune,
     },
+    Registry {
+        seq: Seq,
+        changes: swrepl_registry::ChangeSet,
+    },
+    /// Answer a sender's `RegistryRequest` once everything before it is applied.
+    RegistryReport,
 }
 
 impl Op {
@@ -363,8 +386,9 @@ impl Op {
             | Op::Delete { seq, .. }
             | Op::Rename { seq, .. }
             | Op::Done { seq }
-            | Op::Refuse { seq, .. } => Some(*seq),
-            Op::PassEnd { .. } => None,
+            | Op::Refuse { seq, .. }
+            | Op::Registry { seq, .. } => Some(*seq),
+            Op::PassEnd { .. } | Op::RegistryReport => None,
         }
     }
 }
@@ -382,6 +406,7 @@ struct Session {
     requested: HashSet<Hash>,
     pass: Option<(u64, bool)>,
     seen: HashSet<String>,
+    registry: crate::registry::ReceiverRegistry,
 }
 
 impl Session {
@@ -390,6 +415,7 @@ impl Session {
         out: mpsc::UnboundedSender<Message>,
         events: Events,
         status: Arc<StatusFile>,
+        registry: crate::registry::ReceiverRegistry,
     ) -> Self {
         Session {
             applier,
@@ -403,6 +429,7 @@ impl Session {
             requested: HashSet::new(),
             pass: None,
             seen: HashSet::new(),
+            registry,
         }
     }
 
@@ -420,6 +447,9 @@ impl Session {
     }
 
     fn run(&mut self, mut incoming: mpsc::Receiver<Message>) -> Result<(), SyncError> {
+        // Always the first message after Welcome: tells the sender which registry keys (if any)
+        // this receiver replicates, and their state.
+        self.send(self.registry.snapshot_message());
         while let Some(msg) = incoming.blocking_recv() {
             self.handle_guarded(msg)?;
             while let Ok(msg) = incoming.try_recv() {
@@ -495,6 +525,12 @@ impl Session {
             Message::PassEnd { pass, prune, .. } => {
                 self.queue.push_back(Op::PassEnd { pass, prune })
             }
+            Message::RegistryChanges { seq, changes } => {
+                self.next_seq(seq)?;
+                let op = self.registry_op(seq, &changes);
+                self.queue.push_back(op);
+            }
+            Message::RegistryRequest => self.queue.push_back(Op::RegistryReport),
             Message::Heartbeat(hb) => {
                 if let Some(service) = hb.service {
                     self.status.update(|s| {
@@ -517,6 +553,40 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// A registry change set to apply in order, or its refusal (outside our keys, malformed).
+    fn registry_op(&self, seq: Seq, changes: &swrepl_proto::registry::RegistryChangeSet) -> Op {
+        match self.registry.check(changes) {
+            Ok(changes) => Op::Registry { seq, changes },
+            Err(refusal) => Op::Refuse {
+                seq,
+                path: refusal.path,
+                reason: refusal.reason,
+            },
+        }
+    }
+
+    /// Applies a registry change set; a failure refuses it (nothing applied) and the session
+    /// goes on.
+    fn apply_registry(&mut self, seq: Seq, changes: &swrepl_registry::ChangeSet) {
+        match self.registry.apply(changes) {
+            Ok(0) => {}
+            Ok(ops) => emit(&self.events, ReceiverEvent::RegistryApplied { ops }),
+            Err(refusal) => self.refuse(seq, refusal.path, refusal.reason),
+        }
+    }
+
+    fn refuse(&self, seq: Seq, path: String, reason: String) {
+        tracing::warn!(%path, "refused: {reason}");
+        emit(
+            &self.events,
+            ReceiverEvent::Refused {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+        );
+        self.send(Message::Refused { seq, path, reason });
     }
 
     /// Refuses an entry with an invalid or excluded path, or inconsistent fields.
@@ -692,6 +762,8 @@ impl Session {
                 }
             }
             Op::Done { .. } => {}
+            Op::Registry { seq, changes } => self.apply_registry(seq, &changes),
+            Op::RegistryReport => self.send(self.registry.snapshot_message()),
             Op::Refuse { path, reason, seq } => {
                 tracing::warn!(%path, "refused: {reason}");
                 emit(
@@ -774,8 +846,11 @@ fn message_name(msg: &Message) -> &'static str {
 /// Validates a received message's fields, turning a violation into a session error.
 pub(crate) fn check_message(msg: &Message) -> Result<(), SyncError> {
     match msg {
-        // Entries and paths are refused one by one, with the session going on.
-        Message::Upsert { .. } | Message::Rename { .. } | Message::Delete { .. } => Ok(()),
+        // Entries, paths and registry change sets are refused one by one, the session going on.
+        Message::Upsert { .. }
+        | Message::Rename { .. }
+        | Message::Delete { .. }
+        | Message::RegistryChanges { .. } => Ok(()),
         other => validate_message(other).map_err(|e| SyncError::Protocol(e.to_string())),
     }
 }

@@ -59,6 +59,8 @@ pub struct SenderOptions {
     pub full_pass_interval: Duration,
     /// The Master's monitored service, reported in heartbeats.
     pub service_probe: Option<ServiceProbe>,
+    /// Registry keys to replicate over the same session (None: files only).
+    pub registry: Option<crate::RegistrySource>,
 }
 
 /// What a `once` run did.
@@ -86,12 +88,19 @@ pub struct SendSummary {
     /// Extras the receiver removed / held back under the mass-delete guard.
     pub pruned: u64,
     pub held_deletes: u64,
+    /// Registry operations the receiver applied (acknowledged).
+    pub registry_ops: u64,
+    /// Why the configured registry keys were not replicated, when they were not.
+    pub registry_problem: Option<String>,
 }
 
 impl SendSummary {
     /// True when everything was replicated and nothing was held or refused.
     pub fn is_complete(&self) -> bool {
-        self.refused.is_empty() && self.unreadable.is_empty() && self.held_deletes == 0
+        self.refused.is_empty()
+            && self.unreadable.is_empty()
+            && self.held_deletes == 0
+            && self.registry_problem.is_none()
     }
 }
 
@@ -104,6 +113,9 @@ impl std::fmt::Display for SendSummary {
         )?;
         if self.pruned > 0 {
             write!(f, ", {} extras archived", self.pruned)?;
+        }
+        if self.registry_ops > 0 {
+            write!(f, ", {} registry changes", self.registry_ops)?;
         }
         if self.held_deletes > 0 {
             write!(
@@ -257,6 +269,7 @@ struct Session<'a> {
     dirty: Option<(Instant, Instant)>,
     want_full: bool,
     retries_left: u32,
+    registry: Option<crate::registry::SenderRegistry>,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -317,6 +330,10 @@ impl<'a> Session<'a> {
             dirty: None,
             want_full: false,
             retries_left: ONCE_RETRIES,
+            registry: options
+                .registry
+                .clone()
+                .map(|source| crate::registry::start_sender(source, options.once)),
         }
     }
 
@@ -324,6 +341,10 @@ impl<'a> Session<'a> {
         let mut summary = self.summary.clone();
         summary.wire_bytes_sent = counters.bytes_sent();
         summary.wire_bytes_received = counters.bytes_received();
+        if let Some(registry) = &self.registry {
+            summary.registry_ops = registry.ops_acked();
+            summary.registry_problem = registry.problem();
+        }
         summary
     }
 
@@ -392,13 +413,21 @@ impl<'a> Session<'a> {
                     let now = Instant::now();
                     self.dirty = Some(self.dirty.map_or((now, now), |(first, _)| (first, now)));
                 }
+                local = crate::registry::next_local(&mut self.registry) => {
+                    if let Some(local) = local {
+                        self.registry_local(local);
+                    }
+                }
                 _ = heartbeat.tick() => {
                     let service = self.options.service_probe.as_ref().and_then(|probe| probe());
                     self.writer.send(&Message::Heartbeat(Heartbeat { unix_ms: now_unix_ms(), service })).await?;
                     self.writer.flush().await?;
                 }
                 _ = rescan.tick(), if !self.options.once => self.mark_dirty(false),
-                _ = full.tick(), if !self.options.once => self.mark_dirty(true),
+                _ = full.tick(), if !self.options.once => {
+                    self.mark_dirty(true);
+                    self.registry_resync();
+                }
             }
         }
     }
@@ -416,6 +445,56 @@ impl<'a> Session<'a> {
             && self.in_flight.is_empty()
             && self.passes_sent > 0
             && self.passes_done == self.passes_sent
+            && self.registry.as_ref().is_none_or(|r| r.settled())
+    }
+
+    /// A new state of the Master's registry keys: queue what the receiver lacks.
+    fn registry_local(&mut self, local: crate::registry::LocalRead) {
+        if let Some(changes) = self.registry.as_mut().and_then(|r| r.on_local(local)) {
+            self.queue_registry_changes(changes);
+        }
+    }
+
+    /// The receiver's registry state: the baseline to diff against.
+    fn registry_remote(
+        &mut self,
+        snapshot: &swrepl_proto::registry::RegistrySnapshot,
+    ) -> Result<(), SyncError> {
+        let Some(registry) = self.registry.as_mut() else {
+            return Ok(()); // registry replication is off here: nothing to compare
+        };
+        if let Some(changes) = registry.on_remote(snapshot)? {
+            self.queue_registry_changes(changes);
+        }
+        Ok(())
+    }
+
+    /// Asks the receiver for its registry state, to correct drift (e.g. hand edits on the Slave).
+    fn registry_resync(&mut self) {
+        if let Some(request) = self.registry.as_mut().and_then(|r| r.resync()) {
+            self.queue.push_back(request);
+        }
+    }
+
+    /// A registry change set takes the next sequence number, like a file change.
+    fn queue_registry_changes(
+        &mut self,
+        (changes, ops): (swrepl_proto::registry::RegistryChangeSet, usize),
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.in_flight.insert(
+            seq,
+            InFlight {
+                entry: None,
+                offsets: Vec::new(),
+            },
+        );
+        self.queue
+            .push_back(Message::RegistryChanges { seq, changes });
+        if let Some(registry) = self.registry.as_mut() {
+            registry.sent(seq, ops);
+        }
     }
 
     fn start_scan(&mut self, kind: ScanKind) {
@@ -624,8 +703,14 @@ impl<'a> Session<'a> {
                 self.summary.changes += newly;
                 self.in_flight = self.in_flight.split_off(&(seq + 1));
                 self.acked = self.acked.max(seq);
+                if let Some(registry) = self.registry.as_mut() {
+                    registry.on_ack(seq);
+                }
             }
-            Message::Refused { path, reason, .. } => {
+            Message::Refused { seq, path, reason } => {
+                if let Some(registry) = self.registry.as_mut() {
+                    registry.on_refused(seq);
+                }
                 tracing::warn!(%path, "receiver refused: {reason}");
                 self.summary.refused.push((path, reason));
             }
@@ -638,6 +723,7 @@ impl<'a> Session<'a> {
                 }
             }
             Message::Heartbeat(_) => {}
+            Message::RegistrySnapshot(snapshot) => self.registry_remote(&snapshot)?,
             Message::Error { code, message } => return Err(SyncError::PeerError { code, message }),
             other => {
                 return Err(SyncError::Protocol(
@@ -768,9 +854,10 @@ fn chunk_offsets(entry: &FileEntry) -> Vec<u64> {
 
 fn change_seq(msg: &Message) -> Option<Seq> {
     match msg {
-        Message::Upsert { seq, .. } | Message::Rename { seq, .. } | Message::Delete { seq, .. } => {
-            Some(*seq)
-        }
+        Message::Upsert { seq, .. }
+        | Message::Rename { seq, .. }
+        | Message::Delete { seq, .. }
+        | Message::RegistryChanges { seq, .. } => Some(*seq),
         _ => None,
     }
 }

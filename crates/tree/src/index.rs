@@ -87,6 +87,29 @@ impl Index {
         Index::init(conn)
     }
 
+    /// Like [`Index::open`], but when the file is damaged (not a database, or rows that do not
+    /// decode) it is deleted and created afresh: the index only saves rereading files, so losing
+    /// it costs one full hashing scan, never data. Returns whether it was recreated. An index
+    /// written by a newer swrepl is not touched.
+    pub fn open_or_recreate(db_path: &Path) -> Result<(Index, bool), TreeError> {
+        let damage = match Index::open(db_path).and_then(|index| index.all().map(|_| index)) {
+            Ok(index) => return Ok((index, false)),
+            Err(e @ (TreeError::Index(_) | TreeError::IndexCorrupt { .. })) => e,
+            Err(e) => return Err(e),
+        };
+        tracing::warn!(path = %db_path.display(), error = %damage, "index unusable; recreating it");
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = db_path.as_os_str().to_os_string();
+            name.push(suffix);
+            match std::fs::remove_file(&name) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(TreeError::io(name, e)),
+            }
+        }
+        Ok((Index::open(db_path)?, true))
+    }
+
     /// An index that lives in memory only (tests, one-off listings).
     pub fn open_in_memory() -> Result<Index, TreeError> {
         Index::init(Connection::open_in_memory()?)
@@ -473,6 +496,20 @@ mod tests {
         Index::open(&db).unwrap().put(&f).unwrap();
         let index = Index::open(&db).unwrap();
         assert_eq!(index.get("x").unwrap(), Some(f));
+    }
+
+    #[test]
+    fn damaged_file_is_recreated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("index.db");
+        std::fs::write(&db, vec![0x5a; 8192]).unwrap();
+        assert!(Index::open(&db).is_err());
+        let (index, recreated) = Index::open_or_recreate(&db).unwrap();
+        assert!(recreated);
+        assert_eq!(index.len().unwrap(), 0);
+        drop(index);
+        let (_, recreated) = Index::open_or_recreate(&db).unwrap();
+        assert!(!recreated);
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - [`chunk_reader`] / [`chunk_file`] / [`hash_bytes`]: content-defined chunking (fastcdc v2020,
 //!   [`CHUNK_MIN`]/[`CHUNK_AVG`]/[`CHUNK_MAX`]) with blake3 hashes, streaming in bounded memory.
 //! - [`Index`]: the persistent sqlite index (path → entry, chunks, file id; chunk hash → where
-//!   those bytes live locally), so an unchanged file is never reread.
+//!   those bytes live locally), so an unchanged file is never reread. A damaged index can be
+//!   recreated ([`Index::open_or_recreate`]): it is a cache, never the only copy of anything.
 //! - [`Scanner`]: walks a root, describes it as [`FileEntry`]s and reports the [`Change`]s since
 //!   the previous scan, renames (by file identity) included.
 //! - [`list_tree`], [`compare`], [`verify_trees`]: hash whole trees in parallel and compare them.

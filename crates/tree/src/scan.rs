@@ -229,6 +229,10 @@ impl Scanner {
             entry,
             file_id: item.file_id,
         };
+        if scanned.entry.kind != EntryKind::Dir {
+            // A directory that became a file or link took its content with it.
+            self.index.remove_tree(rel)?;
+        }
         self.index.put(&scanned)?;
         Ok(Some(scanned))
     }

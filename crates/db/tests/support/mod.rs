@@ -197,9 +197,18 @@ impl MariaDb {
                     .unwrap_or_default();
                 return Err(format!("mariadbd exited ({status}) on port {port}:\n{log}"));
             }
-            if let Ok(conn) = Server::connect(&server.url()).await {
+            if let Ok(mut conn) = Server::connect(&server.url()).await {
+                // Another test's server may hold the port we were racing for: make sure this
+                // one is ours.
+                let datadir: Option<String> = conn.scalar("SELECT @@datadir").await.ok().flatten();
                 conn.close().await;
-                return Ok(server);
+                let ours = datadir.is_some_and(|d| Path::new(d.trim_end_matches('/')) == data);
+                if ours {
+                    return Ok(server);
+                }
+                let _ = server.child.kill();
+                let _ = server.child.wait();
+                return Err(format!("port {port} is served by another mariadbd"));
             }
             if Instant::now() > deadline {
                 let log = std::fs::read_to_string(server.dir.path().join("error.log"))

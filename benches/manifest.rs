@@ -1,0 +1,117 @@
+//! Stat-only rescan of an unchanged tree: what the sender pays every safety-net rescan and at
+//! every (re)connect, once the index knows every file.
+//!
+//! The tree (100 000 small files in 1 000 folders by default; `SWREPL_BENCH_FILES` changes the
+//! count) is built once, in tmpfs (`/dev/shm`) when there is one so the disk's noise stays out,
+//! and scanned once to fill the index. Each iteration is then one [`Scanner::scan`]: walk + stat of
+//! every entry, load of the index, manifest diff, and the index write-back (which finds nothing
+//! to write). A second benchmark times loading the index alone, to split the cost.
+//!
+//! Run: `cargo bench --bench manifest`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use swrepl_tree::{Excludes, Index, Scanner};
+
+const DEFAULT_FILES: usize = 100_000;
+const FILES_PER_DIR: usize = 100;
+
+fn file_count() -> usize {
+    std::env::var("SWREPL_BENCH_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(DEFAULT_FILES)
+}
+
+/// A temporary directory in tmpfs when the machine has one, else in the default temp dir.
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    let builder = {
+        let mut b = tempfile::Builder::new();
+        b.prefix("swrepl-bench-manifest-");
+        b
+    };
+    if shm.is_dir() {
+        if let Ok(dir) = builder.tempdir_in(shm) {
+            return dir;
+        }
+    }
+    builder.tempdir().expect("cannot create a temporary directory")
+}
+
+/// `files` small files (0–255 bytes) spread over folders shaped like a MIME attachment store.
+fn build_tree(root: &Path, files: usize) {
+    for i in 0..files {
+        let dir = root.join(format!(
+            "Supportworks Server/data/mime/{:02}/{:04}",
+            i / (FILES_PER_DIR * 100),
+            i / FILES_PER_DIR
+        ));
+        if i % FILES_PER_DIR == 0 {
+            std::fs::create_dir_all(&dir).expect("cannot create a folder of the bench tree");
+        }
+        let content = vec![(i % 251) as u8; i % 256];
+        std::fs::write(dir.join(format!("call-{i:07}.eml")), content)
+            .expect("cannot write a file of the bench tree");
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    index_path: PathBuf,
+}
+
+fn fixture(files: usize) -> Fixture {
+    let dir = scratch_dir();
+    let root = dir.path().join("master");
+    let index_path = dir.path().join("state/index.db");
+    build_tree(&root, files);
+    let mut scanner = new_scanner(&root, &index_path);
+    let first = scanner.scan().expect("first scan of the bench tree failed");
+    assert!(
+        first.problems.is_empty(),
+        "the first scan met problems: {:?}",
+        first.problems
+    );
+    Fixture {
+        _dir: dir,
+        root,
+        index_path,
+    }
+}
+
+fn new_scanner(root: &Path, index_path: &Path) -> Scanner {
+    let excludes = Excludes::new(&[], true).expect("default excludes are valid");
+    let index = Index::open(index_path).expect("cannot open the bench index");
+    Scanner::new(root, excludes, index)
+}
+
+fn rescan(c: &mut Criterion) {
+    let files = file_count();
+    let fx = fixture(files);
+    let mut scanner = new_scanner(&fx.root, &fx.index_path);
+
+    let mut group = c.benchmark_group("manifest");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    group.throughput(Throughput::Elements(files as u64));
+    group.bench_function(format!("rescan unchanged {files} files"), |b| {
+        b.iter(|| {
+            let outcome = scanner.scan().expect("rescan failed");
+            assert!(outcome.changes.is_empty(), "the tree did not change");
+            assert_eq!(outcome.files_hashed, 0, "a rescan must be stat-only");
+            outcome.entries.len()
+        })
+    });
+    group.bench_function(format!("index load {files} files"), |b| {
+        b.iter(|| scanner.index().all().expect("index load failed").len())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, rescan);
+criterion_main!(benches);

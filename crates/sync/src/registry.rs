@@ -1,0 +1,558 @@
+//! Registry replication inside a replication session: the configured keys travel over the same
+//! TLS connection as the files.
+//!
+//! Negotiation: in a sender session the receiver's first message after `Welcome` is always a
+//! `RegistrySnapshot`, the state of the keys it replicates (no roots when it replicates none).
+//! A sender with registry replication configured diffs that snapshot against its own keys and
+//! sends the difference as `RegistryChanges`, which takes the next number of the change sequence
+//! and is acknowledged like a file change. From then on the sender reads its keys whenever the
+//! backend signals a change (and at least every [`RegistrySource::poll_interval`]) and sends what
+//! changed since the last state it sent. At every full pass it asks again (`RegistryRequest`) so
+//! that a Slave edited by hand is brought back in line.
+//!
+//! The receiver applies a change set in sequence order on its apply thread, all-or-nothing,
+//! after saving the previous state to `<archive>/registry-<UTC>.reg`; a change set that touches
+//! any key outside the receiver's own configured keys is refused whole (`Refused`, the session
+//! goes on).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use swrepl_net::Identity;
+use swrepl_proto::registry::{RegistryChangeSet, RegistrySnapshot};
+use swrepl_proto::{Message, Role, Seq};
+use swrepl_registry::wire::{from_wire_changes, from_wire_snapshot, to_wire_changes};
+use swrepl_registry::{
+    apply_changes, diff, ChangeSet, Error as RegistryError, RegFileBackend, RegistryBackend,
+    Scope, Snapshot,
+};
+use tokio::sync::mpsc;
+
+use crate::{Fingerprint, SyncError, PEER_TIMEOUT, SOFTWARE};
+
+/// Opens the backend that holds the registry keys (called once per use, on a blocking thread).
+pub type OpenRegistry =
+    Arc<dyn Fn() -> Result<Box<dyn RegistryBackend>, RegistryError> + Send + Sync>;
+
+/// How long a sender waits for a change signal before reading its keys anyway.
+pub const DEFAULT_REGISTRY_POLL: Duration = Duration::from_secs(2);
+/// Pause between the two reads that must agree before a local state is sent, so a `.reg` file
+/// caught halfway through being rewritten by an editor is never replicated.
+const SETTLE: Duration = Duration::from_millis(150);
+/// Reads tried before giving up on a state that keeps changing or cannot be read.
+const SETTLE_ATTEMPTS: usize = 10;
+
+/// Where one side's registry keys live and which keys are replicated.
+#[derive(Clone)]
+pub struct RegistrySource {
+    scope: Scope,
+    open: OpenRegistry,
+    description: String,
+    poll_interval: Duration,
+}
+
+impl fmt::Debug for RegistrySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistrySource")
+            .field("backend", &self.description)
+            .field("scope", &self.scope)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
+}
+
+impl RegistrySource {
+    /// A source over any backend; `description` names it in messages.
+    pub fn new(scope: Scope, description: impl Into<String>, open: OpenRegistry) -> Self {
+        RegistrySource {
+            scope,
+            open,
+            description: description.into(),
+            poll_interval: DEFAULT_REGISTRY_POLL,
+        }
+    }
+
+    /// The keys kept in a regedit `.reg` file (the lab backend). With `create`, a missing file is
+    /// created empty (a receiver's); otherwise it must exist (a sender's).
+    pub fn reg_file(path: impl Into<PathBuf>, scope: Scope, create: bool) -> Self {
+        let path: PathBuf = path.into();
+        let description = format!("registry file {}", path.display());
+        let open: OpenRegistry = Arc::new(move || {
+            let backend = if create {
+                RegFileBackend::open_or_create(&path)?
+            } else {
+                RegFileBackend::open(&path)?
+            };
+            Ok(Box::new(backend) as Box<dyn RegistryBackend>)
+        });
+        RegistrySource::new(scope, description, open)
+    }
+
+    /// The live Windows registry.
+    #[cfg(windows)]
+    pub fn live(scope: Scope) -> Self {
+        let open: OpenRegistry = Arc::new(|| {
+            Ok(Box::new(swrepl_registry::LiveRegistry::new()) as Box<dyn RegistryBackend>)
+        });
+        RegistrySource::new(scope, "the live registry", open)
+    }
+
+    /// Sets how long a sender waits for a change signal before reading its keys anyway.
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval.max(Duration::from_millis(50));
+        self
+    }
+
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
+    /// Where the keys live, for messages.
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+
+    /// Opens the backend (blocking).
+    pub fn open(&self) -> Result<Box<dyn RegistryBackend>, RegistryError> {
+        (self.open)()
+    }
+
+    /// The current state of the configured keys (blocking).
+    pub fn snapshot(&self) -> Result<Snapshot, RegistryError> {
+        swrepl_registry::snapshot(self.open()?.as_ref(), &self.scope)
+    }
+}
+
+/// Reads the keys until two reads a moment apart agree.
+fn read_settled(source: &RegistrySource) -> Result<Snapshot, RegistryError> {
+    let mut last = source.snapshot();
+    for _ in 0..SETTLE_ATTEMPTS {
+        std::thread::sleep(SETTLE);
+        let again = source.snapshot();
+        match (&last, &again) {
+            (Ok(a), Ok(b)) if a == b => return again,
+            _ => last = again,
+        }
+    }
+    last
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sender side
+
+/// A local read: the keys' state, or why they could not be read.
+pub(crate) type LocalRead = Result<Snapshot, String>;
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The sender's registry state for one session.
+pub(crate) struct SenderRegistry {
+    source: RegistrySource,
+    local_rx: mpsc::Receiver<LocalRead>,
+    _watcher: AbortOnDrop,
+    /// Whether the receiver replicates registry keys (None until its snapshot arrived).
+    offered: Option<bool>,
+    /// The receiver's state as last known: its snapshot, then each state sent to it.
+    remote: Option<Snapshot>,
+    /// The latest settled local state.
+    local: Option<Snapshot>,
+    /// Why the local keys could not be read or sent, if that is the latest news.
+    local_problem: Option<String>,
+    /// A `RegistryRequest` is out: hold changes until its answer (a fresh baseline) arrives.
+    awaiting_snapshot: bool,
+    /// Change sets sent and not yet acknowledged: seq → operations.
+    pending: BTreeMap<Seq, usize>,
+    ops_acked: u64,
+}
+
+/// Starts reading the local keys: once now, then (unless `once`) on every change signal and at
+/// least every poll interval. Only states that differ from the previous one are reported.
+pub(crate) fn start_sender(source: RegistrySource, once: bool) -> SenderRegistry {
+    let (tx, local_rx) = mpsc::channel(4);
+    let watcher = tokio::spawn(watch_local(source.clone(), once, tx));
+    SenderRegistry {
+        source,
+        local_rx,
+        _watcher: AbortOnDrop(watcher),
+        offered: None,
+        remote: None,
+        local: None,
+        local_problem: None,
+        awaiting_snapshot: false,
+        pending: BTreeMap::new(),
+        ops_acked: 0,
+    }
+}
+
+async fn watch_local(source: RegistrySource, once: bool, tx: mpsc::Sender<LocalRead>) {
+    let mut previous: Option<LocalRead> = None;
+    let mut first = true;
+    loop {
+        let src = source.clone();
+        let wait = !std::mem::take(&mut first);
+        let read = tokio::task::spawn_blocking(move || {
+            if wait {
+                // A signal is only a hint, and an error here just means "read again now".
+                if let Err(e) = src.open().and_then(|backend| {
+                    backend.wait_for_change(src.scope().roots(), src.poll_interval())
+                }) {
+                    tracing::debug!("registry change wait: {e}");
+                    std::thread::sleep(src.poll_interval());
+                }
+            }
+            read_settled(&src).map_err(|e| e.to_string())
+        })
+        .await;
+        let read = match read {
+            Ok(read) => read,
+            Err(e) => Err(format!("registry reader failed: {e}")),
+        };
+        if previous.as_ref() != Some(&read) {
+            if let Err(e) = &read {
+                tracing::error!("cannot read the registry keys from {}: {e}; retrying", source.describe());
+            }
+            previous = Some(read.clone());
+            if tx.send(read).await.is_err() {
+                return;
+            }
+        }
+        if once {
+            return;
+        }
+    }
+}
+
+/// The next local read, or never when registry replication is off.
+pub(crate) async fn next_local(registry: &mut Option<SenderRegistry>) -> Option<LocalRead> {
+    match registry {
+        Some(registry) => registry.local_rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl SenderRegistry {
+    /// A new local state (or read error) arrived; returns the changes to send, if any.
+    pub(crate) fn on_local(&mut self, read: LocalRead) -> Option<(RegistryChangeSet, usize)> {
+        match read {
+            Ok(snapshot) => {
+                self.local = Some(snapshot);
+                self.local_problem = None;
+            }
+            Err(e) => {
+                self.local_problem = Some(format!(
+                    "cannot read the registry keys from {}: {e}",
+                    self.source.describe()
+                ));
+            }
+        }
+        self.changes_to_send()
+    }
+
+    /// The receiver's snapshot arrived (at session start, or answering our request).
+    pub(crate) fn on_remote(
+        &mut self,
+        wire: &RegistrySnapshot,
+    ) -> Result<Option<(RegistryChangeSet, usize)>, SyncError> {
+        self.awaiting_snapshot = false;
+        if wire.roots.is_empty() {
+            if self.offered != Some(false) {
+                tracing::warn!("the receiver replicates no registry keys: registry changes are NOT replicated (start the receiver with --registry-file, or on Windows without --no-registry)");
+            }
+            self.offered = Some(false);
+            return Ok(None);
+        }
+        let snapshot = from_wire_snapshot(wire).map_err(|e| {
+            SyncError::Protocol(format!("bad registry snapshot from the receiver: {e}"))
+        })?;
+        if self.offered.is_none() {
+            self.warn_about_scope(&snapshot);
+        }
+        self.offered = Some(true);
+        self.remote = Some(snapshot);
+        Ok(self.changes_to_send())
+    }
+
+    fn warn_about_scope(&self, remote: &Snapshot) {
+        let theirs = remote.root_paths();
+        for root in self.source.scope().roots() {
+            if !theirs.contains(root) {
+                tracing::warn!(key = %root, "the receiver does not replicate this key; changes to it will be refused (configure the same --registry-key on both sides)");
+            }
+        }
+    }
+
+    /// What turns the receiver's known state into the local one, if anything; remembered as sent.
+    fn changes_to_send(&mut self) -> Option<(RegistryChangeSet, usize)> {
+        if self.offered != Some(true) || self.awaiting_snapshot {
+            return None;
+        }
+        let (remote, local) = (self.remote.as_ref()?, self.local.as_ref()?);
+        let changes = diff(remote, local);
+        if changes.is_empty() {
+            return None;
+        }
+        let wire = to_wire_changes(&changes);
+        let probe = Message::RegistryChanges {
+            seq: Seq::MAX,
+            changes: wire.clone(),
+        };
+        if let Err(e) = swrepl_proto::encode_frame(&probe) {
+            let problem = format!(
+                "the registry change set ({} operations) is too large to send: {e}",
+                changes.len()
+            );
+            tracing::error!("{problem}");
+            self.local_problem = Some(problem);
+            return None;
+        }
+        for line in changes.describe(remote) {
+            tracing::info!("registry change: {line}");
+        }
+        self.remote = self.local.clone();
+        Some((wire, changes.len()))
+    }
+
+    /// Remembers that change set `seq` with `ops` operations went out.
+    pub(crate) fn sent(&mut self, seq: Seq, ops: usize) {
+        self.pending.insert(seq, ops);
+    }
+
+    /// Everything up to `seq` is applied.
+    pub(crate) fn on_ack(&mut self, seq: Seq) {
+        let rest = self.pending.split_off(&(seq + 1));
+        self.ops_acked += self.pending.values().map(|&n| n as u64).sum::<u64>();
+        self.pending = rest;
+    }
+
+    /// Change `seq` was refused; true when it was a registry change set.
+    pub(crate) fn on_refused(&mut self, seq: Seq) -> bool {
+        self.pending.remove(&seq).is_some()
+    }
+
+    /// Asks the receiver for a fresh baseline, unless one is already on its way.
+    pub(crate) fn resync(&mut self) -> Option<Message> {
+        if self.offered != Some(true) || self.awaiting_snapshot {
+            return None;
+        }
+        self.awaiting_snapshot = true;
+        Some(Message::RegistryRequest)
+    }
+
+    /// For a `once` run: the receiver has answered, the local keys were read (or failed), and
+    /// every change set sent is acknowledged or refused.
+    pub(crate) fn settled(&self) -> bool {
+        match self.offered {
+            None => false,
+            Some(false) => true,
+            Some(true) => {
+                (self.local.is_some() || self.local_problem.is_some())
+                    && self.pending.is_empty()
+                    && !self.awaiting_snapshot
+            }
+        }
+    }
+
+    /// Registry operations the receiver acknowledged.
+    pub(crate) fn ops_acked(&self) -> u64 {
+        self.ops_acked
+    }
+
+    /// Why the configured keys are not (fully) replicated, if they are not.
+    pub(crate) fn problem(&self) -> Option<String> {
+        if self.offered == Some(false) {
+            return Some("the receiver replicates no registry keys: start it with --registry-file (or, on Windows, without --no-registry)".into());
+        }
+        self.local_problem.clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receiver side
+
+/// Why a change set was refused: the key named, and the reason.
+pub(crate) struct Refusal {
+    pub path: String,
+    pub reason: String,
+}
+
+/// The receiver's registry for one session; lives on the apply thread.
+pub(crate) struct ReceiverRegistry {
+    source: Option<RegistrySource>,
+    archive: PathBuf,
+}
+
+impl ReceiverRegistry {
+    /// `source` None: this receiver replicates no registry keys.
+    pub(crate) fn new(source: Option<RegistrySource>, archive: &Path) -> Self {
+        ReceiverRegistry {
+            source,
+            archive: archive.to_path_buf(),
+        }
+    }
+
+    /// The `RegistrySnapshot` to send (blocking): the keys' state, or no roots when registry
+    /// replication is off or the keys cannot be read (logged: the files still replicate).
+    pub(crate) fn snapshot_message(&self) -> Message {
+        Message::RegistrySnapshot(wire_snapshot(self.source.as_ref()))
+    }
+
+    /// Checks a received change set: its shape, and that it touches only our configured keys.
+    pub(crate) fn check(&self, wire: &RegistryChangeSet) -> Result<ChangeSet, Refusal> {
+        let Some(source) = &self.source else {
+            return Err(Refusal {
+                path: "registry".into(),
+                reason: "this receiver does not replicate registry keys".into(),
+            });
+        };
+        let changes = from_wire_changes(wire).map_err(|e| Refusal {
+            path: "registry".into(),
+            reason: e.to_string(),
+        })?;
+        if let Some(op) = changes.ops.iter().find(|op| !source.scope().allows(op.key())) {
+            return Err(Refusal {
+                path: op.key().to_string(),
+                reason: RegistryError::OutOfScope {
+                    path: op.key().to_string(),
+                    allowed: scope_text(source.scope()),
+                }
+                .to_string(),
+            });
+        }
+        Ok(changes)
+    }
+
+    /// Applies a checked change set all-or-nothing, archiving the previous state first; returns
+    /// how many operations changed something.
+    pub(crate) fn apply(&self, changes: &ChangeSet) -> Result<usize, Refusal> {
+        let refusal = |e: RegistryError| Refusal {
+            path: "registry".into(),
+            reason: format!("not applied: {e}"),
+        };
+        let Some(source) = &self.source else {
+            return Err(refusal(RegistryError::Wire(
+                "this receiver does not replicate registry keys".into(),
+            )));
+        };
+        let mut backend = source.open().map_err(refusal)?;
+        let outcome = apply_changes(
+            backend.as_mut(),
+            source.scope(),
+            changes,
+            Some(&self.archive),
+        )
+        .map_err(refusal)?;
+        if let Some(archived) = &outcome.archived {
+            tracing::info!(
+                ops = outcome.applied.len(),
+                archive = %archived.display(),
+                "registry changes applied to {}",
+                source.describe()
+            );
+        }
+        Ok(outcome.applied.len())
+    }
+}
+
+fn scope_text(scope: &Scope) -> String {
+    scope
+        .roots()
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn wire_snapshot(source: Option<&RegistrySource>) -> RegistrySnapshot {
+    let Some(source) = source else {
+        return RegistrySnapshot::default();
+    };
+    match source.snapshot() {
+        Ok(snapshot) => swrepl_registry::wire::to_wire_snapshot(&snapshot),
+        Err(e) => {
+            tracing::error!("cannot read the registry keys from {}: {e}; registry replication is off for this session", source.describe());
+            RegistrySnapshot::default()
+        }
+    }
+}
+
+/// Answers a verifier's `RegistryRequest` (reads on a blocking thread).
+pub(crate) async fn answer_request(source: Option<RegistrySource>) -> Result<Message, SyncError> {
+    let snapshot = tokio::task::spawn_blocking(move || wire_snapshot(source.as_ref()))
+        .await
+        .map_err(|e| SyncError::Internal(e.to_string()))?;
+    Ok(Message::RegistrySnapshot(snapshot))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verifier side
+
+/// Connects to the receiver at `addr` as a verifier and returns the state of the registry keys
+/// it replicates, or `None` when it replicates none.
+pub async fn remote_registry(
+    addr: &str,
+    identity: &Identity,
+    trusted: &[Fingerprint],
+    timeout: Duration,
+) -> Result<Option<Snapshot>, SyncError> {
+    let mut stream = swrepl_net::connect(addr, identity, trusted, timeout).await?;
+    stream
+        .send(&Message::Hello(swrepl_proto::hello(
+            Role::Verifier,
+            SOFTWARE,
+        )))
+        .await?;
+    stream.flush().await?;
+    match recv(&mut stream).await? {
+        Message::Welcome(_) => {}
+        Message::Error { code, message } => return Err(SyncError::PeerError { code, message }),
+        _ => {
+            return Err(SyncError::Protocol(
+                "receiver did not answer Hello with Welcome".into(),
+            ))
+        }
+    }
+    stream.send(&Message::RegistryRequest).await?;
+    stream.flush().await?;
+    loop {
+        match recv(&mut stream).await? {
+            Message::RegistrySnapshot(wire) if wire.roots.is_empty() => return Ok(None),
+            Message::RegistrySnapshot(wire) => {
+                return from_wire_snapshot(&wire).map(Some).map_err(|e| {
+                    SyncError::Protocol(format!("bad registry snapshot from the receiver: {e}"))
+                })
+            }
+            Message::Heartbeat(_) => {}
+            Message::Error { code, message } => return Err(SyncError::PeerError { code, message }),
+            _ => {
+                return Err(SyncError::Protocol(
+                    "unexpected answer to a registry request".into(),
+                ))
+            }
+        }
+    }
+}
+
+async fn recv(stream: &mut swrepl_net::FramedStream) -> Result<Message, SyncError> {
+    match tokio::time::timeout(PEER_TIMEOUT, stream.recv()).await {
+        Err(_) => Err(SyncError::PeerSilent),
+        Ok(Ok(Some(msg))) => {
+            swrepl_proto::validate_message(&msg).map_err(|e| SyncError::Protocol(e.to_string()))?;
+            Ok(msg)
+        }
+        Ok(Ok(None)) => Err(SyncError::Protocol("receiver closed the connection".into())),
+        Ok(Err(e)) => Err(e.into()),
+    }
+}
