@@ -122,6 +122,7 @@ async fn one_transfer(case: &Case, peers: &Peers, state_dir: &Path, iteration: u
             archive: None,
             archive_retention: None,
             excludes: Excludes::new(&[], true).expect("default excludes are valid"),
+            registry: None,
         },
         Some(events_tx),
         async move {
@@ -152,6 +153,7 @@ async fn one_transfer(case: &Case, peers: &Peers, state_dir: &Path, iteration: u
         rescan_interval: Duration::from_secs(3600),
         full_pass_interval: Duration::from_secs(3600),
         service_probe: None,
+        registry: None,
     };
     let started = Instant::now();
     let summary = swrepl_sync::run_sender(options, std::future::pending())

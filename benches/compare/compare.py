@@ -103,6 +103,26 @@ def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
         proc.wait()
 
 
+def stop_timed(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Stops a command run under GNU time by signalling the command itself (the child of `time`),
+    so that `time` outlives it and writes its report; falls back to `stop`."""
+    if proc.poll() is None:
+        try:
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        except OSError:
+            children = []
+        for child in children:
+            try:
+                os.kill(int(child), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    stop(proc)
+
+
 def cleanup() -> None:
     for proc in reversed(STARTED):
         try:
@@ -154,6 +174,17 @@ def timed(cmd: list[str], ok_codes=(0,)) -> tuple[float, subprocess.CompletedPro
     if res.returncode not in ok_codes:
         raise SystemExit(f"command failed ({res.returncode}): {' '.join(cmd)}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     return elapsed, res
+
+
+def timed_cpu(cmd: list[str]) -> tuple[float, float | None, subprocess.CompletedProcess]:
+    """Like `timed`, also returning the command's user + system CPU seconds (GNU time)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+        secs, res = timed(["/usr/bin/time", "-f", "%U %S", "-o", tf.name, *cmd])
+        try:
+            user, sys_ = map(float, Path(tf.name).read_text().split()[-2:])
+            return secs, user + sys_, res
+        except (OSError, ValueError):
+            return secs, None, res
 
 
 def drop_caches_hint() -> None:
@@ -437,7 +468,7 @@ class Services:
 
 
 def start_rsyncd(s: Services) -> None:
-    d = s.work / "rsyncd"
+    d = s.work / "svc-rsyncd"
     d.mkdir()
     s.rsyncd_port = free_port()
     conf = d / "rsyncd.conf"
@@ -451,7 +482,7 @@ def start_rsyncd(s: Services) -> None:
 
 
 def start_sshd(s: Services) -> None:
-    d = s.work / "sshd"
+    d = s.work / "svc-sshd"
     d.mkdir()
     s.ssh_port = free_port()
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")])
@@ -480,7 +511,7 @@ def init_identity(s: Services, d: Path) -> str:
 
 
 def start_receiver(s: Services, slave: Path) -> None:
-    d = s.work / "swrepl"
+    d = s.work / "svc-swrepl"
     d.mkdir(exist_ok=True)
     s.master_id = d / "id-master"
     s.master_fp = init_identity(s, s.master_id)
@@ -496,7 +527,11 @@ def start_receiver(s: Services, slave: Path) -> None:
 
 
 def peak_rss_mib(time_file: Path) -> float:
-    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_file.read_text())
+    try:
+        text = time_file.read_text()
+    except OSError:
+        return float("nan")
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
     return int(m.group(1)) / 1024 if m else float("nan")
 
 
@@ -509,10 +544,11 @@ class Result:
     seconds: float
     wire: int | None = None  # bytes sent by the sending side
     rss_mib: float | None = None
+    cpu: float | None = None  # user + system seconds of the client command (and its children)
 
 
 def swrepl_send_once(s: Services, master: Path, state: Path, tag: str) -> Result:
-    tfile = s.work / "swrepl" / f"send-{tag}.time"
+    tfile = s.work / "svc-swrepl" / f"send-{tag}.time"
     cmd = ["/usr/bin/time", "-v", "-o", str(tfile), s.swrepl, "send", "--once", "--root", str(master),
            "--connect", f"127.0.0.1:{s.recv_port}", "--identity", str(s.master_id), "--trust", s.slave_fp,
            "--state", str(state), "--timeout", "60"]
@@ -523,7 +559,16 @@ def swrepl_send_once(s: Services, master: Path, state: Path, tag: str) -> Result
     if res.returncode != 0:
         raise SystemExit(f"swrepl send failed ({res.returncode}):\n{res.stdout}\n{res.stderr[-3000:]}")
     m = re.search(r"(\d+) bytes on the wire", res.stdout)
-    return Result(elapsed, int(m.group(1)) if m else None, peak_rss_mib(tfile))
+    return Result(elapsed, int(m.group(1)) if m else None, peak_rss_mib(tfile), cpu_seconds(tfile))
+
+
+def cpu_seconds(time_file: Path) -> float | None:
+    try:
+        text = time_file.read_text()
+    except OSError:
+        return None
+    found = re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text)
+    return sum(map(float, found)) if len(found) == 2 else None
 
 
 def rsync_stats_sent(out: str) -> int | None:
@@ -537,15 +582,15 @@ RSYNC_BASE = ["rsync", "-a", "--delete", "--stats", f"--exclude=/{EXCLUDED}"]
 def rsync_daemon(s: Services, master: Path, dest: Path) -> Result:
     dest.mkdir(parents=True, exist_ok=True)
     url = f"rsync://127.0.0.1:{s.rsyncd_port}/fs/{str(dest).lstrip('/')}/"
-    secs, res = timed([*RSYNC_BASE, f"{master}/", url])
-    return Result(secs, rsync_stats_sent(res.stdout))
+    secs, cpu, res = timed_cpu([*RSYNC_BASE, f"{master}/", url])
+    return Result(secs, rsync_stats_sent(res.stdout), cpu=cpu)
 
 
 def rsync_ssh(s: Services, master: Path, dest: Path) -> Result:
     dest.mkdir(parents=True, exist_ok=True)
     user = os.environ.get("USER") or "root"
-    secs, res = timed([*RSYNC_BASE, "-e", s.ssh_cmd(), f"{master}/", f"{user}@127.0.0.1:{dest}/"])
-    return Result(secs, rsync_stats_sent(res.stdout))
+    secs, cpu, res = timed_cpu([*RSYNC_BASE, "-e", s.ssh_cmd(), f"{master}/", f"{user}@127.0.0.1:{dest}/"])
+    return Result(secs, rsync_stats_sent(res.stdout), cpu=cpu)
 
 
 def cp_a(master: Path, dest: Path) -> Result:
@@ -554,20 +599,20 @@ def cp_a(master: Path, dest: Path) -> Result:
     dest.mkdir(parents=True, exist_ok=True)
     os.rename(master / EXCLUDED, aside)
     try:
-        secs, _ = timed(["cp", "-a", f"{master}/.", str(dest)])
+        secs, cpu, _ = timed_cpu(["cp", "-a", f"{master}/.", str(dest)])
     finally:
         os.rename(aside, master / EXCLUDED)
-    return Result(secs)
+    return Result(secs, cpu=cpu)
 
 
 def latency(s: Services, master: Path, slave: Path, state: Path, writes: int) -> tuple[list[float], int, float]:
     """200 small writes with the sender watching; returns latencies (ms), misses, sender RSS."""
-    tfile = s.work / "swrepl" / "send-watch.time"
+    tfile = s.work / "svc-swrepl" / "send-watch.time"
     env = dict(os.environ, SWREPL_LOG="warn")
     sender = start(["/usr/bin/time", "-v", "-o", str(tfile), s.swrepl, "send", "--root", str(master),
                     "--connect", f"127.0.0.1:{s.recv_port}", "--identity", str(s.master_id),
                     "--trust", s.slave_fp, "--state", str(state)],
-                   stdout=subprocess.DEVNULL, stderr=open(s.work / "swrepl" / "send-watch.log", "w"), env=env)
+                   stdout=subprocess.DEVNULL, stderr=open(s.work / "svc-swrepl" / "send-watch.log", "w"), env=env)
     live = "Supportworks Server/data/mime/live"
     (master / live).mkdir(parents=True, exist_ok=True)
     # The first full pass is done when a marker written now has arrived.
@@ -583,7 +628,7 @@ def latency(s: Services, master: Path, slave: Path, state: Path, writes: int) ->
             misses += 1
         else:
             lat.append(got * 1000)
-    stop(sender)
+    stop_timed(sender)
     return lat, misses, peak_rss_mib(tfile)
 
 
@@ -640,7 +685,9 @@ def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     rs = run(["rsync", "--version"]).stdout.splitlines()[0]
     ssh = run(["ssh", "-V"], check=False).stderr.strip()
-    return f"{os.cpu_count()} × {cpu}, {mem:.0f} GiB RAM, Linux {platform.release()}; {rs}; {ssh}"
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{os.cpu_count()} × {cpu}, {mem:.0f} GiB RAM, Linux {platform.release()}; {rs}; {ssh}; "
+            f"load average at the end {load} (other work on the machine inflates wall times)")
 
 
 def main() -> int:
@@ -679,7 +726,7 @@ def main() -> int:
     CLEANUP_DIRS.append(work)
     s = Services(work=work, swrepl=str(Path(a.swrepl).resolve()))
     master = work / "master"
-    dests = {k: work / k for k in ("swrepl", "rsyncd", "ssh", "cp")}
+    dests = {k: work / f"dest-{k}" for k in ("swrepl", "rsyncd", "ssh", "cp")}
     state = work / "swrepl-state"
 
     t = time.perf_counter()
@@ -730,11 +777,11 @@ def main() -> int:
     phase(f"100 B inserted in the {a.big_mib} MiB file", False, "≤ 2 chunks + manifest", "big-insert")
 
     log("verify")
-    v_sw, res = timed([s.swrepl, "verify", str(master), str(dests["swrepl"])])
-    v_rs, res_rs = timed(["rsync", "-rcn", "--delete", "-i", f"--exclude=/{EXCLUDED}", f"{master}/", f"{dests['rsyncd']}/"])
+    v_sw, c_sw, res = timed_cpu([s.swrepl, "verify", str(master), str(dests["swrepl"])])
+    v_rs, c_rs, res_rs = timed_cpu(["rsync", "-rcn", "--delete", "-i", f"--exclude=/{EXCLUDED}", f"{master}/", f"{dests['rsyncd']}/"])
     rs_diffs = len([l for l in res_rs.stdout.splitlines() if l.strip()])
     log(f"  swrepl verify {v_sw:.3f} s ({res.stdout.strip()}); rsync -rcn {v_rs:.3f} s ({rs_diffs} differences)")
-    rows.append(("full re-hash verify", {"swrepl": Result(v_sw), "rsyncd": Result(v_rs), "ssh": None, "cp": None},
+    rows.append(("full re-hash verify", {"swrepl": Result(v_sw, cpu=c_sw), "rsyncd": Result(v_rs, cpu=c_rs), "ssh": None, "cp": None},
                  "≤ 0.67 vs rsync -rcn"))
 
     log(f"live latency ({a.latency_writes} writes)")
@@ -746,7 +793,7 @@ def main() -> int:
     if a.disk:
         disk_rows = disk_run(s, a, tree)
 
-    stop(s.receiver)
+    stop_timed(s.receiver)
     recv_rss = peak_rss_mib(s.receiver_time)
     send_rss = max((r.rss_mib or 0) for _, rr, _ in rows for k, r in rr.items() if k == "swrepl" and r and r.rss_mib)
 
@@ -783,7 +830,7 @@ def disk_run(s: Services, a, tree: Tree) -> list[tuple[str, dict[str, Result | N
         r["cp"] = cp_a(master, base / "cp") if tag == "disk-initial" else None
         os.sync()
         rows.append((name, r))
-    stop(disk.receiver)
+    stop_timed(disk.receiver)
     return rows
 
 
@@ -795,6 +842,8 @@ def render(a, install_note, tree, rows, init, p50, p99, lat, misses, send_rss, w
            f"in `{EXCLUDED}`, excluded by all); big file {a.big_mib} MiB; seed {a.seed}. 1 % change: {counts}.", "",
            "Times are wall clock of the whole client command (process start, handshake, scan, transfer). "
            "Wire = bytes sent by the sending side (swrepl summary; rsync `Total bytes sent`). "
+           "(cpu N) = user + system CPU seconds of the client command only (for swrepl the sender; for rsync the "
+           "client, plus the ssh client over ssh; the receiving daemon is not counted). "
            "Ratio = swrepl time / peer time (below 1: swrepl is faster). swrepl fsyncs every file; rsync does not.", "",
            "| measurement | swrepl | rsync daemon | rsync ssh | cp -a | swrepl/rsyncd | swrepl/ssh | swrepl/cp | goal |",
            "|---|---|---|---|---|---|---|---|---|"]
@@ -802,7 +851,8 @@ def render(a, install_note, tree, rows, init, p50, p99, lat, misses, send_rss, w
     def cell(r: Result | None) -> str:
         if r is None:
             return "—"
-        return fmt_s(r) + (f", {fmt_b(r.wire)}" if r.wire is not None else "")
+        cpu = f" (cpu {r.cpu:.2f})" if r.cpu is not None else ""
+        return fmt_s(r) + cpu + (f", {fmt_b(r.wire)}" if r.wire is not None else "")
 
     for name, r, goal in rows + [(n, r, "") for n, r in disk_rows]:
         out.append(f"| {name} | {cell(r['swrepl'])} | {cell(r['rsyncd'])} | {cell(r['ssh'])} | {cell(r['cp'])} | "

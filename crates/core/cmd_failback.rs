@@ -53,7 +53,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .first()
         .and_then(|p| p.rsplit_once(':').map(|(host, _)| host.to_owned()))
         .unwrap_or_else(|| "<old-master>".to_owned());
-    print!("{}", plan(&args.config, &root, &old_master, receive.listen.as_deref()));
+    print!(
+        "{}",
+        plan(&args.config, &root, &old_master, receive.listen.as_deref())
+    );
     if args.dry_run {
         return Ok(ExitCode::SUCCESS);
     }

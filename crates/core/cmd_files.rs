@@ -56,6 +56,22 @@ pub struct ExcludeArgs {
     pub no_default_excludes: bool,
 }
 
+/// Flags that choose the registry keys replicated with the files.
+#[derive(clap::Args, Debug, Default)]
+pub struct RegistryArgs {
+    /// Replicate the registry keys kept in this regedit .reg file instead of the live registry
+    /// (the lab backend). Off Windows, registry replication is off unless this is given.
+    #[arg(long, value_name = "FILE.reg")]
+    pub registry_file: Option<PathBuf>,
+    /// A replicated registry key (repeat for several; `HKLM\…` is accepted). Default: the two
+    /// Supportworks HttpAliases keys.
+    #[arg(long = "registry-key", value_name = "KEY")]
+    pub registry_keys: Vec<String>,
+    /// Replicate no registry keys (on Windows the live registry is replicated by default).
+    #[arg(long, conflicts_with = "registry_file")]
+    pub no_registry: bool,
+}
+
 /// `swrepl send`: the Master's side.
 #[derive(clap::Args, Debug)]
 pub struct SendArgs {
@@ -93,6 +109,8 @@ pub struct SendArgs {
     /// Seconds between full passes while watching.
     #[arg(long, value_name = "SECONDS")]
     pub full_pass_interval: Option<u64>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// `swrepl receive`: the Slave's side.
@@ -117,6 +135,8 @@ pub struct ReceiveArgs {
     /// Days to keep archived files (0 keeps them forever).
     #[arg(long, value_name = "DAYS")]
     pub archive_days: Option<u64>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// `swrepl verify`: compare two trees by hash.
@@ -139,6 +159,14 @@ pub struct VerifyArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also compare the registry keys of two .reg files, the Master's then the Slave's (local
+    /// mode; alone, without trees, compares only the registry).
+    #[arg(long = "registry", num_args = 2, value_names = ["MASTER.reg", "SLAVE.reg"])]
+    pub registry_pair: Vec<PathBuf>,
+    /// With --connect: the local keys to compare with the receiver's (--registry-file, or the
+    /// live registry on Windows) and which keys (--registry-key).
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// The `[send]` table of the config file.
@@ -158,6 +186,10 @@ struct SendConfig {
     state: Option<PathBuf>,
     rescan_interval: Option<u64>,
     full_pass_interval: Option<u64>,
+    registry_file: Option<PathBuf>,
+    #[serde(default)]
+    registry_keys: Vec<String>,
+    no_registry: Option<bool>,
     /// Read by `crate::monitor::service_probe`; listed so the key is accepted.
     #[allow(dead_code)]
     monitor_service: Option<String>,
@@ -177,6 +209,10 @@ struct ReceiveConfig {
     no_default_excludes: Option<bool>,
     archive: Option<PathBuf>,
     archive_days: Option<u64>,
+    registry_file: Option<PathBuf>,
+    #[serde(default)]
+    registry_keys: Vec<String>,
+    no_registry: Option<bool>,
 }
 
 fn load_section<T: serde::de::DeserializeOwned + Default>(
@@ -217,6 +253,76 @@ fn excludes(
     globs.extend(args.exclude);
     let defaults = !(args.no_default_excludes || config_no_defaults.unwrap_or(false));
     Ok(Excludes::new(&globs, defaults)?)
+}
+
+/// The registry settings of a config file table.
+#[derive(Default)]
+struct RegistryConfig {
+    file: Option<PathBuf>,
+    keys: Vec<String>,
+    off: Option<bool>,
+}
+
+/// Which side a registry source is for: a receiver's `.reg` file is created when missing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Sender,
+    Receiver,
+}
+
+/// The configured registry keys (flags, else config file, else the HttpAliases keys).
+fn registry_scope(flags: &[String], config: &[String]) -> anyhow::Result<swrepl_registry::Scope> {
+    let texts: Vec<&str> = match (flags.is_empty(), config.is_empty()) {
+        (false, _) => flags.iter().map(String::as_str).collect(),
+        (true, false) => config.iter().map(String::as_str).collect(),
+        (true, true) => swrepl_registry::DEFAULT_KEYS.to_vec(),
+    };
+    let roots = texts
+        .into_iter()
+        .map(|k| {
+            swrepl_registry::KeyPath::parse(k).with_context(|| format!("--registry-key {k:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(swrepl_registry::Scope::new(roots))
+}
+
+/// Where the replicated registry keys live: `--registry-file`, else the live registry on
+/// Windows, else nowhere (registry replication off). The source is read once here so that a
+/// missing or malformed `.reg` file stops the service at start with its line number.
+fn registry_source(
+    args: RegistryArgs,
+    config: RegistryConfig,
+    side: Side,
+) -> anyhow::Result<Option<swrepl_sync::RegistrySource>> {
+    let file = args.registry_file.or(config.file);
+    if args.no_registry || (file.is_none() && config.off.unwrap_or(false)) {
+        return Ok(None);
+    }
+    let scope = registry_scope(&args.registry_keys, &config.keys)?;
+    let source = match file {
+        Some(path) => swrepl_sync::RegistrySource::reg_file(path, scope, side == Side::Receiver),
+        None => match live_registry(scope) {
+            Some(source) => source,
+            None => return Ok(None),
+        },
+    };
+    source.snapshot().with_context(|| {
+        format!(
+            "cannot read the replicated registry keys from {}",
+            source.describe()
+        )
+    })?;
+    Ok(Some(source))
+}
+
+#[cfg(windows)]
+fn live_registry(scope: swrepl_registry::Scope) -> Option<swrepl_sync::RegistrySource> {
+    Some(swrepl_sync::RegistrySource::live(scope))
+}
+
+#[cfg(not(windows))]
+fn live_registry(_scope: swrepl_registry::Scope) -> Option<swrepl_sync::RegistrySource> {
+    None
 }
 
 fn threshold_permille(percent: f64) -> anyhow::Result<u16> {
@@ -275,6 +381,15 @@ pub fn sender_options(args: SendArgs) -> anyhow::Result<SenderOptions> {
                 .max(1),
         ),
         service_probe: crate::monitor::service_probe(args.config.as_deref())?,
+        registry: registry_source(
+            args.registry,
+            RegistryConfig {
+                file: cfg.registry_file,
+                keys: cfg.registry_keys,
+                off: cfg.no_registry,
+            },
+            Side::Sender,
+        )?,
     })
 }
 
@@ -294,6 +409,9 @@ pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
             "not replicated (could not be read cleanly): {}: {}",
             problem.path, problem.reason
         );
+    }
+    if let Some(problem) = &summary.registry_problem {
+        eprintln!("registry keys not replicated: {problem}");
     }
     if summary.held_deletes > 0 {
         eprintln!(
@@ -326,6 +444,15 @@ pub fn receiver_options(args: ReceiveArgs) -> anyhow::Result<ReceiverOptions> {
         archive: args.archive.or(cfg.archive),
         archive_retention: (days > 0).then(|| Duration::from_secs(days * 86_400)),
         excludes,
+        registry: registry_source(
+            args.registry,
+            RegistryConfig {
+                file: cfg.registry_file,
+                keys: cfg.registry_keys,
+                off: cfg.no_registry,
+            },
+            Side::Receiver,
+        )?,
     })
 }
 
@@ -341,6 +468,17 @@ const VERIFY_USAGE: &str = "usage: `swrepl verify A B` for two local trees, or \
     `swrepl verify --root A --connect HOST:PORT --identity DIR --trust FP` for a running receiver";
 
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let registry = verify_registry(
+        &args.registry_pair,
+        &args.registry,
+        args.connect.as_deref(),
+        &args.peer,
+    )
+    .await?;
+    let trees_given = args.a.is_some() || args.b.is_some() || args.root.is_some();
+    if let (Some(verdict), false) = (&registry, trees_given) {
+        return Ok(verdict.print_alone(args.json));
+    }
     let excludes = excludes(args.excludes, Vec::new(), None)?;
     let report = match (args.a.or(args.root), args.b, args.connect) {
         (Some(a), Some(b), None) => {
@@ -384,7 +522,8 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         let differences: Vec<String> = report.differences.iter().map(|d| d.to_string()).collect();
         let json = serde_json::json!({
-            "identical": differences.is_empty(),
+            "identical": differences.is_empty() && registry.as_ref().is_none_or(RegistryVerdict::identical),
+            "registry": registry.as_ref().map(RegistryVerdict::json),
             "files": report.files,
             "bytes": report.bytes,
             "differences": differences,
@@ -399,13 +538,138 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
         eprintln!("{} differences", report.differences.len());
     }
+    if let (Some(verdict), false) = (&registry, args.json) {
+        verdict.print();
+    }
+    let registry_differs = registry.as_ref().is_some_and(|r| !r.differences.is_empty());
+    let registry_unverified = registry.as_ref().is_some_and(|r| r.problem.is_some());
     Ok(
-        match (report.differences.is_empty(), report.problems.is_empty()) {
+        match (
+            report.differences.is_empty() && !registry_differs,
+            report.problems.is_empty() && !registry_unverified,
+        ) {
             (false, _) => ExitCode::from(1),
             (true, false) => ExitCode::from(2),
             (true, true) => ExitCode::SUCCESS,
         },
     )
+}
+
+/// What comparing the registry keys found.
+struct RegistryVerdict {
+    /// One line per difference: the change that would bring the Slave in line with the Master.
+    differences: Vec<String>,
+    /// Keys compared (the Master's).
+    keys: usize,
+    /// Why the registry could not be compared, when it could not.
+    problem: Option<String>,
+}
+
+impl RegistryVerdict {
+    fn compare(master: &swrepl_registry::Snapshot, slave: &swrepl_registry::Snapshot) -> Self {
+        let changes = swrepl_registry::diff(slave, master);
+        RegistryVerdict {
+            differences: changes.describe(slave),
+            keys: master.key_count(),
+            problem: None,
+        }
+    }
+
+    fn identical(&self) -> bool {
+        self.differences.is_empty() && self.problem.is_none()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "identical": self.identical(),
+            "keys": self.keys,
+            "differences": self.differences,
+            "unverified": self.problem,
+        })
+    }
+
+    fn print(&self) {
+        if let Some(problem) = &self.problem {
+            eprintln!("registry not verified: {problem}");
+        } else if self.differences.is_empty() {
+            println!("registry identical: {} keys", self.keys);
+        } else {
+            for line in &self.differences {
+                println!("registry: {line}");
+            }
+            eprintln!("{} registry differences", self.differences.len());
+        }
+    }
+
+    /// Prints the verdict of a registry-only verify and returns its exit code.
+    fn print_alone(&self, json: bool) -> ExitCode {
+        if json {
+            println!("{}", self.json());
+        } else {
+            self.print();
+        }
+        match (self.differences.is_empty(), self.problem.is_none()) {
+            (false, _) => ExitCode::from(1),
+            (true, false) => ExitCode::from(2),
+            (true, true) => ExitCode::SUCCESS,
+        }
+    }
+}
+
+fn read_reg_snapshot(
+    path: &Path,
+    scope: &swrepl_registry::Scope,
+) -> anyhow::Result<swrepl_registry::Snapshot> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = swrepl_registry::RegFile::parse(&bytes)
+        .with_context(|| format!("{} is not a valid .reg file", path.display()))?;
+    Ok(file.to_tree().snapshot(scope.roots()))
+}
+
+/// The registry part of `verify`: two .reg files (`--registry M.reg S.reg`), or with
+/// `--connect` the local keys against the receiver's; `None` when there is nothing to compare.
+async fn verify_registry(
+    pair: &[PathBuf],
+    flags: &RegistryArgs,
+    connect: Option<&str>,
+    peer: &PeerArgs,
+) -> anyhow::Result<Option<RegistryVerdict>> {
+    let scope = registry_scope(&flags.registry_keys, &[])?;
+    match (pair, connect) {
+        ([master, slave], None) => {
+            let master = read_reg_snapshot(master, &scope)?;
+            let slave = read_reg_snapshot(slave, &scope)?;
+            Ok(Some(RegistryVerdict::compare(&master, &slave)))
+        }
+        ([], Some(addr)) => {
+            let local_flags = RegistryArgs {
+                registry_file: flags.registry_file.clone(),
+                registry_keys: flags.registry_keys.clone(),
+                no_registry: flags.no_registry,
+            };
+            let Some(source) = registry_source(local_flags, RegistryConfig::default(), Side::Sender)?
+            else {
+                return Ok(None);
+            };
+            let master = tokio::task::spawn_blocking(move || source.snapshot()).await??;
+            let identity = load_identity(peer.identity.clone())?;
+            let trusted = parse_trust(peer.trust.clone(), Vec::new())?;
+            let remote =
+                swrepl_sync::remote_registry(addr, &identity, &trusted, Duration::from_secs(30))
+                    .await?;
+            Ok(Some(match remote {
+                Some(slave) => RegistryVerdict::compare(&master, &slave),
+                None => RegistryVerdict {
+                    differences: Vec::new(),
+                    keys: master.key_count(),
+                    problem: Some("the receiver replicates no registry keys (start it with --registry-file, or on Windows without --no-registry)".into()),
+                },
+            }))
+        }
+        ([], None) => Ok(None),
+        (_, Some(_)) => bail!("--registry MASTER.reg SLAVE.reg compares two local files; with --connect give the Master's keys with --registry-file"),
+        _ => bail!("--registry takes two .reg files: the Master's, then the Slave's"),
+    }
 }
 
 /// Resolves on Ctrl-C (and SIGTERM on Unix), so services stop cleanly.

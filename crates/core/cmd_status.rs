@@ -27,7 +27,8 @@ pub struct Args {
 }
 
 /// A heartbeat older than this means the link or the Master is in trouble.
-const HEARTBEAT_STALE: Duration = Duration::from_secs(3 * swrepl_sync::HEARTBEAT_INTERVAL.as_secs());
+const HEARTBEAT_STALE: Duration =
+    Duration::from_secs(3 * swrepl_sync::HEARTBEAT_INTERVAL.as_secs());
 
 /// The keys of `[send]`/`[receive]` this command reads (the rest belongs to `cmd_files`).
 #[derive(Debug, Default, Deserialize)]

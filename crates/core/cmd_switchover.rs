@@ -119,8 +119,7 @@ pub(crate) fn load_services(path: &Path) -> anyhow::Result<(Backend, ServiceSet)
 
 fn load(path: &Path, receiver_root: Option<&Path>) -> anyhow::Result<Setup> {
     let (control, set) = load_services(path)?;
-    let mut settings: SwitchoverConfig =
-        config::section(path, "switchover")?.unwrap_or_default();
+    let mut settings: SwitchoverConfig = config::section(path, "switchover")?.unwrap_or_default();
     if let Some(root) = receiver_root {
         settings.receiver_root = Some(root.to_owned());
     }
@@ -287,7 +286,9 @@ fn mark_promoted(setup: &Setup, request: &Request) {
         "swrepl switchover"
     };
     if let Err(e) = crate::monitor::write_promoted_marker(root, how) {
-        tracing::warn!("{e:#}; stop `swrepl receive` by hand so the old Master cannot overwrite this server");
+        tracing::warn!(
+            "{e:#}; stop `swrepl receive` by hand so the old Master cannot overwrite this server"
+        );
     }
 }
 

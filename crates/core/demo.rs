@@ -2,8 +2,8 @@
 //!
 //! Builds a small Supportworks-like tree (with a SwSQL data folder that must not travel), creates
 //! two identities, runs a receiver and a watching sender over mutual TLS, makes live edits (new
-//! file, edit inside a large file, rename, delete), shows each one applied, verifies the trees and
-//! cleans up.
+//! file, edit inside a large file, rename, delete, a new HTTP alias in the registry keys kept in a
+//! `.reg` file), shows each one applied, verifies the trees and the keys, and cleans up.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use swrepl_net::Identity;
-use swrepl_sync::{ReceiverEvent, ReceiverOptions, SenderOptions};
+use swrepl_registry::Scope;
+use swrepl_sync::{ReceiverEvent, ReceiverOptions, RegistrySource, SenderOptions};
 use swrepl_tree::Excludes;
 use tokio::sync::mpsc;
 
@@ -79,6 +80,8 @@ fn build_master_tree(root: &Path) -> anyhow::Result<()> {
 
 struct Demo {
     events: mpsc::UnboundedReceiver<ReceiverEvent>,
+    /// Registry change sets applied so far (counted even while waiting for something else).
+    registry_applied: usize,
 }
 
 impl Demo {
@@ -95,6 +98,9 @@ impl Demo {
                 .await
                 .with_context(|| format!("timed out waiting for: {what}"))?
                 .context("the receiver stopped")?;
+            if matches!(event, ReceiverEvent::RegistryApplied { .. }) {
+                self.registry_applied += 1;
+            }
             if let Some(found) = want(&event) {
                 println!(
                     "  applied on the Slave in {:>5} ms: {what}",
@@ -118,6 +124,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let master_fp = swrepl_net::init_identity(&base.join("master/identity"), false)?;
     let slave_fp = swrepl_net::init_identity(&base.join("slave/identity"), false)?;
+    let master_reg = base.join("master/registry.reg");
+    write_reg(&master_reg, MASTER_ALIASES)?;
     println!("2. created two identities: Master {master_fp}");
     println!("                           Slave  {slave_fp}");
 
@@ -131,6 +139,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         archive: None,
         archive_retention: None,
         excludes: Excludes::new(&[], true)?,
+        registry: Some(RegistrySource::reg_file(
+            base.join("slave/registry.reg"),
+            Scope::default_keys(),
+            true,
+        )),
     };
     let mut stop = stop_rx.clone();
     let receiver = tokio::spawn(swrepl_sync::run_receiver(
@@ -140,7 +153,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             let _ = stop.wait_for(|s| *s).await;
         },
     ));
-    let mut demo = Demo { events: events_rx };
+    let mut demo = Demo {
+        events: events_rx,
+        registry_applied: 0,
+    };
     let ReceiverEvent::Listening(addr) = demo
         .events
         .recv()
@@ -165,6 +181,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         rescan_interval: Duration::from_secs(30),
         full_pass_interval: Duration::from_secs(3600),
         service_probe: None,
+        registry: Some(RegistrySource::reg_file(
+            &master_reg,
+            Scope::default_keys(),
+            false,
+        )),
     };
     let mut stop = stop_rx.clone();
     let sender = tokio::spawn(swrepl_sync::run_sender(sender_options, async move {
@@ -177,6 +198,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         matches!(e, ReceiverEvent::PassDone { .. }).then_some(())
     })
     .await?;
+    if demo.registry_applied == 0 {
+        demo.expect("the HttpAliases registry keys", started, |e| {
+            matches!(e, ReceiverEvent::RegistryApplied { .. }).then_some(())
+        })
+        .await?;
+    }
 
     println!("5. live edits on the Master:");
     let t = Instant::now();
@@ -228,6 +255,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
 
+    let t = Instant::now();
+    write_reg(&master_reg, &format!("{MASTER_ALIASES}{NEW_ALIAS}"))?;
+    demo.expect(
+        "new HTTP alias in the registry (previous keys archived as .reg)",
+        t,
+        |e| matches!(e, ReceiverEvent::RegistryApplied { .. }).then_some(()),
+    )
+    .await?;
+
     println!("6. verify (every file compared by blake3):");
     let excludes = Excludes::new(&[], true)?;
     let (m, s) = (master.clone(), slave.clone());
@@ -257,12 +293,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "absent, as it must be"
         }
     );
+    let registry_same = registry_in_step(&master_reg, &base.join("slave/registry.reg"));
+    println!(
+        "  registry keys on the Slave: {}",
+        if registry_same {
+            "identical to the Master's"
+        } else {
+            "DIFFERENT (wrong!)"
+        }
+    );
     let archived = count_files(&slave.join(".swrepl/archive"));
     println!("  archive on the Slave holds {archived} replaced or deleted files");
     if args.keep {
         println!("kept {}", tmp.keep().display());
     }
-    let ok = summary.differences.is_empty() && !data_copied;
+    let ok = summary.differences.is_empty() && !data_copied && registry_same;
     println!(
         "{}",
         if ok {
@@ -276,6 +321,34 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The Master's HttpAliases keys, as a regedit export (UTF-8 is read too).
+const MASTER_ALIASES: &str = r#"Windows Registry Editor Version 5.00
+
+[HKEY_LOCAL_MACHINE\Software\Hornbill\Core Services\Applications\_Global\HttpAliases]
+"sw"="C:\\Program Files\\Hornbill\\Supportworks Server\\html"
+
+[HKEY_LOCAL_MACHINE\Software\Hornbill\Core Services\Applications\Supportworks Server\HttpAliases]
+"portal"="C:\\Program Files\\Hornbill\\Supportworks Server\\portal"
+"#;
+
+/// A live edit: one more alias in the second key (its section is the file's last).
+const NEW_ALIAS: &str = r#""selfservice"="C:\\Program Files\\Hornbill\\Supportworks Server\\selfservice"
+"#;
+
+/// Writes a .reg file the way an editor saving safely does: a temporary file, then a rename.
+fn write_reg(path: &Path, text: &str) -> anyhow::Result<()> {
+    let temp = path.with_extension("reg.tmp");
+    std::fs::write(&temp, text).with_context(|| format!("cannot write {}", temp.display()))?;
+    std::fs::rename(&temp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Whether two .reg files hold the same HttpAliases keys.
+fn registry_in_step(master: &Path, slave: &Path) -> bool {
+    let scope = Scope::default_keys();
+    let read = |path: &Path| RegistrySource::reg_file(path, scope.clone(), false).snapshot();
+    matches!((read(master), read(slave)), (Ok(a), Ok(b)) if a == b)
 }
 
 fn applied(event: &ReceiverEvent, suffix: &str) -> Option<()> {

@@ -160,7 +160,11 @@ pub fn service_probe(config_path: Option<&Path>) -> anyhow::Result<Option<Servic
     let send: SendMonitorConfig = config::section(path, "send")?.unwrap_or_default();
     let services: Option<ServicesConfig> = config::section(path, "services")?;
     let Some(services) = services else {
-        if send.monitor_service.as_deref().is_some_and(|s| !s.is_empty()) {
+        if send
+            .monitor_service
+            .as_deref()
+            .is_some_and(|s| !s.is_empty())
+        {
             anyhow::bail!(
                 "[send] monitor_service needs a [services] table saying how to query services on this host"
             );
@@ -379,8 +383,7 @@ impl MasterMonitor {
     /// `None` when the config has no `[switchover]` table. Validates everything the monitor
     /// will need, so a bad setting stops `swrepl receive` at start and not in a disaster.
     fn load(config_path: &Path, root: &Path) -> anyhow::Result<Option<Self>> {
-        let Some(settings) = config::section::<SwitchoverConfig>(config_path, "switchover")?
-        else {
+        let Some(settings) = config::section::<SwitchoverConfig>(config_path, "switchover")? else {
             return Ok(None);
         };
         cmd_switchover::load_services(config_path)?;
@@ -421,7 +424,11 @@ impl MasterMonitor {
         match decision {
             Decision::NoAction => Acted::Continue,
             Decision::Warn(reason) => {
-                tracing::warn!("the Master looks down ({}); confirming for {} s before acting", describe(reason), self.settings.confirm_seconds);
+                tracing::warn!(
+                    "the Master looks down ({}); confirming for {} s before acting",
+                    describe(reason),
+                    self.settings.confirm_seconds
+                );
                 Acted::Continue
             }
             Decision::ProbeMaster => {
@@ -496,7 +503,10 @@ impl MasterMonitor {
             }
             Ok(out) if out.code == Some(1) => false,
             Ok(out) => {
-                tracing::error!("the witness `{witness}` ended with {}: cannot confirm the Master is down", out.summary());
+                tracing::error!(
+                    "the witness `{witness}` ended with {}: cannot confirm the Master is down",
+                    out.summary()
+                );
                 true
             }
             Err(e) => {

@@ -166,7 +166,13 @@ pub enum Message {
     /// Tag 6: R→S. Send these chunks (indices into the entry's chunk list) of change `seq`.
     NeedChunks { seq: Seq, indices: Vec<u32> },
     /// Tag 7: S→R. The bytes of chunk `index` of change `seq`.
-    ChunkData { seq: Seq, index: u32, data: Vec<u8> },
+    ChunkData {
+        seq: Seq,
+        index: u32,
+        // Same bytes on the wire as a plain Vec<u8> (varint length + bytes), copied in one go.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
     /// Tag 8: S→R. The source of change `seq` changed while being sent; drop it (a later change follows).
     FileUnavailable { seq: Seq, reason: String },
     /// Tag 9: S→R. End of pass `pass`; `entries` were described. `prune` governs extras (full passes).

@@ -4,6 +4,9 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 use swrepl_proto::limits::{FRAME_HEADER_LEN, MAX_FRAME_LEN};
+use swrepl_proto::registry::{
+    RegistryChangeSet, RegistryKeyState, RegistryOp, RegistrySnapshot, RegistryValue,
+};
 use swrepl_proto::{
     decode_message, encode_frame, encode_message, Attributes, ChunkRef, EntryKind, ErrorCode,
     FileEntry, FrameDecoder, Heartbeat, Hello, Message, ProtoError, Prune, Role, ServiceState,
@@ -86,6 +89,37 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
     ]
 }
 
+fn registry_value() -> impl Strategy<Value = RegistryValue> {
+    (text(), any::<u32>(), vec(any::<u8>(), 0..40)).prop_map(|(name, kind, data)| RegistryValue {
+        name,
+        kind,
+        data,
+    })
+}
+
+fn registry_snapshot() -> impl Strategy<Value = RegistrySnapshot> {
+    (
+        vec(text(), 0..3),
+        vec((text(), vec(registry_value(), 0..4)), 0..4),
+    )
+        .prop_map(|(roots, keys)| RegistrySnapshot {
+            roots,
+            keys: keys
+                .into_iter()
+                .map(|(path, values)| RegistryKeyState { path, values })
+                .collect(),
+        })
+}
+
+fn registry_op() -> impl Strategy<Value = RegistryOp> {
+    prop_oneof![
+        text().prop_map(|path| RegistryOp::CreateKey { path }),
+        text().prop_map(|path| RegistryOp::DeleteKey { path }),
+        (text(), registry_value()).prop_map(|(key, value)| RegistryOp::SetValue { key, value }),
+        (text(), text()).prop_map(|(key, name)| RegistryOp::DeleteValue { key, name }),
+    ]
+}
+
 /// Every variant of [`Message`] with arbitrary field values.
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
@@ -143,6 +177,12 @@ fn message() -> impl Strategy<Value = Message> {
         file_entry().prop_map(Message::ListEntry),
         any::<u64>().prop_map(|entries| Message::ListEnd { entries }),
         (error_code(), text()).prop_map(|(code, message)| Message::Error { code, message }),
+        registry_snapshot().prop_map(Message::RegistrySnapshot),
+        (any::<u64>(), vec(registry_op(), 0..6)).prop_map(|(seq, ops)| Message::RegistryChanges {
+            seq,
+            changes: RegistryChangeSet { ops },
+        }),
+        Just(Message::RegistryRequest),
     ]
 }
 
@@ -222,7 +262,7 @@ proptest! {
     /// Well-framed garbage whose first byte is a real tag, so decoding gets past the tag.
     #[test]
     fn decoder_never_panics_on_framed_garbage(
-        bodies in vec((0u8..18, vec(any::<u8>(), 0..200)), 1..6),
+        bodies in vec((0u8..21, vec(any::<u8>(), 0..200)), 1..6),
         sizes in vec(1usize..64, 1..16),
     ) {
         let stream: Vec<u8> = bodies
@@ -381,7 +421,7 @@ fn many_small_frames_in_one_push_all_decode() {
 fn hostile_bodies_are_malformed() {
     let cases: &[(&str, &[u8])] = &[
         ("empty body", &[]),
-        ("unknown tag 18", &[18]),
+        ("unknown tag 21", &[21]),
         (
             "tag as an overlong varint past u32",
             &[0xff, 0xff, 0xff, 0xff, 0xff, 0x01],

@@ -94,7 +94,7 @@ pub async fn run_receiver(
     tracing::info!(listen = %listener.local_addr(), root = %options.root.display(), archive = %applier.archive_path().display(), "receiver ready");
     emit(&events, ReceiverEvent::Listening(listener.local_addr()));
     let status = Arc::new(StatusFile::new(&options.root));
-    status.update(|s| s.connected = false);
+    status.update_now(|s| s.connected = false);
     let applier = Arc::new(Mutex::new(Some(applier)));
     let current: Arc<std::sync::Mutex<Option<StopSender>>> = Default::default();
 
@@ -265,7 +265,7 @@ async fn run_sender_session(
         &ctx.events,
         ReceiverEvent::SenderConnected(peer.to_string()),
     );
-    ctx.status.update(|s| {
+    ctx.status.update_now(|s| {
         s.connected = true;
         s.peer = Some(peer.to_string());
         s.last_ack_seq = 0;
@@ -332,7 +332,11 @@ async fn run_sender_session(
         .map_err(|e| SyncError::Internal(e.to_string()))?;
     *ctx.applier.lock().await = Some(applier);
     let _ = writer_task.await;
-    ctx.status.update(|s| s.connected = false);
+    ctx.status.update_now(|s| {
+        s.connected = false;
+        s.master_service = None;
+        s.pending = 0;
+    });
     emit(&ctx.events, ReceiverEvent::SenderGone(peer.to_string()));
     tracing::info!(%peer, "sender disconnected");
     work_result.and(read_result)
@@ -532,13 +536,13 @@ impl Session {
             }
             Message::RegistryRequest => self.queue.push_back(Op::RegistryReport),
             Message::Heartbeat(hb) => {
-                if let Some(service) = hb.service {
-                    self.status.update(|s| {
-                        s.master_service = Some(format!("{}: {:?}", service.name, service.state))
-                    });
-                }
-                self.status
-                    .update(|s| s.last_heartbeat_unix_ms = now_unix_ms());
+                let service = hb
+                    .service
+                    .map(|service| format!("{}: {:?}", service.name, service.state));
+                self.status.update_now(|s| {
+                    s.master_service = service;
+                    s.last_heartbeat_unix_ms = now_unix_ms();
+                });
             }
             Message::Error { code, message } => {
                 return Err(SyncError::Protocol(format!(
@@ -820,10 +824,16 @@ impl Session {
                 seq: self.acked_seq,
             });
             let seq = self.acked_seq;
-            self.status.update(|s| {
+            let record = |s: &mut crate::status::ReceiverStatus| {
                 s.last_ack_seq = seq;
                 s.last_applied_unix_ms = now_unix_ms();
-            });
+            };
+            // Idle is when a pre-check reads the file: make sure it is exact then.
+            if self.queue.is_empty() {
+                self.status.update_now(record);
+            } else {
+                self.status.update(record);
+            }
         }
     }
 }

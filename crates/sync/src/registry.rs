@@ -26,8 +26,8 @@ use swrepl_proto::registry::{RegistryChangeSet, RegistrySnapshot};
 use swrepl_proto::{Message, Role, Seq};
 use swrepl_registry::wire::{from_wire_changes, from_wire_snapshot, to_wire_changes};
 use swrepl_registry::{
-    apply_changes, diff, ChangeSet, Error as RegistryError, RegFileBackend, RegistryBackend,
-    Scope, Snapshot,
+    apply_changes, diff, ChangeSet, Error as RegistryError, RegFileBackend, RegistryBackend, Scope,
+    Snapshot,
 };
 use tokio::sync::mpsc;
 
@@ -222,7 +222,10 @@ async fn watch_local(source: RegistrySource, once: bool, tx: mpsc::Sender<LocalR
         };
         if previous.as_ref() != Some(&read) {
             if let Err(e) = &read {
-                tracing::error!("cannot read the registry keys from {}: {e}; retrying", source.describe());
+                tracing::error!(
+                    "cannot read the registry keys from {}: {e}; retrying",
+                    source.describe()
+                );
             }
             previous = Some(read.clone());
             if tx.send(read).await.is_err() {
@@ -383,6 +386,7 @@ impl SenderRegistry {
 // Receiver side
 
 /// Why a change set was refused: the key named, and the reason.
+#[derive(Debug)]
 pub(crate) struct Refusal {
     pub path: String,
     pub reason: String,
@@ -421,14 +425,18 @@ impl ReceiverRegistry {
             path: "registry".into(),
             reason: e.to_string(),
         })?;
-        if let Some(op) = changes.ops.iter().find(|op| !source.scope().allows(op.key())) {
+        if let Some(op) = changes
+            .ops
+            .iter()
+            .find(|op| !source.scope().allows(op.key()))
+        {
+            // The whole set is refused: applying the rest would leave a state the Master never had.
             return Err(Refusal {
                 path: op.key().to_string(),
-                reason: RegistryError::OutOfScope {
-                    path: op.key().to_string(),
-                    allowed: scope_text(source.scope()),
-                }
-                .to_string(),
+                reason: format!(
+                    "the registry change set touches a key outside this receiver's replicated keys ({}); nothing of it was applied",
+                    scope_text(source.scope())
+                ),
             });
         }
         Ok(changes)
@@ -554,5 +562,171 @@ async fn recv(stream: &mut swrepl_net::FramedStream) -> Result<Message, SyncErro
         }
         Ok(Ok(None)) => Err(SyncError::Protocol("receiver closed the connection".into())),
         Ok(Err(e)) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swrepl_proto::registry::{RegistryOp, RegistryValue};
+    use swrepl_registry::wire::to_wire_snapshot;
+
+    const ALIASES: &str =
+        r"HKEY_LOCAL_MACHINE\Software\Hornbill\Core Services\Applications\_Global\HttpAliases";
+
+    fn reg_file(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!("Windows Registry Editor Version 5.00\n\n{body}"),
+        )
+        .unwrap();
+        path
+    }
+
+    fn set_value(key: &str, name: &str) -> RegistryOp {
+        RegistryOp::SetValue {
+            key: key.into(),
+            value: RegistryValue {
+                name: name.into(),
+                kind: 4,
+                data: vec![1, 0, 0, 0],
+            },
+        }
+    }
+
+    #[test]
+    fn receiver_refuses_change_sets_outside_its_keys_or_malformed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = reg_file(tmp.path(), "slave.reg", "");
+        let source = RegistrySource::reg_file(&path, Scope::default_keys(), false);
+        let registry = ReceiverRegistry::new(Some(source), &tmp.path().join("archive"));
+
+        let inside = RegistryChangeSet {
+            ops: vec![set_value(&format!(r"{ALIASES}\sub"), "port")],
+        };
+        assert!(registry.check(&inside).is_ok());
+
+        let outside = RegistryChangeSet {
+            ops: vec![
+                set_value(ALIASES, "port"),
+                set_value(r"HKEY_LOCAL_MACHINE\Software\Microsoft\Windows\Run", "evil"),
+            ],
+        };
+        let refusal = registry.check(&outside).expect_err("refused");
+        assert_eq!(
+            refusal.path,
+            r"HKEY_LOCAL_MACHINE\Software\Microsoft\Windows\Run"
+        );
+        let parent = RegistryChangeSet {
+            ops: vec![RegistryOp::DeleteKey {
+                path: r"HKEY_LOCAL_MACHINE\Software\Hornbill".into(),
+            }],
+        };
+        assert!(registry.check(&parent).is_err());
+        let malformed = RegistryChangeSet {
+            ops: vec![RegistryOp::CreateKey {
+                path: r"C:\Windows".into(),
+            }],
+        };
+        assert!(registry.check(&malformed).is_err());
+
+        let off = ReceiverRegistry::new(None, tmp.path());
+        assert!(off.check(&inside).is_err());
+        assert_eq!(
+            off.snapshot_message(),
+            Message::RegistrySnapshot(RegistrySnapshot::default())
+        );
+    }
+
+    #[test]
+    fn receiver_applies_with_an_archive_and_twice_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = reg_file(tmp.path(), "slave.reg", "");
+        let archive = tmp.path().join("archive");
+        let source = RegistrySource::reg_file(&path, Scope::default_keys(), false);
+        let registry = ReceiverRegistry::new(Some(source.clone()), &archive);
+        let changes = registry
+            .check(&RegistryChangeSet {
+                ops: vec![
+                    RegistryOp::CreateKey {
+                        path: ALIASES.into(),
+                    },
+                    set_value(ALIASES, "port"),
+                ],
+            })
+            .expect("in scope");
+        assert_eq!(registry.apply(&changes).ok(), Some(2));
+        assert_eq!(std::fs::read_dir(&archive).unwrap().count(), 1);
+        assert_eq!(registry.apply(&changes).ok(), Some(0));
+        assert_eq!(std::fs::read_dir(&archive).unwrap().count(), 1);
+        let Message::RegistrySnapshot(snapshot) = registry.snapshot_message() else {
+            panic!("not a snapshot")
+        };
+        assert_eq!(snapshot.keys.len(), 1);
+        assert_eq!(snapshot.keys[0].values.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn sender_sends_the_difference_to_the_receivers_snapshot_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = reg_file(
+            tmp.path(),
+            "master.reg",
+            &format!("[{ALIASES}]\n\"sw\"=\"x\"\n"),
+        );
+        let source = RegistrySource::reg_file(&path, Scope::default_keys(), false);
+        let mut registry = Some(start_sender(source.clone(), true));
+        let local = next_local(&mut registry).await.expect("one read");
+        let sender = registry.as_mut().unwrap();
+        assert!(
+            sender.on_local(local).is_none(),
+            "nothing before the receiver spoke"
+        );
+        assert!(!sender.settled());
+
+        let empty_slave = to_wire_snapshot(&Snapshot::new(
+            Scope::default_keys()
+                .roots()
+                .iter()
+                .map(|r| (r.clone(), None))
+                .collect(),
+        ));
+        let (changes, ops) = sender
+            .on_remote(&empty_slave)
+            .unwrap()
+            .expect("the key and its value");
+        assert_eq!(ops, 2);
+        assert_eq!(changes.ops.len(), 2);
+        sender.sent(3, ops);
+        assert!(!sender.settled());
+        sender.on_ack(2);
+        assert!(!sender.settled());
+        sender.on_ack(3);
+        assert!(sender.settled());
+        assert_eq!(sender.ops_acked(), 2);
+        assert_eq!(sender.problem(), None);
+
+        // The same local state again: nothing more to send.
+        let again = source.snapshot().map_err(|e| e.to_string());
+        assert!(sender.on_local(again).is_none());
+        // A resync asks once and holds changes until the answer.
+        assert_eq!(sender.resync(), Some(Message::RegistryRequest));
+        assert_eq!(sender.resync(), None);
+        assert!(!sender.settled());
+    }
+
+    #[tokio::test]
+    async fn sender_reports_a_receiver_without_registry_replication() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = reg_file(tmp.path(), "master.reg", "");
+        let source = RegistrySource::reg_file(&path, Scope::default_keys(), false);
+        let mut sender = start_sender(source, true);
+        assert!(sender
+            .on_remote(&RegistrySnapshot::default())
+            .unwrap()
+            .is_none());
+        assert!(sender.settled());
+        assert!(sender.problem().unwrap().contains("no registry keys"));
     }
 }

@@ -46,14 +46,19 @@ impl StatusFile {
         }
     }
 
-    /// Changes the status and writes it unless a write happened very recently (the connection
-    /// flag and pending count are always written, so a pre-check never sees a stale "connected").
+    /// Changes the status and writes it unless a write happened very recently.
     pub fn update(&self, change: impl FnOnce(&mut ReceiverStatus)) {
+        self.apply(change, false);
+    }
+
+    /// Changes the status and writes it at once (connection changes, heartbeats, going idle).
+    pub fn update_now(&self, change: impl FnOnce(&mut ReceiverStatus)) {
+        self.apply(change, true);
+    }
+
+    fn apply(&self, change: impl FnOnce(&mut ReceiverStatus), urgent: bool) {
         let mut guard = self.state.lock().expect("status lock");
-        let before = guard.0.clone();
         change(&mut guard.0);
-        let urgent = before.connected != guard.0.connected
-            || (before.pending != 0) != (guard.0.pending != 0);
         let due = guard.1.is_none_or(|t| t.elapsed() >= MIN_WRITE_INTERVAL);
         if urgent || due {
             guard.1 = Some(Instant::now());

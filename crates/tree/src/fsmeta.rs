@@ -118,7 +118,11 @@ pub(crate) fn link_target_inside(link_rel: &str, target: &Path) -> Option<String
     if wire.is_empty() {
         return None;
     }
-    Some(wire.join("/"))
+    let wire = wire.join("/");
+    // The receiver applies the protocol's stricter rule (`..` only at the start, since a link
+    // in the middle could resolve anywhere): never describe a link it would refuse.
+    swrepl_proto::check_link_target(link_rel, &wire).ok()?;
+    Some(wire)
 }
 
 #[cfg(unix)]
