@@ -39,7 +39,9 @@ fn scratch_dir() -> tempfile::TempDir {
             return dir;
         }
     }
-    builder.tempdir().expect("cannot create a temporary directory")
+    builder
+        .tempdir()
+        .expect("cannot create a temporary directory")
 }
 
 /// `files` small files (0–255 bytes) spread over folders shaped like a MIME attachment store.

@@ -133,7 +133,10 @@ async fn one_transfer(case: &Case, peers: &Peers, state_dir: &Path, iteration: u
         match events_rx.recv().await {
             Some(ReceiverEvent::Listening(addr)) => break addr,
             Some(_) => continue,
-            None => panic!("the receiver stopped before listening: {:?}", receiver.await),
+            None => panic!(
+                "the receiver stopped before listening: {:?}",
+                receiver.await
+            ),
         }
     };
     // Drain events so the channel does not grow without bound during the pass.
@@ -169,13 +172,7 @@ async fn one_transfer(case: &Case, peers: &Peers, state_dir: &Path, iteration: u
     elapsed
 }
 
-fn bench_case(
-    c: &mut Criterion,
-    rt: &Runtime,
-    peers: &Peers,
-    name: &str,
-    build: fn(&Path) -> u64,
-) {
+fn bench_case(c: &mut Criterion, rt: &Runtime, peers: &Peers, name: &str, build: fn(&Path) -> u64) {
     let scratch = scratch_dir();
     let case = Case {
         base: scratch.path().to_path_buf(),

@@ -335,3 +335,113 @@ fn bad_input_is_one_line_and_exit_2() {
 fn missing(dir: &Path) -> String {
     dir.join("no-such-password-file").display().to_string()
 }
+
+/// The long-running services do the database's routine work: `send` writes the heartbeat on the
+/// Master every second, `receive` runs `db check` periodically and `status` reports its verdict.
+#[tokio::test(flavor = "multi_thread")]
+async fn services_write_the_heartbeat_and_check_replication() {
+    if !support::mariadb_available() {
+        return;
+    }
+    let pair = Pair::start().await;
+    let (m, s) = (pair.master.url_text(), pair.slave.url_text());
+    let pw = pair.password_file().display().to_string();
+    let out = swrepl(&[&["db", "setup"][..], &setup_args(&pair, &m, &s, &pw)].concat());
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |name: &str| tmp.path().join(name).display().to_string();
+    let fingerprint = |id: &str| {
+        let out = swrepl(&["init", "--dir", &dir(id)]);
+        text(&out).0.lines().last().unwrap().trim().to_string()
+    };
+    let (master_fp, slave_fp) = (fingerprint("master-id"), fingerprint("slave-id"));
+    std::fs::create_dir_all(dir("master")).unwrap();
+    std::fs::create_dir_all(dir("slave")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let slave_toml = tmp.path().join("slave.toml");
+    std::fs::write(
+        &slave_toml,
+        format!(
+            "[receive]\nroot = '{}'\nlisten = '127.0.0.1:{port}'\nidentity = '{}'\ntrust = ['{master_fp}']\n\n[db]\nmaster = '{m}'\nslave = '{s}'\n",
+            dir("slave"),
+            dir("slave-id")
+        ),
+    )
+    .unwrap();
+    let master_toml = tmp.path().join("master.toml");
+    std::fs::write(
+        &master_toml,
+        format!(
+            "[send]\nroot = '{}'\nconnect = '127.0.0.1:{port}'\nidentity = '{}'\ntrust = ['{slave_fp}']\n\n[db]\nmaster = '{m}'\n",
+            dir("master"),
+            dir("master-id")
+        ),
+    )
+    .unwrap();
+    let spawn = |args: &[&str]| {
+        KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_swrepl"))
+                .args(args)
+                .env("SWREPL_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _receiver = spawn(&["receive", "--config", slave_toml.to_str().unwrap()]);
+    let _sender = spawn(&["send", "--config", master_toml.to_str().unwrap()]);
+
+    let check_file = Path::new(&dir("slave")).join(".swrepl/db-check.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let record: serde_json::Value = loop {
+        if let Ok(text) = std::fs::read_to_string(&check_file) {
+            break serde_json::from_str(&text).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no periodic database check was recorded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(record["healthy"], true, "{record}");
+
+    // The sender keeps the Master's heartbeat fresh: it advances while we watch.
+    let first = pair
+        .master
+        .value("SELECT MAX(ts) FROM swrepl.heartbeat")
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let now = pair
+            .master
+            .value("SELECT MAX(ts) FROM swrepl.heartbeat")
+            .await;
+        if now.is_some() && now != first {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the heartbeat does not advance"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+
+    let out = swrepl(&["status", "--config", slave_toml.to_str().unwrap(), "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(stdout.contains("periodic_check"), "{stdout}{stderr}");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

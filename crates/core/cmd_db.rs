@@ -422,3 +422,121 @@ fn print_check(report: &CheckReport) {
         println!("PROBLEM: {problem}");
     }
 }
+
+/// What the receiver's periodic database check last found, kept in
+/// `<root>/.swrepl/db-check.json` for `swrepl status`.
+#[derive(serde::Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DbCheckRecord {
+    pub checked_unix_ms: u64,
+    pub healthy: bool,
+    /// One line per problem (or the reason the check could not run).
+    pub problems: Vec<String>,
+    pub true_lag_ms: Option<u64>,
+}
+
+/// How often the receiver checks database replication.
+const SERVICE_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+
+fn db_check_path(root: &Path) -> PathBuf {
+    root.join(swrepl_tree::STATE_DIR_NAME).join("db-check.json")
+}
+
+/// The last periodic check recorded under `root`, if any.
+pub fn read_db_check(root: &Path) -> Option<DbCheckRecord> {
+    let text = std::fs::read_to_string(db_check_path(root)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn service_db_config(config: Option<&Path>) -> anyhow::Result<Option<DbConfig>> {
+    match config {
+        Some(path) => crate::config::section::<DbConfig>(path, "db"),
+        None => Ok(None),
+    }
+}
+
+/// On the Master: with a `[db]` table naming the Master, `swrepl send` writes the replication
+/// heartbeat every second for as long as it runs, so `check` measures true lag.
+pub fn spawn_service_heartbeat(config: Option<&Path>) -> anyhow::Result<()> {
+    let Some(file) = service_db_config(config)? else {
+        return Ok(());
+    };
+    if file.master.is_none() {
+        return Ok(());
+    }
+    let master = master_url(&ConnFlags::default(), &file)?;
+    tracing::info!(%master, "writing the database replication heartbeat every second");
+    tokio::spawn(async move {
+        if let Err(e) =
+            swrepl_db::run_heartbeat(&master, Duration::from_secs(1), std::future::pending()).await
+        {
+            tracing::error!("database heartbeat stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+/// On the Slave: with a `[db]` table naming both servers, `swrepl receive` runs `db check` every
+/// 30 s and records the verdict for `swrepl status`; an unhealthy result is logged as a warning.
+pub fn spawn_service_check(config: Option<&Path>, root: &Path) -> anyhow::Result<()> {
+    let Some(file) = service_db_config(config)? else {
+        return Ok(());
+    };
+    if file.master.is_none() || file.slave.is_none() {
+        return Ok(());
+    }
+    let master = master_url(&ConnFlags::default(), &file)?;
+    let slave = slave_url(&ConnFlags::default(), &file)?;
+    let defaults = CheckOptions::default();
+    let options = CheckOptions {
+        max_lag: file
+            .max_lag
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.max_lag),
+        ..defaults
+    };
+    let path = db_check_path(root);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(SERVICE_CHECK_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let record = match swrepl_db::check(&master, &slave, &options).await {
+                Ok(report) => DbCheckRecord {
+                    checked_unix_ms: unix_ms(),
+                    healthy: report.healthy(),
+                    problems: report.problems.clone(),
+                    true_lag_ms: report.true_lag_ms,
+                },
+                Err(e) => DbCheckRecord {
+                    checked_unix_ms: unix_ms(),
+                    healthy: false,
+                    problems: vec![format!("could not check: {e}")],
+                    true_lag_ms: None,
+                },
+            };
+            for problem in &record.problems {
+                tracing::warn!("database replication: {problem}");
+            }
+            if let Err(e) = write_record(&path, &record) {
+                tracing::warn!(path = %path.display(), "cannot record the database check: {e}");
+            }
+        }
+    });
+    Ok(())
+}
+
+fn write_record(path: &Path, record: &DbCheckRecord) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(tmp, path)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

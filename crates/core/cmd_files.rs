@@ -59,8 +59,8 @@ pub struct ExcludeArgs {
 /// Flags that choose the registry keys replicated with the files.
 #[derive(clap::Args, Debug, Default)]
 pub struct RegistryArgs {
-    /// Replicate the registry keys kept in this regedit .reg file instead of the live registry
-    /// (the lab backend). Off Windows, registry replication is off unless this is given.
+    /// Use the registry keys kept in this regedit .reg file instead of the live registry (the
+    /// lab backend). Off Windows, registry keys are replicated (and verified) only with this.
     #[arg(long, value_name = "FILE.reg")]
     pub registry_file: Option<PathBuf>,
     /// A replicated registry key (repeat for several; `HKLM\…` is accepted). Default: the two
@@ -394,8 +394,12 @@ pub fn sender_options(args: SendArgs) -> anyhow::Result<SenderOptions> {
 }
 
 pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config.clone();
     let options = sender_options(args)?;
     let once = options.once;
+    if !once {
+        crate::cmd_db::spawn_service_heartbeat(config.as_deref())?;
+    }
     let summary = swrepl_sync::run_sender(options, shutdown_signal()).await?;
     if !once {
         return Ok(ExitCode::SUCCESS);
@@ -460,12 +464,15 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.clone();
     let options = receiver_options(args)?;
     let guard = crate::monitor::ReceiverGuard::start(config.as_deref(), &options.root)?;
+    crate::cmd_db::spawn_service_check(config.as_deref(), &options.root)?;
     swrepl_sync::run_receiver(options, None, guard.until_shutdown(shutdown_signal())).await?;
     guard.finish()
 }
 
 const VERIFY_USAGE: &str = "usage: `swrepl verify A B` for two local trees, or \
-    `swrepl verify --root A --connect HOST:PORT --identity DIR --trust FP` for a running receiver";
+    `swrepl verify --root A --connect HOST:PORT --identity DIR --trust FP` for a running receiver \
+    (add `--registry MASTER.reg SLAVE.reg`, or `--registry-file F.reg` with --connect, to compare \
+    the registry keys too)";
 
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let registry = verify_registry(

@@ -93,6 +93,15 @@ async fn build(path: &Path) -> anyhow::Result<Report> {
     let settings: Option<SwitchoverConfig> = config::section(path, "switchover")?;
     if report.role != "master" {
         report.database = database(settings.as_ref(), &mut attention).await?;
+        if let Some(record) = report
+            .root
+            .as_deref()
+            .and_then(crate::cmd_db::read_db_check)
+        {
+            periodic_check(&record, &mut attention);
+            report.database =
+                serde_json::json!({ "lag": report.database, "periodic_check": record });
+        }
     }
     if config::section::<toml::Table>(path, "services")?.is_some() {
         let (control, set) = load_services(path)?;
@@ -165,6 +174,20 @@ fn slave(receive: SideConfig, attention: &mut Vec<String>) -> anyhow::Result<Rep
         healthy: true,
         attention: Vec::new(),
     })
+}
+
+/// What the receiver's periodic `db check` found (written every 30 s when `[db]` is configured).
+fn periodic_check(record: &crate::cmd_db::DbCheckRecord, attention: &mut Vec<String>) {
+    for problem in &record.problems {
+        attention.push(format!("database replication: {problem}"));
+    }
+    let age_ms = crate_now_ms().saturating_sub(record.checked_unix_ms);
+    if age_ms > 120_000 {
+        attention.push(format!(
+            "the last database check is {} s old: is `swrepl receive` running?",
+            age_ms / 1000
+        ));
+    }
 }
 
 /// What needs attention on the link from the Master, judged from the receiver's status file.
