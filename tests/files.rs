@@ -277,6 +277,12 @@ fn file_id(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().ino()
 }
 
+/// The NTFS file index (the low 64 bits of swrepl's file id; the high ones are the volume's).
+#[cfg(windows)]
+fn file_id(path: &Path) -> u64 {
+    swrepl_tree::file_id_of(path).expect("a file id") as u64
+}
+
 #[test]
 fn wrong_fingerprint_is_refused_on_both_sides() {
     let pair = Pair::new();

@@ -201,9 +201,9 @@ pub enum Message {
     ListEnd { entries: u64 },
     /// Tag 17: Either way, then close: a fatal error.
     Error { code: ErrorCode, message: String },
-    /// Tag 18: R→S, the receiver's first message after `Welcome` in a sender session (the state
-    /// of the registry keys it replicates; no roots when it replicates none); and R→S or R→V in
-    /// answer to `RegistryRequest`.
+    /// Tag 18: R→S, the receiver's first message after `Welcome` in a sender session when it
+    /// replicates registry keys (their state; a receiver replicating none sends none); and R→S or
+    /// R→V in answer to `RegistryRequest` (no roots: it replicates none).
     RegistrySnapshot(crate::registry::RegistrySnapshot),
     /// Tag 19: S→R. Apply this registry change set, all-or-nothing. It takes the next number of
     /// the session's change sequence, so it is answered by the cumulative `Ack` or by `Refused`.

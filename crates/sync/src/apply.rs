@@ -477,7 +477,7 @@ impl Applier {
     /// Removes `rel` (a file, link or whole tree) into the archive. Returns false when there was
     /// nothing to remove.
     pub fn delete(&mut self, rel: &str) -> Result<bool, SyncError> {
-        if self.root.symlink_metadata(rel).is_err() {
+        if self.root.symlink_metadata(rel).is_err() || !self.has_exact_name(rel) {
             self.scanner.index_mut().remove_tree(rel)?;
             return Ok(false);
         }
@@ -489,6 +489,24 @@ impl Applier {
         self.sync_parent(rel);
         self.scanner.index_mut().remove_tree(rel)?;
         Ok(true)
+    }
+
+    /// Whether `rel`'s last component exists with exactly this spelling. On a case-insensitive
+    /// volume, after a case-only rename arrived as an upsert of `log.txt`, a delete of `LOG.txt`
+    /// would otherwise remove the new file.
+    fn has_exact_name(&self, rel: &str) -> bool {
+        if !cfg!(any(windows, target_os = "macos")) {
+            return true; // case-sensitive file systems: the lookup already was exact
+        }
+        let (parent, name) = rel.rsplit_once('/').unwrap_or((".", rel));
+        self.root
+            .read_dir(parent)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name() == std::ffi::OsStr::new(name))
+            })
+            .unwrap_or(false)
     }
 
     /// Renames `from` to `entry.path` when this side holds `from` with the same content (or, for

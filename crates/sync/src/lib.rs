@@ -77,6 +77,8 @@ pub enum SyncError {
     },
     #[error("the peer went silent (no data for {} s)", PEER_TIMEOUT.as_secs())]
     PeerSilent,
+    #[error("the peer closed the connection")]
+    Closed,
     #[error("file watcher: {0}")]
     Watch(String),
     #[error("session stopped: {0}")]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use swrepl_net::{FrameReader, FrameWriter, Identity, Listener};
 use swrepl_proto::{
     validate_entry, validate_message, EntryKind, ErrorCode, FileEntry, Hash, Message, Prune, Role,
-    Seq, Welcome,
+    Seq,
 };
 use swrepl_tree::Excludes;
 use tokio::sync::{mpsc, Mutex};
@@ -164,39 +164,24 @@ async fn handle_connection(
         Ok(Err(e)) => return Err(e.into()),
         Err(_) => return Err(SyncError::Protocol("no Hello within the timeout".into())),
     };
-    let version = match swrepl_proto::negotiate(&hello) {
-        Ok(v) => v,
+    let welcome = match swrepl_proto::accept_hello(
+        &hello,
+        &[Role::Sender, Role::Verifier],
+        Role::Receiver,
+        SOFTWARE,
+    ) {
+        Ok(welcome) => welcome,
         Err(e) => {
-            let _ = writer
-                .send(&Message::Error {
-                    code: ErrorCode::VersionMismatch,
-                    message: e.to_string(),
-                })
-                .await;
-            let _ = writer.flush().await;
+            // The peer learns why (version mismatch, wrong role, not a swrepl peer) before we close.
+            let _ = writer.send(&e.to_message()).await;
             return Err(SyncError::Protocol(e.to_string()));
         }
     };
-    writer
-        .send(&Message::Welcome(Welcome {
-            version,
-            role: Role::Receiver,
-            software: SOFTWARE.to_string(),
-        }))
-        .await?;
-    writer.flush().await?;
-    match hello.role {
-        Role::Sender => run_sender_session(reader, writer, peer, ctx).await,
-        Role::Verifier => serve_verifier(reader, writer, ctx).await,
-        Role::Receiver => {
-            let _ = writer
-                .send(&Message::Error {
-                    code: ErrorCode::RoleRejected,
-                    message: "a receiver cannot connect to a receiver".into(),
-                })
-                .await;
-            Err(SyncError::Protocol("peer claims to be a receiver".into()))
-        }
+    writer.send(&Message::Welcome(welcome)).await?;
+    if hello.role == Role::Sender {
+        run_sender_session(reader, writer, peer, ctx).await
+    } else {
+        serve_verifier(reader, writer, ctx).await
     }
 }
 
@@ -451,9 +436,11 @@ impl Session {
     }
 
     fn run(&mut self, mut incoming: mpsc::Receiver<Message>) -> Result<(), SyncError> {
-        // Always the first message after Welcome: tells the sender which registry keys (if any)
-        // this receiver replicates, and their state.
-        self.send(self.registry.snapshot_message());
+        // With registry replication on, the first message after Welcome: the state of the keys
+        // the sender may write. A sender that sees any other message first knows there are none.
+        if let Some(snapshot) = self.registry.first_message() {
+            self.send(snapshot);
+        }
         while let Some(msg) = incoming.blocking_recv() {
             self.handle_guarded(msg)?;
             while let Ok(msg) = incoming.try_recv() {

@@ -1,11 +1,13 @@
 //! Registry replication inside a replication session: the configured keys travel over the same
 //! TLS connection as the files.
 //!
-//! Negotiation: in a sender session the receiver's first message after `Welcome` is always a
-//! `RegistrySnapshot`, the state of the keys it replicates (no roots when it replicates none).
-//! A sender with registry replication configured diffs that snapshot against its own keys and
-//! sends the difference as `RegistryChanges`, which takes the next number of the change sequence
-//! and is acknowledged like a file change. From then on the sender reads its keys whenever the
+//! Negotiation: in a sender session, a receiver with registry replication on sends a
+//! `RegistrySnapshot` (the state of the keys it replicates) as its first message after `Welcome`;
+//! one without sends none, so a sender that sees any other message first (a heartbeat aside)
+//! knows the receiver replicates no keys. A snapshot with no roots says the same (the receiver's
+//! keys could not be read). A sender with registry replication configured diffs that snapshot
+//! against its own keys and sends the difference as `RegistryChanges`, which takes the next
+//! number of the change sequence and is acknowledged like a file change. From then on the sender reads its keys whenever the
 //! backend signals a change (and at least every [`RegistrySource::poll_interval`]) and sends what
 //! changed since the last state it sent. At every full pass it asks again (`RegistryRequest`) so
 //! that a Slave edited by hand is brought back in line.
@@ -264,6 +266,15 @@ impl SenderRegistry {
         self.changes_to_send()
     }
 
+    /// The receiver sent something else before any `RegistrySnapshot`: it replicates no
+    /// registry keys (one that does always opens the session with its snapshot).
+    pub(crate) fn on_other_message(&mut self) {
+        if self.offered.is_none() {
+            tracing::warn!("the receiver replicates no registry keys: registry changes are NOT replicated (start the receiver with --registry-file, or on Windows without --no-registry)");
+            self.offered = Some(false);
+        }
+    }
+
     /// The receiver's snapshot arrived (at session start, or answering our request).
     pub(crate) fn on_remote(
         &mut self,
@@ -405,6 +416,11 @@ impl ReceiverRegistry {
             source,
             archive: archive.to_path_buf(),
         }
+    }
+
+    /// What opens a sender session when registry replication is on (blocking): the snapshot.
+    pub(crate) fn first_message(&self) -> Option<Message> {
+        self.source.is_some().then(|| self.snapshot_message())
     }
 
     /// The `RegistrySnapshot` to send (blocking): the keys' state, or no roots when registry

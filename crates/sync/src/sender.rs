@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use swrepl_net::{FrameReader, FrameWriter, Identity, NetError};
+use swrepl_net::{FrameReader, FrameWriter, Identity};
 use swrepl_proto::{EntryKind, FileEntry, Heartbeat, Message, Prune, Role, Seq, ServiceStatus};
 use swrepl_tree::{
     Change, Excludes, Index, ScanOutcome, ScanProblem, Scanner, TreeError, STATE_DIR_NAME,
@@ -251,7 +251,7 @@ struct Session<'a> {
     options: &'a SenderOptions,
     scanner: Arc<Mutex<Scanner>>,
     writer: FrameWriter,
-    incoming: mpsc::UnboundedReceiver<Result<Message, NetError>>,
+    incoming: mpsc::UnboundedReceiver<Result<Message, SyncError>>,
     _reader_task: AbortOnDrop,
     next_seq: Seq,
     acked: Seq,
@@ -292,22 +292,14 @@ impl<'a> Session<'a> {
         let reader_task = tokio::spawn(async move {
             loop {
                 let read = match tokio::time::timeout(PEER_TIMEOUT, reader.recv()).await {
-                    Err(_) => Err(None),
+                    Err(_) => Err(SyncError::PeerSilent),
                     Ok(Ok(Some(msg))) => Ok(msg),
-                    Ok(Ok(None)) => Err(None),
-                    Ok(Err(e)) => Err(Some(e)),
+                    Ok(Ok(None)) => Err(SyncError::Closed),
+                    Ok(Err(e)) => Err(e.into()),
                 };
-                match read {
-                    Ok(msg) => {
-                        if tx.send(Ok(msg)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(Some(e)) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                    Err(None) => return,
+                let failed = read.is_err();
+                if tx.send(read).is_err() || failed {
+                    return;
                 }
             }
         });
@@ -355,7 +347,9 @@ impl<'a> Session<'a> {
         self.writer.flush().await?;
         match self.incoming.recv().await {
             Some(Ok(Message::Welcome(welcome))) => {
-                tracing::info!(version = welcome.version, peer = %welcome.software, "connected to receiver {}", self.options.connect);
+                let version = swrepl_proto::check_welcome(&welcome, Role::Receiver)
+                    .map_err(|e| SyncError::Protocol(e.to_string()))?;
+                tracing::info!(version, peer = %welcome.software, "connected to receiver {}", self.options.connect);
                 Ok(())
             }
             Some(Ok(Message::Error { code, message })) => {
@@ -394,7 +388,7 @@ impl<'a> Session<'a> {
                 msg = self.incoming.recv() => match msg {
                     Some(Ok(msg)) => self.handle(msg).await?,
                     Some(Err(e)) => return Err(e.into()),
-                    None => return Err(SyncError::PeerSilent),
+                    None => return Err(SyncError::Closed),
                 },
                 outcome = async { (&mut self.scan.as_mut().expect("guarded").1).await }, if self.scan.is_some() => {
                     let (kind, _) = self.scan.take().expect("guarded");
@@ -691,6 +685,11 @@ impl<'a> Session<'a> {
     }
 
     async fn handle(&mut self, msg: Message) -> Result<(), SyncError> {
+        if !matches!(msg, Message::Heartbeat(_) | Message::RegistrySnapshot(_)) {
+            if let Some(registry) = self.registry.as_mut() {
+                registry.on_other_message();
+            }
+        }
         match msg {
             Message::NeedChunks { seq, indices } => self.serve_chunks(seq, indices).await?,
             Message::Ack { seq } => {

@@ -1,0 +1,183 @@
+//! File identity, attributes and long paths on Windows (CI runs these under Wine with
+//! `.ci/wine-test`).
+#![cfg(windows)]
+
+use std::fs;
+use std::os::windows::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use swrepl_tree::{
+    attributes_of, file_id_of, hash_bytes, list_tree, to_os_path, Change, Excludes, Index, Scanner,
+};
+use windows_sys::Win32::Storage::FileSystem::{
+    SetFileAttributesW, FILE_ATTRIBUTE_ARCHIVE, FILE_ATTRIBUTE_HIDDEN, FILE_ATTRIBUTE_NORMAL,
+    FILE_ATTRIBUTE_READONLY, FILE_ATTRIBUTE_SYSTEM,
+};
+
+fn scanner(root: &Path) -> Scanner {
+    Scanner::new(
+        root,
+        Excludes::new(&[], true).unwrap(),
+        Index::open_in_memory().unwrap(),
+    )
+}
+
+fn set_attributes(path: &Path, attributes: u32) {
+    let wide: Vec<u16> = path.as_os_str().encode_wide().chain([0]).collect();
+    // SAFETY: `wide` is a NUL-terminated UTF-16 path that outlives the call.
+    let ok = unsafe { SetFileAttributesW(wide.as_ptr(), attributes) };
+    assert_ne!(
+        ok,
+        0,
+        "SetFileAttributesW({}): {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+fn file_ids_are_stable_across_renames_and_distinct_between_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a.txt");
+    let b = tmp.path().join("b.txt");
+    fs::write(&a, b"a").unwrap();
+    fs::write(&b, b"b").unwrap();
+    let id_a = file_id_of(&a).expect("a file id for a.txt");
+    let id_b = file_id_of(&b).expect("a file id for b.txt");
+    assert_ne!(id_a, id_b);
+    assert!(file_id_of(tmp.path()).is_some(), "directories have ids too");
+
+    let moved = tmp.path().join("moved.txt");
+    fs::rename(&a, &moved).unwrap();
+    assert_eq!(file_id_of(&moved), Some(id_a));
+    assert_eq!(file_id_of(&a), None, "nothing is left at the old path");
+}
+
+#[test]
+fn the_scanner_recognises_renames_by_file_id_case_only_ones_included() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    fs::write(root.join("Swserver.cfg"), b"config").unwrap();
+    fs::write(root.join("other.txt"), b"other").unwrap();
+    let mut s = scanner(root);
+    let first = s.scan().unwrap();
+    assert!(first.entries.iter().all(|e| e.file_id.is_some()));
+
+    fs::rename(root.join("other.txt"), root.join("renamed.txt")).unwrap();
+    fs::rename(root.join("Swserver.cfg"), root.join("swserver.cfg")).unwrap();
+    let second = s.scan().unwrap();
+
+    let mut renames: Vec<(String, String)> = second
+        .changes
+        .iter()
+        .map(|c| match c {
+            Change::Rename { from, entry } => (from.clone(), entry.path.clone()),
+            other => panic!("expected only renames, got {other:?}"),
+        })
+        .collect();
+    renames.sort();
+    assert_eq!(
+        renames,
+        [
+            ("Swserver.cfg".to_string(), "swserver.cfg".to_string()),
+            ("other.txt".to_string(), "renamed.txt".to_string()),
+        ]
+    );
+}
+
+#[test]
+fn the_carried_attributes_are_read_from_files_and_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let all = root.join("all.dat");
+    let archive_only = root.join("archive.dat");
+    let dir = root.join("hidden dir");
+    fs::write(&all, b"x").unwrap();
+    fs::write(&archive_only, b"y").unwrap();
+    fs::create_dir(&dir).unwrap();
+    let carried = FILE_ATTRIBUTE_READONLY
+        | FILE_ATTRIBUTE_HIDDEN
+        | FILE_ATTRIBUTE_SYSTEM
+        | FILE_ATTRIBUTE_ARCHIVE;
+    set_attributes(&all, carried);
+    set_attributes(&archive_only, FILE_ATTRIBUTE_ARCHIVE);
+    set_attributes(&dir, FILE_ATTRIBUTE_HIDDEN);
+
+    let of = |path: &Path| attributes_of(&fs::symlink_metadata(path).unwrap()).windows;
+    assert_eq!(of(&all), carried);
+    assert_eq!(of(&archive_only), FILE_ATTRIBUTE_ARCHIVE);
+    assert_eq!(of(&dir) & FILE_ATTRIBUTE_HIDDEN, FILE_ATTRIBUTE_HIDDEN);
+
+    // The scanner carries the same bits in its entries (what the sender puts on the wire).
+    let scanned = scanner(root).scan().unwrap();
+    let entry = |name: &str| {
+        scanned
+            .entries
+            .iter()
+            .find(|e| e.entry.path == name)
+            .unwrap_or_else(|| panic!("{name} scanned"))
+            .entry
+            .attributes
+    };
+    assert_eq!(entry("all.dat").windows, carried);
+    assert_eq!(entry("all.dat").unix_mode, 0);
+    assert_eq!(entry("archive.dat").windows, FILE_ATTRIBUTE_ARCHIVE);
+
+    // Read-only files cannot be deleted: clear it so the temporary directory can go.
+    set_attributes(&all, FILE_ATTRIBUTE_NORMAL);
+}
+
+/// A directory chain whose full path is well past MAX_PATH (260).
+fn long_relative_path() -> (String, PathBuf) {
+    let segment = "Core Services Long Folder Name Number";
+    let parts: Vec<String> = (0..9).map(|i| format!("{segment} {i}")).collect();
+    let rel = format!("{}/attachment.mime", parts.join("/"));
+    let os: PathBuf = rel.split('/').collect();
+    (rel, os)
+}
+
+#[test]
+fn long_paths_are_scanned_hashed_and_read_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (rel, os_rel) = long_relative_path();
+    let full = root.join(&os_rel);
+    assert!(
+        full.as_os_str().len() > 300,
+        "{} chars",
+        full.as_os_str().len()
+    );
+    fs::create_dir_all(full.parent().unwrap()).unwrap();
+    let content = b"a MIME attachment deep in a long path".repeat(100);
+    fs::write(&full, &content).unwrap();
+
+    assert_eq!(to_os_path(root, &rel), full);
+    assert!(file_id_of(&full).is_some());
+
+    let listing = list_tree(root, &Excludes::new(&[], true).unwrap(), &|_| {}).unwrap();
+    assert!(listing.problems.is_empty(), "{:?}", listing.problems);
+    let listed = listing
+        .entries
+        .iter()
+        .find(|e| e.path == rel)
+        .expect("the long path is listed");
+    assert_eq!(listed.size, content.len() as u64);
+    assert_eq!(listed.file_hash, hash_bytes(&content));
+
+    let mut s = scanner(root);
+    let scanned = s.scan().unwrap();
+    assert!(scanned.problems.is_empty(), "{:?}", scanned.problems);
+    let entry = scanned
+        .entries
+        .iter()
+        .find(|e| e.entry.path == rel)
+        .expect("the long path is scanned");
+    assert!(entry.file_id.is_some());
+    assert_eq!(entry.entry.file_hash, hash_bytes(&content));
+    assert_eq!(fs::read(to_os_path(root, &rel)).unwrap(), content);
+
+    // A rescan is stat-only: the index keys long paths like any other.
+    let again = s.scan().unwrap();
+    assert!(again.changes.is_empty(), "{:?}", again.changes);
+    assert_eq!(again.files_hashed, 0);
+}
