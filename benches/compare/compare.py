@@ -545,6 +545,7 @@ class Result:
     wire: int | None = None  # bytes sent by the sending side
     rss_mib: float | None = None
     cpu: float | None = None  # user + system seconds of the client command (and its children)
+    data: int | None = None  # swrepl only: chunk payload bytes sent
 
 
 def swrepl_send_once(s: Services, master: Path, state: Path, tag: str) -> Result:
@@ -559,7 +560,9 @@ def swrepl_send_once(s: Services, master: Path, state: Path, tag: str) -> Result
     if res.returncode != 0:
         raise SystemExit(f"swrepl send failed ({res.returncode}):\n{res.stdout}\n{res.stderr[-3000:]}")
     m = re.search(r"(\d+) bytes on the wire", res.stdout)
-    return Result(elapsed, int(m.group(1)) if m else None, peak_rss_mib(tfile), cpu_seconds(tfile))
+    d = re.search(r"(\d+) bytes of file data sent", res.stdout)
+    return Result(elapsed, int(m.group(1)) if m else None, peak_rss_mib(tfile), cpu_seconds(tfile),
+                  int(d.group(1)) if d else None)
 
 
 def cpu_seconds(time_file: Path) -> float | None:
@@ -852,7 +855,8 @@ def render(a, install_note, tree, rows, init, p50, p99, lat, misses, send_rss, w
         if r is None:
             return "—"
         cpu = f" (cpu {r.cpu:.2f})" if r.cpu is not None else ""
-        return fmt_s(r) + cpu + (f", {fmt_b(r.wire)}" if r.wire is not None else "")
+        data = f" (file data {fmt_b(r.data)})" if r.data is not None else ""
+        return fmt_s(r) + cpu + (f", {fmt_b(r.wire)}" if r.wire is not None else "") + data
 
     for name, r, goal in rows + [(n, r, "") for n, r in disk_rows]:
         out.append(f"| {name} | {cell(r['swrepl'])} | {cell(r['rsyncd'])} | {cell(r['ssh'])} | {cell(r['cp'])} | "

@@ -6,13 +6,19 @@
 //! transaction (KTM: `RegCreateKeyTransactedW`/`RegOpenKeyTransactedW`): it is committed only when
 //! every operation succeeded, so the keys are never left half-changed.
 //!
-//! Verified: type-checked for `x86_64-pc-windows-gnu`. Not verifiable on the Linux lab: the
-//! transaction covering `RegDeleteTreeW` on a transacted handle, and notification timing.
+//! Where KTM is missing (Wine has no `RegOpenKeyTransactedW`),
+//! [`LiveRegistry::without_transactions`] applies the same operations one by one.
+//!
+//! Verified under Wine 8 (`crates/registry/tests/windows.rs`, run by `.ci/wine-test`): reading
+//! every value type losslessly, applying changes without a transaction (set, delete values,
+//! create and delete subtrees), `.reg` round trips, change notification. Not verifiable there:
+//! the KTM transaction itself (Wine lacks the transacted calls), and notification timing.
 
 use std::time::Duration;
 
 use windows_registry::{
-    Key, Transaction, Type, CLASSES_ROOT, CURRENT_CONFIG, CURRENT_USER, LOCAL_MACHINE, USERS,
+    Key, OpenOptions, Transaction, Type, CLASSES_ROOT, CURRENT_CONFIG, CURRENT_USER, LOCAL_MACHINE,
+    USERS,
 };
 use windows_sys::Win32::Foundation::{CloseHandle, HANDLE, WAIT_OBJECT_0};
 use windows_sys::Win32::System::Registry::{
@@ -34,14 +40,30 @@ const DELETE: u32 = 0x0001_0000;
 const MAX_DEPTH: usize = swrepl_proto::registry::MAX_REGISTRY_DEPTH;
 
 /// The registry of the machine swrepl runs on.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct LiveRegistry {
-    _private: (),
+    transactions: bool,
+}
+
+impl Default for LiveRegistry {
+    fn default() -> LiveRegistry {
+        LiveRegistry::new()
+    }
 }
 
 impl LiveRegistry {
+    /// Applies each change set inside one kernel transaction (all-or-nothing).
     pub fn new() -> LiveRegistry {
-        LiveRegistry::default()
+        LiveRegistry { transactions: true }
+    }
+
+    /// Applies operations one by one, without a kernel transaction, for systems without KTM
+    /// (Wine). An apply that fails midway leaves the operations before the failing one applied;
+    /// the `.reg` archive [`crate::apply_changes`] writes first restores the previous state.
+    pub fn without_transactions() -> LiveRegistry {
+        LiveRegistry {
+            transactions: false,
+        }
     }
 }
 
@@ -111,16 +133,21 @@ fn read_key(path: &KeyPath, key: &Key, depth: usize) -> Result<ModelKey> {
     Ok(model)
 }
 
-fn apply_op(tx: &Transaction, op: &Op) -> windows_registry::Result<()> {
+/// Options to open a key below `hive` for reading and writing, inside `tx` when there is one.
+fn writable<'a>(hive: &'a Key, tx: Option<&'a Transaction>) -> OpenOptions<'a> {
+    let mut options = hive.options();
+    options.read().write();
+    if let Some(tx) = tx {
+        options.transaction(tx);
+    }
+    options
+}
+
+fn apply_op(tx: Option<&Transaction>, op: &Op) -> windows_registry::Result<()> {
     match op {
         Op::CreateKey(path) => {
             let (hive, rest) = split_hive(path);
-            hive.options()
-                .read()
-                .write()
-                .create()
-                .transaction(tx)
-                .open(&rest)?;
+            writable(hive, tx).create().open(&rest)?;
             Ok(())
         }
         Op::DeleteKey(path) => {
@@ -128,14 +155,7 @@ fn apply_op(tx: &Transaction, op: &Op) -> windows_registry::Result<()> {
                 return Ok(()); // a hive cannot be deleted; the scope never allows one anyway
             };
             let (hive, rest) = split_hive(&parent);
-            let parent_key = match hive
-                .options()
-                .read()
-                .write()
-                .access(DELETE)
-                .transaction(tx)
-                .open(&rest)
-            {
+            let parent_key = match writable(hive, tx).access(DELETE).open(&rest) {
                 Ok(key) => key,
                 Err(e) if is_not_found(&e) => return Ok(()),
                 Err(e) => return Err(e),
@@ -147,21 +167,19 @@ fn apply_op(tx: &Transaction, op: &Op) -> windows_registry::Result<()> {
         }
         Op::SetValue { key, name, value } => {
             let (hive, rest) = split_hive(key);
-            let key = hive
-                .options()
-                .read()
-                .write()
-                .create()
-                .transaction(tx)
-                .open(&rest)?;
+            let key = writable(hive, tx).create().open(&rest)?;
             // `Type::Other(n)` writes type number `n` as is. Using it for every type (not
             // `Type::String` for 1) keeps string data that lacks a terminator exact, where the
             // crate would debug-assert a terminator.
-            key.set_bytes(name, Type::Other(value.kind), &value.data)
+            key.set_bytes(
+                name,
+                Type::Other(value.kind),
+                non_dangling(&value.data, &[0]),
+            )
         }
         Op::DeleteValue { key, name } => {
             let (hive, rest) = split_hive(key);
-            let key = match hive.options().read().write().transaction(tx).open(&rest) {
+            let key = match writable(hive, tx).open(&rest) {
                 Ok(key) => key,
                 Err(e) if is_not_found(&e) => return Ok(()),
                 Err(e) => return Err(e),
@@ -171,6 +189,17 @@ fn apply_op(tx: &Transaction, op: &Op) -> windows_registry::Result<()> {
                 other => other,
             }
         }
+    }
+}
+
+/// `data`, or for empty data an empty slice of `anchor`. An empty `Vec`'s pointer is dangling
+/// (0x1), and Wine's `RegSetValueExW` refuses pointers that low with ERROR_NOACCESS even for zero
+/// bytes; a pointer into a real buffer is valid everywhere.
+fn non_dangling<'a>(data: &'a [u8], anchor: &'a [u8; 1]) -> &'a [u8] {
+    if data.is_empty() {
+        &anchor[..0]
+    } else {
+        data
     }
 }
 
@@ -213,6 +242,20 @@ impl RegistryBackend for LiveRegistry {
     }
 
     fn apply(&mut self, changes: &ChangeSet) -> Result<()> {
+        if !self.transactions {
+            for (done, op) in changes.ops.iter().enumerate() {
+                apply_op(None, op).map_err(|e| {
+                    os_error(
+                        format!(
+                            "cannot apply `{op}` ({done} of {} operations were applied before it)",
+                            changes.ops.len()
+                        ),
+                        Err(e),
+                    )
+                })?;
+            }
+            return Ok(());
+        }
         let tx = Transaction::new().map_err(|e| {
             os_error(
                 "cannot start a registry transaction (is the Kernel Transaction Manager available?)"
@@ -222,7 +265,7 @@ impl RegistryBackend for LiveRegistry {
         })?;
         for op in &changes.ops {
             // On error the transaction is dropped uncommitted: Windows rolls everything back.
-            apply_op(&tx, op).map_err(|e| {
+            apply_op(Some(&tx), op).map_err(|e| {
                 os_error(format!("cannot apply `{op}`; nothing was changed"), Err(e))
             })?;
         }

@@ -163,6 +163,10 @@ impl Applier {
 
     /// The index's view of `rel`, re-checked against the disk (a stale entry is rehashed).
     fn current(&mut self, rel: &str) -> Result<Option<ScannedEntry>, SyncError> {
+        if self.under_link(rel) {
+            // Not an entry of this tree: whatever sits behind the link is never read or touched.
+            return Ok(None);
+        }
         let on_disk = std::fs::symlink_metadata(self.root_path.join(rel));
         let indexed = self.scanner.index().get(rel)?;
         match (on_disk, indexed) {
@@ -392,9 +396,9 @@ impl Applier {
     }
 
     fn ensure_dir(&mut self, rel: &str) -> Result<(), SyncError> {
-        if self.root.is_dir(rel) {
-            return Ok(());
-        }
+        // Component by component, without following links: a link planted or replicated in the
+        // way (e.g. `x -> .` or `x -> .swrepl`) is archived and replaced by a real directory, so
+        // nothing is ever written through a link into the state directory or an excluded folder.
         let mut prefix = String::new();
         for component in rel.split('/') {
             if !prefix.is_empty() {
@@ -477,7 +481,10 @@ impl Applier {
     /// Removes `rel` (a file, link or whole tree) into the archive. Returns false when there was
     /// nothing to remove.
     pub fn delete(&mut self, rel: &str) -> Result<bool, SyncError> {
-        if self.root.symlink_metadata(rel).is_err() || !self.has_exact_name(rel) {
+        if self.under_link(rel)
+            || self.root.symlink_metadata(rel).is_err()
+            || !self.has_exact_name(rel)
+        {
             self.scanner.index_mut().remove_tree(rel)?;
             return Ok(false);
         }
@@ -489,6 +496,56 @@ impl Applier {
         self.sync_parent(rel);
         self.scanner.index_mut().remove_tree(rel)?;
         Ok(true)
+    }
+
+    /// Whether a parent component of `rel` is a link (or not a directory): such a path names
+    /// something behind a link, never an entry of this tree, and is neither read nor removed.
+    fn under_link(&self, rel: &str) -> bool {
+        let mut prefix = String::new();
+        let Some((parents, _)) = rel.rsplit_once('/') else {
+            return false;
+        };
+        for component in parents.split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(component);
+            match self.root.symlink_metadata(&prefix) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => return true,
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Whether a link at `link` pointing to `target` (already checked to stay inside the root)
+    /// resolves into swrepl's state directory or an excluded folder, which a sender may not
+    /// reach through a link any more than by name.
+    pub fn link_reaches_excluded(&self, link: &str, target: &str) -> bool {
+        let mut resolved: Vec<&str> = link.split('/').collect();
+        resolved.pop();
+        for component in target.split('/') {
+            match component {
+                "" | "." => {}
+                ".." => {
+                    resolved.pop();
+                }
+                name => resolved.push(name),
+            }
+        }
+        !resolved.is_empty() && self.is_excluded(&resolved.join("/"))
+    }
+
+    /// Removes every staging file (none is in use between sessions): a file whose session
+    /// failed half way, e.g. on a full disk, must not keep holding space.
+    pub fn clear_staging(&mut self) {
+        let Ok(entries) = self.staging.entries() else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let _ = self.staging.remove_file(entry.file_name());
+        }
     }
 
     /// Whether `rel`'s last component exists with exactly this spelling. On a case-insensitive

@@ -31,11 +31,11 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use receiver::{run_receiver, ReceiverEvent, ReceiverOptions};
-pub use registry::{remote_registry, OpenRegistry, RegistrySource, DEFAULT_REGISTRY_POLL};
+pub use registry::{OpenRegistry, RegistrySource, DEFAULT_REGISTRY_POLL};
 pub use sender::{run_sender, SendSummary, SenderOptions, ServiceProbe, WatchSignal};
 pub use status::{read_status, ReceiverStatus};
 pub use swrepl_net::Fingerprint;
-pub use verify::remote_listing;
+pub use verify::{remote_listing, remote_registry};
 
 /// How often each side sends a heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);

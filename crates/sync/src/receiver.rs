@@ -428,6 +428,8 @@ impl Session {
                 self.applier.discard(*pending);
             }
         }
+        // A change that failed half way (e.g. the disk filled up) left its staging file behind.
+        self.applier.clear_staging();
         self.applier
     }
 
@@ -589,6 +591,17 @@ impl Session {
                 reason: e.to_string(),
             }));
         }
+        if let EntryKind::Symlink { target } = &entry.kind {
+            if self.applier.link_reaches_excluded(&entry.path, target) {
+                return Some(Ok(Op::Refuse {
+                    seq,
+                    path: entry.path.clone(),
+                    reason: format!(
+                        "link target {target:?} leads into swrepl's state or an excluded folder"
+                    ),
+                }));
+            }
+        }
         if self.pass.is_some_and(|(_, full)| full) {
             self.seen.insert(entry.path.clone());
         }
@@ -640,6 +653,12 @@ impl Session {
     }
 
     fn chunk_data(&mut self, seq: Seq, index: u32, data: &[u8]) -> Result<(), SyncError> {
+        if seq > self.last_seq {
+            return Err(SyncError::Protocol(format!(
+                "chunk data for change {seq}, which was never announced (last is {})",
+                self.last_seq
+            )));
+        }
         let Some(Op::File { pending, .. }) = self.queue.iter_mut().find(|op| op.seq() == Some(seq))
         else {
             // A change withdrawn or already refused; its data may still be in flight.

@@ -23,9 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use swrepl_net::Identity;
 use swrepl_proto::registry::{RegistryChangeSet, RegistrySnapshot};
-use swrepl_proto::{Message, Role, Seq};
+use swrepl_proto::{Message, Seq};
 use swrepl_registry::wire::{from_wire_changes, from_wire_snapshot, to_wire_changes};
 use swrepl_registry::{
     apply_changes, diff, ChangeSet, Error as RegistryError, RegFileBackend, RegistryBackend, Scope,
@@ -33,7 +32,7 @@ use swrepl_registry::{
 };
 use tokio::sync::mpsc;
 
-use crate::{Fingerprint, SyncError, PEER_TIMEOUT, SOFTWARE};
+use crate::SyncError;
 
 /// Opens the backend that holds the registry keys (called once per use, on a blocking thread).
 pub type OpenRegistry =
@@ -518,67 +517,6 @@ pub(crate) async fn answer_request(source: Option<RegistrySource>) -> Result<Mes
         .await
         .map_err(|e| SyncError::Internal(e.to_string()))?;
     Ok(Message::RegistrySnapshot(snapshot))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Verifier side
-
-/// Connects to the receiver at `addr` as a verifier and returns the state of the registry keys
-/// it replicates, or `None` when it replicates none.
-pub async fn remote_registry(
-    addr: &str,
-    identity: &Identity,
-    trusted: &[Fingerprint],
-    timeout: Duration,
-) -> Result<Option<Snapshot>, SyncError> {
-    let mut stream = swrepl_net::connect(addr, identity, trusted, timeout).await?;
-    stream
-        .send(&Message::Hello(swrepl_proto::hello(
-            Role::Verifier,
-            SOFTWARE,
-        )))
-        .await?;
-    stream.flush().await?;
-    match recv(&mut stream).await? {
-        Message::Welcome(_) => {}
-        Message::Error { code, message } => return Err(SyncError::PeerError { code, message }),
-        _ => {
-            return Err(SyncError::Protocol(
-                "receiver did not answer Hello with Welcome".into(),
-            ))
-        }
-    }
-    stream.send(&Message::RegistryRequest).await?;
-    stream.flush().await?;
-    loop {
-        match recv(&mut stream).await? {
-            Message::RegistrySnapshot(wire) if wire.roots.is_empty() => return Ok(None),
-            Message::RegistrySnapshot(wire) => {
-                return from_wire_snapshot(&wire).map(Some).map_err(|e| {
-                    SyncError::Protocol(format!("bad registry snapshot from the receiver: {e}"))
-                })
-            }
-            Message::Heartbeat(_) => {}
-            Message::Error { code, message } => return Err(SyncError::PeerError { code, message }),
-            _ => {
-                return Err(SyncError::Protocol(
-                    "unexpected answer to a registry request".into(),
-                ))
-            }
-        }
-    }
-}
-
-async fn recv(stream: &mut swrepl_net::FramedStream) -> Result<Message, SyncError> {
-    match tokio::time::timeout(PEER_TIMEOUT, stream.recv()).await {
-        Err(_) => Err(SyncError::PeerSilent),
-        Ok(Ok(Some(msg))) => {
-            swrepl_proto::validate_message(&msg).map_err(|e| SyncError::Protocol(e.to_string()))?;
-            Ok(msg)
-        }
-        Ok(Ok(None)) => Err(SyncError::Protocol("receiver closed the connection".into())),
-        Ok(Err(e)) => Err(e.into()),
-    }
 }
 
 #[cfg(test)]

@@ -156,6 +156,8 @@ pub async fn run_sender(
     let started = Instant::now();
     let mut backoff = Duration::from_millis(250);
     let mut last_paths: Option<HashSet<String>> = None;
+    // Sessions in a row that the receiver ended with an error (e.g. its disk is full).
+    let mut refused_sessions: u32 = 0;
     loop {
         let attempt = tokio::select! {
             _ = &mut shutdown => return Ok(SendSummary::default()),
@@ -182,6 +184,7 @@ pub async fn run_sender(
         };
         backoff = Duration::from_millis(250);
         let counters = stream.counters();
+        let session_started = Instant::now();
         let (reader, writer) = stream.split();
         let mut session =
             Session::new(&options, scanner.clone(), writer, reader, last_paths.take());
@@ -197,11 +200,34 @@ pub async fn run_sender(
                 if options.once && started.elapsed() >= options.connect_timeout * 4 {
                     return Err(e);
                 }
-                tracing::warn!("session with {} ended: {e}; reconnecting", options.connect);
-                tokio::time::sleep(backoff).await;
+                let pause = retry_pause(&e, session_started.elapsed(), &mut refused_sessions);
+                tracing::warn!(
+                    "session with {} ended: {e}; reconnecting in {:.1}s",
+                    options.connect,
+                    pause.as_secs_f64()
+                );
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(session.summary(&counters)),
+                    _ = tokio::time::sleep(pause) => {}
+                }
             }
         }
     }
+}
+
+/// How long to wait before the next session. A receiver that keeps ending sessions with an
+/// error of its own (its disk is full, it cannot write a file) is retried ever more slowly, up
+/// to 30 s, so that it does not turn into a loop resending the same data several times a second;
+/// a session that ran for a while, or one lost to the network, starts the count again.
+fn retry_pause(error: &SyncError, lasted: Duration, refused_sessions: &mut u32) -> Duration {
+    const BASE: Duration = Duration::from_millis(250);
+    if !matches!(error, SyncError::PeerError { .. }) || lasted > Duration::from_secs(300) {
+        *refused_sessions = 0;
+    }
+    if matches!(error, SyncError::PeerError { .. }) {
+        *refused_sessions = (*refused_sessions + 1).min(8);
+    }
+    (BASE * 2u32.pow(*refused_sessions)).min(Duration::from_secs(30))
 }
 
 fn open_scanner(options: &SenderOptions) -> Result<Scanner, SyncError> {
@@ -358,7 +384,7 @@ impl<'a> Session<'a> {
             Some(Ok(_)) => Err(SyncError::Protocol(
                 "receiver did not answer Hello with Welcome".into(),
             )),
-            Some(Err(e)) => Err(e.into()),
+            Some(Err(e)) => Err(e),
             None => Err(SyncError::Protocol(
                 "receiver closed the connection during the handshake".into(),
             )),
@@ -387,7 +413,7 @@ impl<'a> Session<'a> {
             tokio::select! {
                 msg = self.incoming.recv() => match msg {
                     Some(Ok(msg)) => self.handle(msg).await?,
-                    Some(Err(e)) => return Err(e.into()),
+                    Some(Err(e)) => return Err(e),
                     None => return Err(SyncError::Closed),
                 },
                 outcome = async { (&mut self.scan.as_mut().expect("guarded").1).await }, if self.scan.is_some() => {
