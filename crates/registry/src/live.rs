@@ -171,11 +171,8 @@ fn apply_op(tx: Option<&Transaction>, op: &Op) -> windows_registry::Result<()> {
             // `Type::Other(n)` writes type number `n` as is. Using it for every type (not
             // `Type::String` for 1) keeps string data that lacks a terminator exact, where the
             // crate would debug-assert a terminator.
-            key.set_bytes(
-                name,
-                Type::Other(value.kind),
-                non_dangling(&value.data, &[0]),
-            )
+            let guarded = GuardedData::new(&value.data);
+            key.set_bytes(name, Type::Other(value.kind), guarded.data())
         }
         Op::DeleteValue { key, name } => {
             let (hive, rest) = split_hive(key);
@@ -192,14 +189,31 @@ fn apply_op(tx: Option<&Transaction>, op: &Op) -> windows_registry::Result<()> {
     }
 }
 
-/// `data`, or for empty data an empty slice of `anchor`. An empty `Vec`'s pointer is dangling
-/// (0x1), and Wine's `RegSetValueExW` refuses pointers that low with ERROR_NOACCESS even for zero
-/// bytes; a pointer into a real buffer is valid everywhere.
-fn non_dangling<'a>(data: &'a [u8], anchor: &'a [u8; 1]) -> &'a [u8] {
-    if data.is_empty() {
-        &anchor[..0]
-    } else {
-        data
+/// Value data laid out so that `RegSetValueExW` stores exactly its bytes:
+/// - for a string type whose data lacks its terminator, `RegSetValueExW` looks at the character
+///   just past the buffer and, when it is 0, stores it too ("the caller forgot to count the
+///   terminator"; NT does this, and Wine copies it). The copy is followed by two non-zero bytes,
+///   so nothing is added, and nothing past our allocation is read;
+/// - empty data gets a real pointer: an empty `Vec`'s is dangling (0x1), which Wine refuses with
+///   ERROR_NOACCESS even for zero bytes.
+struct GuardedData {
+    buffer: Vec<u8>,
+    len: usize,
+}
+
+impl GuardedData {
+    fn new(data: &[u8]) -> GuardedData {
+        let mut buffer = Vec::with_capacity(data.len() + 2);
+        buffer.extend_from_slice(data);
+        buffer.extend_from_slice(&[0xff, 0xff]);
+        GuardedData {
+            buffer,
+            len: data.len(),
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.buffer[..self.len]
     }
 }
 

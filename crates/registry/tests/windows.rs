@@ -105,14 +105,14 @@ fn sample_values() -> Vec<(&'static str, u32, Vec<u8>)> {
 fn write_samples(key: &TestKey, sub: &str) {
     let handle = key.open(sub);
     for (name, ty, data) in sample_values() {
-        // An empty Vec's pointer is dangling, which Wine refuses even for zero bytes.
-        let data = if data.is_empty() {
-            Vec::with_capacity(1)
-        } else {
-            data
-        };
+        // RegSetValueExW stores a string's missing terminator when the character after the
+        // buffer is 0, and Wine refuses an empty Vec's dangling pointer: guard both, as
+        // LiveRegistry does.
+        let len = data.len();
+        let mut guarded = data;
+        guarded.extend([0xff, 0xff]);
         handle
-            .set_bytes(name, Type::Other(ty), &data)
+            .set_bytes(name, Type::Other(ty), &guarded[..len])
             .unwrap_or_else(|e| panic!("set {name:?}: {e}"));
     }
 }
@@ -160,7 +160,9 @@ fn every_value_type_reads_back_losslessly() {
 fn a_key_that_does_not_exist_reads_as_absent() {
     let key = TestKey::new("absent");
     let missing = key.path().child("not there");
-    let snap = live_registry().read(std::slice::from_ref(&missing)).unwrap();
+    let snap = live_registry()
+        .read(std::slice::from_ref(&missing))
+        .unwrap();
     assert!(snap.root(&missing).is_none());
 }
 
@@ -180,6 +182,12 @@ fn applied_changes_land_in_the_registry_exactly() {
     let mut wanted = before.to_tree();
     let root = wanted.get_mut(&key.path()).unwrap();
     root.set_value("dword", Value::qword(42));
+    // The two cases RegSetValueExW would not store exactly without care.
+    root.set_value(
+        "no terminator",
+        Value::raw(kind::REG_EXPAND_SZ, vec![b'x', 0]),
+    );
+    root.set_value("empty", Value::raw(kind::REG_MULTI_SZ, Vec::new()));
     assert!(root.remove_value("binary"));
     root.remove_subkey("old").expect("old subtree");
     wanted
@@ -196,6 +204,11 @@ fn applied_changes_land_in_the_registry_exactly() {
         Some((kind::REG_QWORD, 42u64.to_le_bytes().to_vec()))
     );
     assert_eq!(key.raw("", "binary"), None);
+    assert_eq!(
+        key.raw("", "no terminator"),
+        Some((kind::REG_EXPAND_SZ, vec![b'x', 0]))
+    );
+    assert_eq!(key.raw("", "empty"), Some((kind::REG_MULTI_SZ, vec![])));
     assert_eq!(
         key.raw("new", "alias"),
         Some((kind::REG_SZ, utf16z("http://slave/sw")))

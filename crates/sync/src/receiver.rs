@@ -259,6 +259,8 @@ async fn run_sender_session(
 
     let (in_tx, in_rx) = mpsc::channel::<Message>(256);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
+    // The reading half tells the peer about a message that breaks the protocol's limits.
+    let violations = out_tx.clone();
     let events = ctx.events.clone();
     let status = ctx.status.clone();
     let registry_source = ctx.registry.clone();
@@ -304,7 +306,13 @@ async fn run_sender_session(
                 },
             };
             let Some(msg) = msg else { return Ok(()) };
-            check_message(&msg)?;
+            if let Err(e) = check_message(&msg) {
+                let _ = violations.send(Message::Error {
+                    code: ErrorCode::ProtocolViolation,
+                    message: e.to_string(),
+                });
+                return Err(e);
+            }
             if in_tx.send(msg).await.is_err() {
                 return Ok(()); // the worker stopped; its result says why
             }
@@ -312,6 +320,7 @@ async fn run_sender_session(
     }
     .await;
     drop(in_tx);
+    drop(violations);
     let (applier, work_result) = worker
         .await
         .map_err(|e| SyncError::Internal(e.to_string()))?;

@@ -6,7 +6,7 @@
 //! trigger incremental passes within milliseconds; a periodic rescan, and a rescan whenever the
 //! watcher reports an error or overflow, is the safety net because watchers drop events.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -27,6 +27,8 @@ use crate::{now_unix_ms, Fingerprint, SyncError, HEARTBEAT_INTERVAL, PEER_TIMEOU
 const WINDOW: usize = 4096;
 /// Quiet time after a file-system event before rescanning, so a burst becomes one pass.
 const DEBOUNCE: Duration = Duration::from_millis(40);
+/// Quiet time before refreshing files whose content changed (no walk, so it can be short).
+const FILES_DEBOUNCE: Duration = Duration::from_millis(5);
 /// Longest a continuous burst of events can postpone a rescan.
 const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
 /// How often a `once` run retries files it could not read cleanly before giving up on them.
@@ -254,13 +256,18 @@ fn open_scanner(options: &SenderOptions) -> Result<Scanner, SyncError> {
 }
 
 /// A hint from the file-system watcher.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchSignal {
-    /// Something under the root changed.
+    /// The content of these files (relative paths) changed: refresh just them.
+    Files(Vec<String>),
+    /// The shape of the tree changed (creations of directories, removals, renames): rescan.
     Changed,
     /// The watcher lost events or failed: only a rescan can tell what changed.
     Rescan,
 }
+
+/// One file reread after a content event: its path and what the refresh found.
+type Refreshed = (String, Result<Option<swrepl_tree::ScannedEntry>, TreeError>);
 
 /// What the sender must keep to serve chunk requests for an unacknowledged change.
 struct InFlight {
@@ -294,6 +301,10 @@ struct Session<'a> {
     )>,
     dirty: Option<(Instant, Instant)>,
     want_full: bool,
+    /// Files whose content changed, refreshed on their own (no walk) once events go quiet.
+    changed_files: BTreeSet<String>,
+    files_dirty: Option<(Instant, Instant)>,
+    refresh: Option<tokio::task::JoinHandle<Vec<Refreshed>>>,
     retries_left: u32,
     registry: Option<crate::registry::SenderRegistry>,
 }
@@ -347,6 +358,9 @@ impl<'a> Session<'a> {
             scan: None,
             dirty: None,
             want_full: false,
+            changed_files: BTreeSet::new(),
+            files_dirty: None,
+            refresh: None,
             retries_left: ONCE_RETRIES,
             registry: options
                 .registry
@@ -410,6 +424,9 @@ impl<'a> Session<'a> {
             let debounce = self
                 .dirty
                 .map(|(first, last)| (last + DEBOUNCE).min(first + DEBOUNCE_MAX));
+            let files_due = self
+                .files_dirty
+                .map(|(first, last)| (last + FILES_DEBOUNCE).min(first + DEBOUNCE_MAX));
             tokio::select! {
                 msg = self.incoming.recv() => match msg {
                     Some(Ok(msg)) => self.handle(msg).await?,
@@ -426,13 +443,16 @@ impl<'a> Session<'a> {
                     let kind = if std::mem::take(&mut self.want_full) { ScanKind::Full } else { ScanKind::Incremental };
                     self.start_scan(kind);
                 }
-                signal = watch.recv() => {
-                    if signal == Some(WatchSignal::Rescan) {
-                        tracing::info!("watcher lost events or failed; rescanning");
-                    }
-                    let now = Instant::now();
-                    self.dirty = Some(self.dirty.map_or((now, now), |(first, _)| (first, now)));
+                refreshed = async { self.refresh.as_mut().expect("guarded").await }, if self.refresh.is_some() => {
+                    self.refresh = None;
+                    let refreshed = refreshed.map_err(|e| SyncError::Internal(e.to_string()))?;
+                    self.refresh_done(refreshed);
                 }
+                _ = tokio::time::sleep_until(files_due.unwrap_or_else(Instant::now)), if files_due.is_some() && self.scan.is_none() && self.refresh.is_none() => {
+                    self.files_dirty = None;
+                    self.start_refresh();
+                }
+                signal = watch.recv() => self.watch_signal(signal),
                 local = crate::registry::next_local(&mut self.registry) => {
                     if let Some(local) = local {
                         self.registry_local(local);
@@ -450,6 +470,71 @@ impl<'a> Session<'a> {
                 }
             }
         }
+    }
+
+    fn watch_signal(&mut self, signal: Option<WatchSignal>) {
+        let now = Instant::now();
+        match signal {
+            Some(WatchSignal::Files(paths)) => {
+                self.changed_files.extend(paths);
+                self.files_dirty = Some(
+                    self.files_dirty
+                        .map_or((now, now), |(first, _)| (first, now)),
+                );
+            }
+            Some(WatchSignal::Rescan) => {
+                tracing::info!("watcher lost events or failed; rescanning");
+                self.dirty = Some(self.dirty.map_or((now, now), |(first, _)| (first, now)));
+            }
+            Some(WatchSignal::Changed) | None => {
+                self.dirty = Some(self.dirty.map_or((now, now), |(first, _)| (first, now)));
+            }
+        }
+    }
+
+    /// Rereads just the files whose content changed (no walk of the tree).
+    fn start_refresh(&mut self) {
+        let paths = std::mem::take(&mut self.changed_files);
+        if paths.is_empty() {
+            return;
+        }
+        let scanner = self.scanner.clone();
+        self.refresh = Some(tokio::task::spawn_blocking(move || {
+            let mut scanner = scanner.lock().expect("scanner lock");
+            paths
+                .into_iter()
+                .map(|rel| {
+                    let result = scanner.refresh(&rel);
+                    (rel, result)
+                })
+                .collect()
+        }));
+    }
+
+    fn refresh_done(&mut self, refreshed: Vec<Refreshed>) {
+        let mut upserts = Vec::new();
+        for (rel, result) in refreshed {
+            match result {
+                Ok(Some(scanned)) if scanned.entry.kind == EntryKind::File => {
+                    upserts.push(scanned.entry)
+                }
+                // Gone, excluded, or not a plain file any more: the walk decides what it became.
+                Ok(_) => self.mark_dirty(false),
+                Err(e) => {
+                    tracing::debug!(path = %rel, "refresh deferred to the next scan: {e}");
+                    self.mark_dirty(false);
+                }
+            }
+        }
+        if upserts.is_empty() {
+            return;
+        }
+        let pass = self.begin_pass(false);
+        let count = upserts.len() as u64;
+        for entry in upserts {
+            self.queue_change(Change::Upsert(entry));
+        }
+        self.end_pass(pass, count, Prune::Never);
     }
 
     fn mark_dirty(&mut self, full: bool) {
@@ -890,4 +975,35 @@ fn change_seq(msg: &Message) -> Option<Seq> {
 fn is_same_or_under(path: &str, dir: &str) -> bool {
     path == dir
         || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> SyncError {
+        SyncError::PeerError {
+            code: swrepl_proto::ErrorCode::ReceiverUnavailable,
+            message: "cannot apply \"big.bin\": No space left on device".into(),
+        }
+    }
+
+    #[test]
+    fn a_receiver_that_keeps_failing_is_retried_ever_more_slowly() {
+        let mut count = 0;
+        let short = Duration::from_secs(1);
+        let pauses: Vec<u128> = (0..10)
+            .map(|_| retry_pause(&refused(), short, &mut count).as_millis())
+            .collect();
+        assert_eq!(
+            pauses,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000]
+        );
+        // A session lost to the network, or one that ran for a long time, starts over.
+        let lost = SyncError::PeerSilent;
+        assert_eq!(retry_pause(&lost, short, &mut count).as_millis(), 250);
+        assert_eq!(retry_pause(&refused(), short, &mut count).as_millis(), 500);
+        let long = Duration::from_secs(3600);
+        assert_eq!(retry_pause(&refused(), long, &mut count).as_millis(), 500);
+    }
 }

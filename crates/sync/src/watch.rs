@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use notify::{Event, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
 use swrepl_tree::Excludes;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -25,13 +26,7 @@ pub fn start(
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
         let signal = match event {
             Ok(event) if event.need_rescan() => Some(WatchSignal::Rescan),
-            Ok(event) => {
-                let relevant = event.paths.iter().any(|p| {
-                    swrepl_tree::to_wire_path(&root_owned, p)
-                        .is_none_or(|rel| rel.is_empty() || !excludes.is_excluded(&rel))
-                });
-                relevant.then_some(WatchSignal::Changed)
-            }
+            Ok(event) => classify(&root_owned, &excludes, &event),
             Err(e) => {
                 tracing::warn!("file watcher error: {e}");
                 Some(WatchSignal::Rescan)
@@ -46,4 +41,33 @@ pub fn start(
         .watch(root, RecursiveMode::Recursive)
         .map_err(|e| SyncError::Watch(format!("cannot watch {}: {e}", root.display())))?;
     Ok(WatchHandle { _watcher: watcher })
+}
+
+/// What an event asks for: nothing (only excluded paths), a refresh of the files whose content
+/// changed (the fast path: no walk of the tree), or an incremental scan (anything that changes
+/// the shape of the tree — creations of directories, removals, renames — where only a walk can
+/// recognise renames and whole deleted subtrees).
+fn classify(root: &Path, excludes: &Excludes, event: &Event) -> Option<WatchSignal> {
+    let relevant: Vec<String> = event
+        .paths
+        .iter()
+        .filter_map(|p| swrepl_tree::to_wire_path(root, p))
+        .filter(|rel| rel.is_empty() || !excludes.is_excluded(rel))
+        .collect();
+    if relevant.is_empty() && !event.paths.is_empty() {
+        return None;
+    }
+    let content_only = matches!(
+        event.kind,
+        EventKind::Create(CreateKind::File)
+            | EventKind::Modify(ModifyKind::Data(_))
+            | EventKind::Modify(ModifyKind::Metadata(_))
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    );
+    let files: Vec<String> = relevant.into_iter().filter(|rel| !rel.is_empty()).collect();
+    if content_only && !files.is_empty() {
+        Some(WatchSignal::Files(files))
+    } else {
+        Some(WatchSignal::Changed)
+    }
 }

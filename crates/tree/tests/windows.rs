@@ -53,35 +53,69 @@ fn file_ids_are_stable_across_renames_and_distinct_between_files() {
     assert_eq!(file_id_of(&a), None, "nothing is left at the old path");
 }
 
+fn names_in(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn renames(changes: &[Change]) -> Vec<(String, String)> {
+    changes
+        .iter()
+        .map(|c| match c {
+            Change::Rename { from, entry } => (from.clone(), entry.path.clone()),
+            other => panic!("expected only renames, got {other:?}"),
+        })
+        .collect()
+}
+
 #[test]
-fn the_scanner_recognises_renames_by_file_id_case_only_ones_included() {
+fn the_scanner_recognises_renames_by_file_id() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    fs::write(root.join("Swserver.cfg"), b"config").unwrap();
+    fs::create_dir(root.join("html")).unwrap();
+    fs::write(root.join("html/page.php"), b"page").unwrap();
     fs::write(root.join("other.txt"), b"other").unwrap();
     let mut s = scanner(root);
     let first = s.scan().unwrap();
     assert!(first.entries.iter().all(|e| e.file_id.is_some()));
 
     fs::rename(root.join("other.txt"), root.join("renamed.txt")).unwrap();
-    fs::rename(root.join("Swserver.cfg"), root.join("swserver.cfg")).unwrap();
-    let second = s.scan().unwrap();
-
-    let mut renames: Vec<(String, String)> = second
-        .changes
-        .iter()
-        .map(|c| match c {
-            Change::Rename { from, entry } => (from.clone(), entry.path.clone()),
-            other => panic!("expected only renames, got {other:?}"),
-        })
-        .collect();
-    renames.sort();
+    fs::rename(root.join("html"), root.join("portal")).unwrap();
+    let mut found = renames(&s.scan().unwrap().changes);
+    found.sort();
     assert_eq!(
-        renames,
+        found,
         [
-            ("Swserver.cfg".to_string(), "swserver.cfg".to_string()),
+            ("html".to_string(), "portal".to_string()),
             ("other.txt".to_string(), "renamed.txt".to_string()),
         ]
+    );
+}
+
+/// NTFS changes the case of a name in place; Wine (whose files live on a case-sensitive Unix
+/// file system behind a case-insensitive lookup) leaves the old name, so there the test has
+/// nothing to check and says so.
+#[test]
+fn the_scanner_recognises_a_case_only_rename() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    fs::write(root.join("Swserver.cfg"), b"config").unwrap();
+    let mut s = scanner(root);
+    s.scan().unwrap();
+
+    fs::rename(root.join("Swserver.cfg"), root.join("swserver.cfg")).unwrap();
+    if names_in(root) != ["swserver.cfg"] {
+        eprintln!(
+            "skipped: this file system kept the old case after a case-only rename: {:?}",
+            names_in(root)
+        );
+        return;
+    }
+    assert_eq!(
+        renames(&s.scan().unwrap().changes),
+        [("Swserver.cfg".to_string(), "swserver.cfg".to_string())]
     );
 }
 
