@@ -253,11 +253,12 @@ fn sender_killed_at_random_points_never_leaves_a_partial_file() {
     let (mut rng, kills) = settings("sender kills");
     let pair = Pair::new();
     let versions = Versions::default();
-    build_tree(&pair, &mut rng, 300, &versions);
+    let scratch = build_tree(&pair, &mut rng, 300, &versions);
     let mut receiver = pair.start_receiver(&[]);
+    let mut n = 1_000_000;
     for kill in 0..kills {
         let mut sender = pair.spawn_sender(&["--once"]);
-        std::thread::sleep(Duration::from_millis(rng.random_range(0..1500)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..800)));
         sender.kill();
         let files = assert_slave_consistent(&pair, &versions, &format!("sender kill {kill}"));
         eprintln!("sender kill {kill}: {files} files consistent");
@@ -265,6 +266,14 @@ fn sender_killed_at_random_points_never_leaves_a_partial_file() {
             receiver.is_running(),
             "a dying sender does not stop the receiver"
         );
+        // New versions for the next sender to transfer (and be killed in the middle of).
+        for _ in 0..rng.random_range(10..60) {
+            let paths = versions.paths();
+            let rel = paths[rng.random_range(0..paths.len())].clone();
+            n += 1;
+            let content = random_content(&mut rng);
+            write_version(&scratch, &pair.master, &rel, &content, &versions, n);
+        }
     }
     let out = pair.send_once(&[]);
     assert!(out.status.success(), "final sync failed: {}", stderr(&out));

@@ -303,9 +303,16 @@ impl Applier {
     /// [`PendingFile::has_all_remote`].
     pub fn complete(&mut self, pending: &mut PendingFile) -> Result<Completion, SyncError> {
         let mut late = Vec::new();
-        for i in std::mem::take(&mut pending.local) {
+        let mut sources = LocalSources::default();
+        let local = std::mem::take(&mut pending.local);
+        if !local.is_empty() {
+            // An edited file mostly consists of its own previous version's chunks: look there
+            // first (one open, no index query per chunk).
+            sources.previous = self.previous_version(&pending.entry.path)?;
+        }
+        for i in local {
             let chunk = pending.entry.chunks[i as usize];
-            match self.read_local_chunk(&chunk.hash, chunk.len)? {
+            match self.read_local_chunk(&mut sources, &chunk.hash, chunk.len)? {
                 Some(data) => write_at(&mut pending.file, pending.offsets[i as usize], &data)
                     .map_err(|e| self.io_err(&pending.entry.path, e))?,
                 None => {
@@ -336,21 +343,57 @@ impl Applier {
         let _ = self.staging.remove_file(&pending.staging_name);
     }
 
-    fn read_local_chunk(&self, hash: &Hash, len: u32) -> Result<Option<Vec<u8>>, SyncError> {
+    /// The file now at `rel` with its chunk offsets by hash, when the index knows it.
+    fn previous_version(&self, rel: &str) -> Result<Option<PreviousVersion>, SyncError> {
+        let Some(known) = self.scanner.index().get(rel)? else {
+            return Ok(None);
+        };
+        let Ok(file) = self.root.open(rel) else {
+            return Ok(None);
+        };
+        let mut chunks = HashMap::new();
+        let mut offset = 0u64;
+        for chunk in &known.entry.chunks {
+            chunks.entry(chunk.hash).or_insert((offset, chunk.len));
+            offset += u64::from(chunk.len);
+        }
+        Ok(Some(PreviousVersion {
+            file: file.into_std(),
+            chunks,
+        }))
+    }
+
+    /// A chunk's bytes from a copy already on this machine, checked against its hash.
+    fn read_local_chunk(
+        &self,
+        sources: &mut LocalSources,
+        hash: &Hash,
+        len: u32,
+    ) -> Result<Option<Vec<u8>>, SyncError> {
+        if let Some(previous) = sources.previous.as_mut() {
+            if let Some(&(offset, chunk_len)) = previous.chunks.get(hash) {
+                if chunk_len == len {
+                    if let Some(data) = read_verified(&mut previous.file, offset, len, hash) {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
         for location in self.scanner.index().find_chunk(hash)? {
             if location.len != len {
                 continue;
             }
-            let Ok(file) = self.root.open(&location.path) else {
-                continue;
+            let file = match sources.open.entry(location.path.clone()) {
+                std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    match self.root.open(&location.path) {
+                        Ok(file) => slot.insert(file.into_std()),
+                        Err(_) => continue,
+                    }
+                }
             };
-            let mut file = file.into_std();
-            let mut buf = vec![0u8; len as usize];
-            if file.seek(SeekFrom::Start(location.offset)).is_ok()
-                && file.read_exact(&mut buf).is_ok()
-                && blake3::hash(&buf).as_bytes() == hash
-            {
-                return Ok(Some(buf));
+            if let Some(data) = read_verified(file, location.offset, len, hash) {
+                return Ok(Some(data));
             }
         }
         Ok(None)
@@ -717,6 +760,28 @@ fn kind_matches(kind: &EntryKind, meta: &std::fs::Metadata) -> bool {
         EntryKind::Dir => meta.is_dir(),
         EntryKind::Symlink { .. } => meta.file_type().is_symlink(),
     }
+}
+
+/// Where `complete` finds chunks on this machine: the target's previous version first, then any
+/// file the index names, each opened once.
+#[derive(Default)]
+struct LocalSources {
+    previous: Option<PreviousVersion>,
+    open: HashMap<String, File>,
+}
+
+/// The file being replaced, and where each of its chunks sits in it.
+struct PreviousVersion {
+    file: File,
+    chunks: HashMap<Hash, (u64, u32)>,
+}
+
+/// `len` bytes at `offset`, if they hash to `hash` (a local copy may have changed since indexed).
+fn read_verified(file: &mut File, offset: u64, len: u32, hash: &Hash) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; len as usize];
+    file.seek(SeekFrom::Start(offset)).ok()?;
+    file.read_exact(&mut buf).ok()?;
+    (blake3::hash(&buf).as_bytes() == hash).then_some(buf)
 }
 
 /// Of a set of paths, those with no ancestor in the set.
