@@ -27,8 +27,10 @@ if ! command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1; then
   win_apt_install gcc-mingw-w64-x86-64
 fi
 
-if rustup target list --installed 2>/dev/null | grep -qx "$WIN_TARGET" \
-  || rustup target add "$WIN_TARGET" >/dev/null 2>&1; then
+# WIN_TOOLCHAIN=debian forces the fallback (to test it).
+if [ "${WIN_TOOLCHAIN:-}" != debian ] && {
+  rustup target list --installed 2>/dev/null | grep -qx "$WIN_TARGET" \
+    || rustup target add "$WIN_TARGET" >/dev/null 2>&1; }; then
   export CARGO_TARGET_DIR="${WIN_TARGET_DIR:-$PWD/target/windows}"
   WIN_CARGO=(cargo)
   WIN_HAS_CLIPPY=1
@@ -36,9 +38,11 @@ else
   # No rustup target (offline mirror, pinned toolchain...): Debian's newer rustc builds std for
   # the target itself from its packaged sources.
   win_log "rustup target add $WIN_TARGET failed; falling back to Debian rustc-web + -Zbuild-std"
+  missing=()
   for pkg in rustc-web cargo-web rust-web-src; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || win_apt_install "$pkg"
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
   done
+  [ ${#missing[@]} -eq 0 ] || win_apt_install "${missing[@]}"
   export RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1
   export CARGO_TARGET_DIR="${WIN_TARGET_DIR:-$PWD/target/windows-debian}"
   WIN_CARGO=(/usr/bin/cargo -Zbuild-std=std,panic_abort)

@@ -109,6 +109,9 @@ pub struct SendArgs {
     /// Seconds between full passes while watching.
     #[arg(long, value_name = "SECONDS")]
     pub full_pass_interval: Option<u64>,
+    /// Serve Prometheus metrics on HOST:PORT (plain HTTP; bind a management address).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<String>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -135,6 +138,9 @@ pub struct ReceiveArgs {
     /// Days to keep archived files (0 keeps them forever).
     #[arg(long, value_name = "DAYS")]
     pub archive_days: Option<u64>,
+    /// Serve Prometheus metrics on HOST:PORT (plain HTTP; bind a management address).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<String>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -193,6 +199,7 @@ struct SendConfig {
     /// Read by `crate::monitor::service_probe`; listed so the key is accepted.
     #[allow(dead_code)]
     monitor_service: Option<String>,
+    metrics: Option<String>,
 }
 
 /// The `[receive]` table of the config file.
@@ -213,6 +220,7 @@ struct ReceiveConfig {
     #[serde(default)]
     registry_keys: Vec<String>,
     no_registry: Option<bool>,
+    metrics: Option<String>,
 }
 
 fn load_section<T: serde::de::DeserializeOwned + Default>(
@@ -395,10 +403,17 @@ pub fn sender_options(args: SendArgs) -> anyhow::Result<SenderOptions> {
 
 pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.clone();
+    let metrics = match &args.metrics {
+        Some(addr) => Some(addr.clone()),
+        None => load_section::<SendConfig>(config.as_deref(), "send")?.metrics,
+    };
     let options = sender_options(args)?;
     let once = options.once;
     if !once {
         crate::cmd_db::spawn_service_heartbeat(config.as_deref())?;
+        if let Some(addr) = metrics {
+            crate::metrics::serve(&addr, crate::metrics::Source::Sender).await?;
+        }
     }
     let summary = swrepl_sync::run_sender(options, shutdown_signal()).await?;
     if !once {
@@ -462,9 +477,19 @@ pub fn receiver_options(args: ReceiveArgs) -> anyhow::Result<ReceiverOptions> {
 
 pub async fn receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.clone();
+    let metrics = match &args.metrics {
+        Some(addr) => Some(addr.clone()),
+        None => load_section::<ReceiveConfig>(config.as_deref(), "receive")?.metrics,
+    };
     let options = receiver_options(args)?;
     let guard = crate::monitor::ReceiverGuard::start(config.as_deref(), &options.root)?;
     crate::cmd_db::spawn_service_check(config.as_deref(), &options.root)?;
+    if let Some(addr) = metrics {
+        let source = crate::metrics::Source::Receiver {
+            root: options.root.clone(),
+        };
+        crate::metrics::serve(&addr, source).await?;
+    }
     swrepl_sync::run_receiver(options, None, guard.until_shutdown(shutdown_signal())).await?;
     guard.finish()
 }

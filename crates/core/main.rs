@@ -13,6 +13,7 @@ mod cmd_status;
 mod cmd_switchover;
 mod config;
 mod demo;
+mod metrics;
 mod monitor;
 mod progress;
 
