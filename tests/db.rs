@@ -445,3 +445,68 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[path = "common/services.rs"]
+mod services;
+
+/// `swrepl switchover` with `[switchover] slave_db` against a real pair: the database is promoted
+/// (replication stopped and cleared, the Slave writable) and the services start in the runbook's
+/// order.
+#[tokio::test(flavor = "multi_thread")]
+async fn switchover_promotes_a_real_replica() {
+    if !support::mariadb_available() {
+        return;
+    }
+    let pair = Pair::start().await;
+    let (m, s) = (pair.master.url_text(), pair.slave.url_text());
+    let pw = pair.password_file().display().to_string();
+    let out = swrepl(&[&["db", "setup"][..], &setup_args(&pair, &m, &s, &pw)].concat());
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert_eq!(
+        pair.slave.value("SELECT @@read_only").await.as_deref(),
+        Some("1")
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let lab = services::Services::standby(&tmp.path().join("lab"));
+    let root = tmp.path().join("slave");
+    std::fs::create_dir_all(root.join(".swrepl")).unwrap();
+    // The receiver has applied everything it was sent.
+    std::fs::write(
+        root.join(".swrepl/status.json"),
+        r#"{"connected":false,"peer":null,"last_ack_seq":7,"pending":0,"last_applied_unix_ms":1,"last_heartbeat_unix_ms":1,"master_service":null,"last_pass_pruned":0,"last_pass_held":0}"#,
+    )
+    .unwrap();
+    let config = tmp.path().join("slave.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[switchover]\nreceiver_root = \"{}\"\nslave_db = \"{s}\"\nmax_db_lag_seconds = 30\nstart_timeout_seconds = 20\n",
+            lab.table(),
+            services::toml_str(&root)
+        ),
+    )
+    .unwrap();
+
+    let out = swrepl(&["switchover", "--config", config.to_str().unwrap(), "--yes"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert_eq!(lab.order_log(), services::starts(&services::ORDER));
+    assert_eq!(
+        pair.slave.value("SELECT @@read_only").await.as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        pair.slave.value("SHOW SLAVE STATUS").await,
+        None,
+        "replica configuration cleared"
+    );
+    pair.slave
+        .exec(&["CREATE DATABASE IF NOT EXISTS after_switchover"])
+        .await;
+
+    // A second run is a no-op.
+    let again = swrepl(&["switchover", "--config", config.to_str().unwrap(), "--yes"]);
+    assert_eq!(again.status.code(), Some(0), "{:?}", text(&again));
+    assert_eq!(lab.order_log().len(), services::ORDER.len());
+}
