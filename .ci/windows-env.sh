@@ -37,7 +37,7 @@ if [ "${WIN_TOOLCHAIN:-}" != debian ] && {
 else
   # No rustup target (offline mirror, pinned toolchain...): Debian's newer rustc builds std for
   # the target itself from its packaged sources.
-  win_log "rustup target add $WIN_TARGET failed; falling back to Debian rustc-web + -Zbuild-std"
+  win_log "no rustup $WIN_TARGET target (or WIN_TOOLCHAIN=debian): using Debian rustc-web + -Zbuild-std"
   missing=()
   for pkg in rustc-web cargo-web rust-web-src; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

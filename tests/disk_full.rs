@@ -118,6 +118,10 @@ fn a_full_slave_disk_is_reported_retried_and_recovered_from() {
     // The sender keeps the change and retries: a second failure shows up, and both processes live.
     let failures = |r: &Proc| r.log_text().to_lowercase().matches("no space left").count();
     wait_until("the sender retries", || failures(&receiver) >= 2);
+    // ... ever more slowly, not several times a second (each retry resends the data).
+    wait_until("the sender slows its retries down", || {
+        sender.log_text().contains("reconnecting in 1.0s")
+    });
     assert!(receiver.is_running(), "the receiver survives a full disk");
     assert!(sender.is_running(), "the sender keeps the changes queued");
     assert_no_partial_file(&pair);

@@ -725,7 +725,48 @@ async fn inconsistent_lengths_are_refused_and_the_session_or_receiver_survives()
         }
         assert!(receiver.is_running(), "{what} stopped the receiver");
     }
-    for name in ["short.txt", "idx.txt", "len.txt", "huge-chunk.txt"] {
+    // Chunks that match their hashes but assemble into something other than the whole-file
+    // hash: refused, and the staging copy does not outlive the session.
+    let mut stream = connect_as_sender(&pair).await;
+    let mut lying = file_entry("lying.txt", b"hello");
+    lying.file_hash = *blake3::hash(b"something else").as_bytes();
+    stream
+        .send(&Message::Upsert {
+            seq: 1,
+            entry: lying,
+        })
+        .await
+        .unwrap();
+    stream
+        .send(&Message::ChunkData {
+            seq: 1,
+            index: 0,
+            data: b"hello".to_vec(),
+        })
+        .await
+        .unwrap();
+    loop {
+        match next(&mut stream).await {
+            Some(Message::Error { code, .. }) => {
+                assert_eq!(code, swrepl_proto::ErrorCode::ProtocolViolation);
+                break;
+            }
+            Some(Message::NeedChunks { .. }) => {}
+            other => panic!("a lying whole-file hash was not refused: {other:?}"),
+        }
+    }
+    drop(stream);
+    let staging = pair.slave.join(".swrepl/staging");
+    wait_until("the failed change's staging file is removed", || {
+        std::fs::read_dir(&staging).unwrap().count() == 0
+    });
+    for name in [
+        "short.txt",
+        "idx.txt",
+        "len.txt",
+        "huge-chunk.txt",
+        "lying.txt",
+    ] {
         assert!(!pair.slave.join(name).exists(), "{name} was written");
     }
     assert_nothing_outside(&pair);

@@ -402,6 +402,14 @@ pub fn sender_options(args: SendArgs) -> anyhow::Result<SenderOptions> {
 }
 
 pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
+    send_until(args, shutdown_signal()).await
+}
+
+/// `send`, stopping when `shutdown` resolves (the Windows service's Stop) instead of on Ctrl-C.
+pub async fn send_until(
+    args: SendArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<ExitCode> {
     let config = args.config.clone();
     let metrics = match &args.metrics {
         Some(addr) => Some(addr.clone()),
@@ -415,7 +423,7 @@ pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
             crate::metrics::serve(&addr, crate::metrics::Source::Sender).await?;
         }
     }
-    let summary = swrepl_sync::run_sender(options, shutdown_signal()).await?;
+    let summary = swrepl_sync::run_sender(options, shutdown).await?;
     if !once {
         return Ok(ExitCode::SUCCESS);
     }
@@ -476,6 +484,14 @@ pub fn receiver_options(args: ReceiveArgs) -> anyhow::Result<ReceiverOptions> {
 }
 
 pub async fn receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
+    receive_until(args, shutdown_signal()).await
+}
+
+/// `receive`, stopping when `shutdown` resolves (the Windows service's Stop) instead of on Ctrl-C.
+pub async fn receive_until(
+    args: ReceiveArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<ExitCode> {
     let config = args.config.clone();
     let metrics = match &args.metrics {
         Some(addr) => Some(addr.clone()),
@@ -490,7 +506,7 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
         };
         crate::metrics::serve(&addr, source).await?;
     }
-    swrepl_sync::run_receiver(options, None, guard.until_shutdown(shutdown_signal())).await?;
+    swrepl_sync::run_receiver(options, None, guard.until_shutdown(shutdown)).await?;
     guard.finish()
 }
 

@@ -8,6 +8,7 @@ mod cmd_db;
 mod cmd_failback;
 mod cmd_files;
 mod cmd_registry;
+mod cmd_service;
 mod cmd_services;
 mod cmd_status;
 mod cmd_switchover;
@@ -60,6 +61,8 @@ enum Command {
     /// One view of role, replication link, files, database and services; exit 1 if anything
     /// needs attention.
     Status(cmd_status::Args),
+    /// Install, remove or run swrepl as a Windows service (send on the Master, receive on the Slave).
+    Service(cmd_service::Args),
 }
 
 fn init_logging(filter: &str) {
@@ -78,7 +81,11 @@ fn main() -> ExitCode {
     let quiet_demo = matches!(cli.command, Command::Demo(_))
         && std::env::var_os("SWREPL_LOG").is_none()
         && cli.log == "info";
-    init_logging(if quiet_demo { "warn" } else { &cli.log });
+    // A service logs to a file beside its config: it sets up its own logging.
+    let log_filter = cli.log.clone();
+    if !matches!(cli.command, Command::Service(_)) {
+        init_logging(if quiet_demo { "warn" } else { &cli.log });
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -103,6 +110,7 @@ fn main() -> ExitCode {
             Command::Switchover(args) => cmd_switchover::run(args).await,
             Command::Failback(args) => cmd_failback::run(args),
             Command::Status(args) => cmd_status::run(args).await,
+            Command::Service(args) => cmd_service::run(args, &log_filter).await,
         }
     });
     match result {

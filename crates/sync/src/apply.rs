@@ -38,8 +38,9 @@ pub enum Prepared {
 /// A file being assembled in the staging area.
 pub struct PendingFile {
     entry: FileEntry,
+    /// Opened only while being written: thousands of files may wait for data at once, more than a
+    /// process may hold open.
     staging_name: String,
-    file: File,
     offsets: Vec<u64>,
     /// Chunk hash → indices still waiting for the peer's bytes.
     awaiting: HashMap<Hash, Vec<u32>>,
@@ -233,6 +234,7 @@ impl Applier {
             .into_std();
         file.set_len(entry.size)
             .map_err(|e| self.io_err(&entry.path, e))?;
+        drop(file);
         let mut offsets = Vec::with_capacity(entry.chunks.len());
         let mut offset = 0u64;
         for chunk in &entry.chunks {
@@ -259,7 +261,6 @@ impl Applier {
         let pending = PendingFile {
             entry,
             staging_name,
-            file,
             offsets,
             awaiting,
             local,
@@ -291,9 +292,13 @@ impl Applier {
             tracing::debug!(path = %pending.entry.path, index, "chunk not awaited; ignored");
             return Ok(());
         };
+        let path = pending.entry.path.clone();
+        let mut file = self
+            .open_staging(pending)
+            .map_err(|e| self.io_err(&path, e))?;
         for i in indices {
-            write_at(&mut pending.file, pending.offsets[i as usize], data)
-                .map_err(|e| self.io_err(&pending.entry.path, e))?;
+            write_at(&mut file, pending.offsets[i as usize], data)
+                .map_err(|e| self.io_err(&path, e))?;
         }
         pending.received_bytes += data.len() as u64;
         Ok(())
@@ -303,6 +308,10 @@ impl Applier {
     /// [`PendingFile::has_all_remote`].
     pub fn complete(&mut self, pending: &mut PendingFile) -> Result<Completion, SyncError> {
         let mut late = Vec::new();
+        let path = pending.entry.path.clone();
+        let mut file = self
+            .open_staging(pending)
+            .map_err(|e| self.io_err(&path, e))?;
         let mut sources = LocalSources::default();
         let local = std::mem::take(&mut pending.local);
         if !local.is_empty() {
@@ -313,7 +322,7 @@ impl Applier {
         for i in local {
             let chunk = pending.entry.chunks[i as usize];
             match self.read_local_chunk(&mut sources, &chunk.hash, chunk.len)? {
-                Some(data) => write_at(&mut pending.file, pending.offsets[i as usize], &data)
+                Some(data) => write_at(&mut file, pending.offsets[i as usize], &data)
                     .map_err(|e| self.io_err(&pending.entry.path, e))?,
                 None => {
                     pending.awaiting.entry(chunk.hash).or_default().push(i);
@@ -324,22 +333,31 @@ impl Applier {
         if !late.is_empty() {
             return Ok(Completion::NeedMore(late));
         }
-        let path = pending.entry.path.clone();
-        let actual = hash_file(&mut pending.file).map_err(|e| self.io_err(&path, e))?;
+        let actual = hash_file(&mut file).map_err(|e| self.io_err(&path, e))?;
         if actual != pending.entry.file_hash {
             return Err(SyncError::Protocol(format!(
                 "assembled {path:?} does not match its whole-file hash"
             )));
         }
-        pending.file.sync_all().map_err(|e| self.io_err(&path, e))?;
-        set_file_metadata(&pending.file, &pending.entry).map_err(|e| self.io_err(&path, e))?;
+        file.sync_all().map_err(|e| self.io_err(&path, e))?;
+        set_file_metadata(&file, &pending.entry).map_err(|e| self.io_err(&path, e))?;
+        drop(file);
         self.install(&pending.staging_name, &pending.entry)?;
         Ok(Completion::Installed)
     }
 
+    /// Opens a pending file's staging copy for writing.
+    fn open_staging(&self, pending: &PendingFile) -> io::Result<File> {
+        self.staging
+            .open_with(
+                &pending.staging_name,
+                OpenOptions::new().read(true).write(true),
+            )
+            .map(cap_std::fs::File::into_std)
+    }
+
     /// Drops a pending file's staging copy (the change was withdrawn or the session ended).
     pub fn discard(&mut self, pending: PendingFile) {
-        drop(pending.file);
         let _ = self.staging.remove_file(&pending.staging_name);
     }
 

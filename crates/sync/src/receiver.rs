@@ -300,6 +300,9 @@ async fn run_sender_session(
                     let reason = stop_rx.borrow().unwrap_or("stopped");
                     return Err(SyncError::Stopped(reason));
                 }
+                // The worker ended the session (its result says why): stop reading at once
+                // rather than when the peer next speaks or times out.
+                _ = in_tx.closed() => return Ok(()),
                 read = tokio::time::timeout(PEER_TIMEOUT, reader.recv()) => match read {
                     Err(_) => return Err(SyncError::PeerSilent),
                     Ok(read) => read?,
@@ -335,6 +338,9 @@ async fn run_sender_session(
     tracing::info!(%peer, "sender disconnected");
     work_result.and(read_result)
 }
+
+/// Changes received but not yet applied that the receiver accepts (twice the sender's window).
+const MAX_QUEUED_CHANGES: usize = 2 * crate::sender::WINDOW;
 
 /// One queued change, applied in sequence order.
 enum Op {
@@ -456,9 +462,9 @@ impl Session {
             self.handle_guarded(msg)?;
             while let Ok(msg) = incoming.try_recv() {
                 self.handle_guarded(msg)?;
-                self.drain()?;
+                self.drain_guarded()?;
             }
-            self.drain()?;
+            self.drain_guarded()?;
             self.ack();
         }
         Ok(())
@@ -467,7 +473,20 @@ impl Session {
     /// Handles a message; a fatal error is also told to the peer before the session ends.
     fn handle_guarded(&mut self, msg: Message) -> Result<(), SyncError> {
         let result = self.handle(msg);
-        if let Err(e) = &result {
+        self.tell_peer(&result);
+        result
+    }
+
+    /// Applies what is ready; a fatal error (a full disk, a file that does not assemble to its
+    /// hash) is also told to the peer, so its operator reads the reason, not "connection closed".
+    fn drain_guarded(&mut self) -> Result<(), SyncError> {
+        let result = self.drain();
+        self.tell_peer(&result);
+        result
+    }
+
+    fn tell_peer(&self, result: &Result<(), SyncError>) {
+        if let Err(e) = result {
             let code = match e {
                 SyncError::Protocol(_) => ErrorCode::ProtocolViolation,
                 _ => ErrorCode::ReceiverUnavailable,
@@ -477,7 +496,6 @@ impl Session {
                 message: e.to_string(),
             });
         }
-        result
     }
 
     fn next_seq(&mut self, seq: Seq) -> Result<(), SyncError> {
@@ -485,6 +503,13 @@ impl Session {
             return Err(SyncError::Protocol(format!(
                 "sequence {seq} after {}",
                 self.last_seq
+            )));
+        }
+        // Each queued file holds an open staging file: a sender may not run ahead without bound
+        // (an honest one keeps at most its window of unacknowledged changes in flight).
+        if self.queue.len() >= MAX_QUEUED_CHANGES {
+            return Err(SyncError::Protocol(format!(
+                "more than {MAX_QUEUED_CHANGES} changes not yet applied"
             )));
         }
         self.last_seq = seq;

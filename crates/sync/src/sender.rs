@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use crate::{now_unix_ms, Fingerprint, SyncError, HEARTBEAT_INTERVAL, PEER_TIMEOUT, SOFTWARE};
 
 /// Changes sent but not yet acknowledged, at most.
-const WINDOW: usize = 4096;
+pub(crate) const WINDOW: usize = 4096;
 /// Quiet time after a file-system event before rescanning, so a burst becomes one pass.
 const DEBOUNCE: Duration = Duration::from_millis(40);
 /// Quiet time before refreshing files whose content changed (no walk, so it can be short).

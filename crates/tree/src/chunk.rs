@@ -75,6 +75,38 @@ pub(crate) fn chunk_reader_with_progress<R: Read>(
     })
 }
 
+/// Largest read when only the whole-file hash is needed: big enough for blake3's SIMD paths and
+/// few system calls, small enough to stay in cache.
+const HASH_BLOCK: usize = 1024 * 1024;
+
+/// The blake3 of everything `reader` yields and its length, without chunking: for comparisons
+/// that need only the whole-file hash. `size_hint` (the expected length) sizes the read buffer,
+/// so small files do not allocate a whole block; `progress` gets the length of every block read.
+pub(crate) fn hash_reader_with_progress<R: Read>(
+    mut reader: R,
+    size_hint: u64,
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<(Hash, u64)> {
+    let buffer_len = usize::try_from(size_hint)
+        .unwrap_or(HASH_BLOCK)
+        .clamp(8 * 1024, HASH_BLOCK);
+    let mut buffer = vec![0u8; buffer_len];
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buffer[..n]);
+        size += n as u64;
+        progress(n as u64);
+    }
+    Ok((*hasher.finalize().as_bytes(), size))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +174,34 @@ mod tests {
             after.chunks.len()
         );
         assert_ne!(before.file_hash, after.file_hash);
+    }
+
+    #[test]
+    fn hash_only_agrees_with_chunking() {
+        for len in [
+            0usize,
+            1,
+            8 * 1024,
+            HASH_BLOCK - 1,
+            HASH_BLOCK,
+            2 * HASH_BLOCK + 17,
+        ] {
+            let data = noise(len, len as u64);
+            let mut progressed = 0u64;
+            let (hash, size) = hash_reader_with_progress(
+                SlowReader {
+                    data: &data,
+                    step: 70_001,
+                },
+                10,
+                &mut |n| progressed += n,
+            )
+            .unwrap();
+            let chunked = chunk_reader(&data[..]).unwrap();
+            assert_eq!(hash, chunked.file_hash, "len {len}");
+            assert_eq!(size, chunked.size);
+            assert_eq!(progressed, len as u64);
+        }
     }
 
     proptest! {

@@ -172,6 +172,11 @@ impl Virtual {
 /// copied into `new` from the (renamed) previous state, so the scan keeps what it knew about
 /// them and emits no change for them.
 pub(crate) fn detect(prev: &TreeMap, new: &mut TreeMap, unseen: &Unseen) -> Vec<Change> {
+    if unchanged(prev, new) {
+        // The common rescan: the full algorithm below would copy the whole previous state to
+        // find nothing to emit.
+        return Vec::new();
+    }
     let mut virt = Virtual::new(prev);
     let mut changes = Vec::new();
 
@@ -206,6 +211,18 @@ pub(crate) fn detect(prev: &TreeMap, new: &mut TreeMap, unseen: &Unseen) -> Vec<
         last_deleted = Some(&key.0);
     }
     changes
+}
+
+/// True when `new` holds exactly `prev`'s paths, each [`equivalent`] to what it was: then there
+/// is no rename (every path is still there), no upsert and no delete, whatever is unseen.
+fn unchanged(prev: &TreeMap, new: &TreeMap) -> bool {
+    prev.len() == new.len()
+        && prev
+            .iter()
+            .zip(new)
+            .all(|((old_key, old), (new_key, now))| {
+                old_key.0 == new_key.0 && equivalent(&old.entry, &now.entry)
+            })
 }
 
 fn find_renames(virt: &mut Virtual, new: &TreeMap, unseen: &Unseen, changes: &mut Vec<Change>) {
@@ -329,6 +346,23 @@ mod tests {
                 Change::Rename { from, entry } => format!("rename {from} -> {}", entry.path),
             })
             .collect()
+    }
+
+    #[test]
+    fn unchanged_tree_gives_no_change_and_any_difference_is_found() {
+        let prev = tree(vec![dir("d", 1), file("d/f", 2, "f"), file("x", 3, "x")]);
+        let mut same = prev.clone();
+        assert!(detect(&prev, &mut same, &Unseen::default()).is_empty());
+        assert_eq!(same, prev);
+
+        let mut edited = prev.clone();
+        edited.insert(TreeKey("d/f".into()), file("d/f", 2, "g"));
+        let changes = detect(&prev, &mut edited, &Unseen::default());
+        assert_eq!(describe(&changes), ["upsert d/f"]);
+
+        let mut moved = tree(vec![dir("d", 1), file("d/f", 2, "f"), file("y", 3, "x")]);
+        let changes = detect(&prev, &mut moved, &Unseen::default());
+        assert_eq!(describe(&changes), ["rename x -> y"]);
     }
 
     #[test]

@@ -77,7 +77,30 @@ pub fn compare_paths(a: &str, b: &str) -> Ordering {
             byte
         }
     }
-    a.bytes().map(key).cmp(b.bytes().map(key))
+    // Sibling paths share long prefixes: skip the common prefix eight bytes at a time, then only
+    // the first differing byte (or the shorter length) decides.
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let common = common_prefix_len(a, b);
+    match (a.get(common), b.get(common)) {
+        (Some(&x), Some(&y)) => key(x).cmp(&key(y)),
+        (x, y) => x.is_some().cmp(&y.is_some()),
+    }
+}
+
+/// The length of the longest common prefix of `a` and `b`.
+fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
+    let equal_words = a
+        .chunks_exact(8)
+        .zip(b.chunks_exact(8))
+        .take_while(|(x, y)| x == y)
+        .count();
+    let start = equal_words * 8;
+    start
+        + a[start..]
+            .iter()
+            .zip(&b[start..])
+            .take_while(|(x, y)| x == y)
+            .count()
 }
 
 /// True when `path` is `ancestor` or lies below it (`"a"` covers `"a/b"` but not `"ab"`).
@@ -195,6 +218,22 @@ mod tests {
         let mut paths = vec!["a.x", "a/b", "ab", "a", "a b", "a/b/c", "B", "a/a"];
         paths.sort_by(|a, b| compare_paths(a, b));
         assert_eq!(paths, ["B", "a", "a/a", "a/b", "a/b/c", "a b", "a.x", "ab"]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn path_order_is_byte_order_with_slash_first(
+            a in "[ab/.]{0,20}",
+            b in "[ab/.]{0,20}",
+            prefix in "[a-z/ ]{0,30}",
+        ) {
+            let reference = |x: &str, y: &str| {
+                let key = |c: u8| if c == b'/' { 0 } else { c };
+                x.bytes().map(key).cmp(y.bytes().map(key))
+            };
+            let (a, b) = (format!("{prefix}{a}"), format!("{prefix}{b}"));
+            proptest::prop_assert_eq!(compare_paths(&a, &b), reference(&a, &b));
+        }
     }
 
     #[test]

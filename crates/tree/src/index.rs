@@ -234,13 +234,19 @@ impl Index {
         after: &BTreeMap<TreeKey, ScannedEntry>,
     ) -> Result<(), TreeError> {
         let tx = self.conn.transaction()?;
-        for key in before.keys().filter(|k| !after.contains_key(*k)) {
-            remove_exact(&tx, &key.0)?;
-        }
+        // Both maps are sorted the same way: one merge walk instead of a lookup per entry.
+        let mut old = before.iter().peekable();
         for (key, entry) in after {
-            if before.get(key) != Some(entry) {
-                put_entry(&tx, entry)?;
+            while let Some((gone, _)) = old.next_if(|(k, _)| *k < key) {
+                remove_exact(&tx, &gone.0)?;
             }
+            match old.next_if(|(k, _)| *k == key) {
+                Some((_, known)) if known == entry => {}
+                _ => put_entry(&tx, entry)?,
+            }
+        }
+        for (gone, _) in old {
+            remove_exact(&tx, &gone.0)?;
         }
         tx.commit()?;
         Ok(())

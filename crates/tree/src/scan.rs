@@ -8,7 +8,7 @@ use crate::parallel::parallel_map;
 use crate::walk::{
     check_root, read_stable, stat_item, walk, AfterReadHook, ItemKind, ReadFailure, WalkItem,
 };
-use crate::{to_os_path, EntryKind, Excludes, FileEntry, FileId, Index, TreeError};
+use crate::{compare_paths, to_os_path, EntryKind, Excludes, FileEntry, FileId, Index, TreeError};
 
 /// An entry of the tree together with the local identity of the file it describes.
 #[derive(Clone, Debug, PartialEq)]
@@ -130,7 +130,7 @@ impl Scanner {
             .into_iter()
             .map(|e| (TreeKey(e.entry.path.clone()), e))
             .collect();
-        let prev_files_by_id = files_by_id(&prev);
+        let mut known = KnownState::new(&prev);
 
         let mut outcome = ScanOutcome {
             problems: walked.problems,
@@ -138,16 +138,18 @@ impl Scanner {
         };
         let mut unseen = Unseen::default();
         unseen.trees.extend(walked.unseen);
-        let mut current = TreeMap::new();
+        // Collected first and turned into a map at once: the walk lists entries (almost always)
+        // in map order, so that is one cheap sort instead of an ordered insert per entry.
+        let mut described = Vec::with_capacity(walked.items.len());
         let mut to_read = Vec::new();
         for item in walked.items {
             if item.kind == ItemKind::File {
-                match reusable_content(&item, &prev, &prev_files_by_id) {
-                    Some(entry) => insert(&mut current, entry, item.file_id),
+                match known.reusable_content(&item) {
+                    Some(entry) => described.push(keyed(entry, item.file_id)),
                     None => to_read.push(item),
                 }
             } else {
-                insert(&mut current, item.entry(None), item.file_id);
+                described.push(keyed(item.entry(None), item.file_id));
             }
         }
 
@@ -158,7 +160,7 @@ impl Scanner {
                 Ok(content) => {
                     outcome.files_hashed += 1;
                     outcome.bytes_hashed += content.size;
-                    insert(&mut current, item.entry(Some(&content)), item.file_id);
+                    described.push(keyed(item.entry(Some(&content)), item.file_id));
                 }
                 Err(failure) => {
                     tracing::debug!(path = %item.rel, reason = %failure.reason(), "file not described");
@@ -171,6 +173,7 @@ impl Scanner {
             }
         }
 
+        let mut current: TreeMap = described.into_iter().collect();
         outcome.changes = detect(&prev, &mut current, &unseen);
         self.index.replace_state(&prev, &current)?;
         tracing::debug!(
@@ -238,8 +241,83 @@ impl Scanner {
     }
 }
 
-fn insert(map: &mut TreeMap, entry: FileEntry, file_id: Option<FileId>) {
-    map.insert(TreeKey(entry.path.clone()), ScannedEntry { entry, file_id });
+fn keyed(entry: FileEntry, file_id: Option<FileId>) -> (TreeKey, ScannedEntry) {
+    (TreeKey(entry.path.clone()), ScannedEntry { entry, file_id })
+}
+
+/// The index's state at the start of a scan, looked up by the walk's items.
+struct KnownState<'a> {
+    prev: &'a TreeMap,
+    /// Walks `prev` once alongside the walk, which asks for paths in map order: no allocation and
+    /// no tree search per item. `None` once a path came out of order (then lookups search).
+    cursor:
+        Option<std::iter::Peekable<std::collections::btree_map::Iter<'a, TreeKey, ScannedEntry>>>,
+    /// The path asked last (a reused buffer).
+    last_asked: String,
+    /// Previous files by file id, built on first need (a path whose entry cannot be reused).
+    files_by_id: Option<HashMap<FileId, Vec<&'a ScannedEntry>>>,
+}
+
+impl<'a> KnownState<'a> {
+    fn new(prev: &'a TreeMap) -> KnownState<'a> {
+        KnownState {
+            prev,
+            cursor: Some(prev.iter().peekable()),
+            last_asked: String::new(),
+            files_by_id: None,
+        }
+    }
+
+    /// The previous entry at `rel`.
+    fn at_path(&mut self, rel: &str) -> Option<&'a ScannedEntry> {
+        let first = self.last_asked.is_empty();
+        if !first && compare_paths(&self.last_asked, rel).is_ge() {
+            self.cursor = None;
+        }
+        self.last_asked.clear();
+        self.last_asked.push_str(rel);
+        let Some(cursor) = self.cursor.as_mut() else {
+            return self.prev.get(&TreeKey(rel.to_string()));
+        };
+        while cursor
+            .next_if(|(key, _)| compare_paths(&key.0, rel).is_lt())
+            .is_some()
+        {}
+        cursor
+            .next_if(|(key, _)| key.0 == rel)
+            .map(|(_, scanned)| scanned)
+    }
+
+    fn files_with_id(&mut self, id: FileId) -> &[&'a ScannedEntry] {
+        let prev = self.prev;
+        self.files_by_id
+            .get_or_insert_with(|| files_by_id(prev))
+            .get(&id)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The entry for file `item` built from what the index knows, when size, time and file id
+    /// show the content cannot have changed: at the same path, or at another path with the same
+    /// file id (a rename, or a hard link).
+    fn reusable_content(&mut self, item: &WalkItem) -> Option<FileEntry> {
+        let unchanged = |old: &ScannedEntry| {
+            old.entry.kind == EntryKind::File
+                && old.entry.size == item.size
+                && old.entry.mtime_ns == item.mtime_ns
+                && old.file_id == item.file_id
+        };
+        let known = match self.at_path(&item.rel).filter(|old| unchanged(old)) {
+            Some(old) => old,
+            None => {
+                let id = item.file_id?;
+                *self.files_with_id(id).iter().find(|old| unchanged(old))?
+            }
+        };
+        let mut entry = item.entry(None);
+        entry.chunks = known.entry.chunks.clone();
+        entry.file_hash = known.entry.file_hash;
+        Some(entry)
+    }
 }
 
 fn files_by_id(prev: &TreeMap) -> HashMap<FileId, Vec<&ScannedEntry>> {
@@ -250,37 +328,6 @@ fn files_by_id(prev: &TreeMap) -> HashMap<FileId, Vec<&ScannedEntry>> {
         }
     }
     by_id
-}
-
-/// The entry for file `item` built from what the index knows, when size, time and file id show
-/// the content cannot have changed: at the same path, or at another path with the same file id
-/// (a rename, or a hard link).
-fn reusable_content(
-    item: &WalkItem,
-    prev: &TreeMap,
-    prev_files_by_id: &HashMap<FileId, Vec<&ScannedEntry>>,
-) -> Option<FileEntry> {
-    let unchanged = |old: &ScannedEntry| {
-        old.entry.kind == EntryKind::File
-            && old.entry.size == item.size
-            && old.entry.mtime_ns == item.mtime_ns
-            && old.file_id == item.file_id
-    };
-    let known = prev
-        .get(&TreeKey(item.rel.clone()))
-        .filter(|old| unchanged(old))
-        .or_else(|| {
-            let id = item.file_id?;
-            prev_files_by_id
-                .get(&id)?
-                .iter()
-                .find(|old| unchanged(old))
-                .copied()
-        })?;
-    let mut entry = item.entry(None);
-    entry.chunks = known.entry.chunks.clone();
-    entry.file_hash = known.entry.file_hash;
-    Some(entry)
 }
 
 /// False when a directory above `rel` is a link or not a directory: following it could leave the

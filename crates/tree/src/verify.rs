@@ -4,8 +4,8 @@ use std::path::Path;
 
 use crate::fsmeta::is_same_or_below;
 use crate::parallel::parallel_map;
-use crate::walk::{read_stable, walk, ItemKind, ReadFailure, Walk, WalkItem};
-use crate::{compare_paths, Chunked, EntryKind, Excludes, FileEntry, ScanProblem, TreeError};
+use crate::walk::{hash_stable, read_stable, walk, ItemKind, ReadFailure, Walk, WalkItem};
+use crate::{compare_paths, Chunked, EntryKind, Excludes, FileEntry, Hash, ScanProblem, TreeError};
 
 /// One way in which tree B differs from tree A.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,11 +81,16 @@ pub fn list_tree(
         .iter()
         .filter(|i| i.kind == ItemKind::File)
         .collect();
-    let mut contents = hash_files(&files, progress).into_iter();
-    Ok(assemble(&walked, &mut contents))
+    let mut contents = chunk_files(&files, progress).into_iter();
+    Ok(assemble(&walked, &mut contents, |item, content| {
+        item.entry(Some(content))
+    }))
 }
 
 /// Hashes both trees (all files of both in one parallel pool) and compares them.
+///
+/// Only whole-file hashes are computed (no chunking: the comparison looks at sizes and hashes
+/// alone), reading each file in large blocks and checking it did not change while read.
 pub fn verify_trees(
     a: &Path,
     b: &Path,
@@ -100,9 +105,10 @@ pub fn verify_trees(
         .chain(&walked_b.items)
         .filter(|i| i.kind == ItemKind::File)
         .collect();
-    let mut contents = hash_files(&files, progress).into_iter();
-    let listing_a = assemble(&walked_a, &mut contents);
-    let listing_b = assemble(&walked_b, &mut contents);
+    let mut hashes = hash_files(&files, progress).into_iter();
+    let hashed_entry = |item: &WalkItem, hash: &Hash| item.hashed_entry(*hash);
+    let listing_a = assemble(&walked_a, &mut hashes, hashed_entry);
+    let listing_b = assemble(&walked_b, &mut hashes, hashed_entry);
 
     let problems: Vec<ScanProblem> = listing_a
         .problems
@@ -126,17 +132,28 @@ pub fn verify_trees(
     })
 }
 
-fn hash_files(
+/// Chunks and hashes `files` in parallel: full entries, as a peer needs them.
+fn chunk_files(
     files: &[&WalkItem],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Vec<Result<Chunked, ReadFailure>> {
     parallel_map(files, |item| read_stable(item, None, &mut |n| progress(n)))
 }
 
-/// The listing of `walked`, taking the content of its files, in order, from `contents`.
-fn assemble(
+/// Whole-file hashes of `files`, in parallel, without chunking.
+fn hash_files(
+    files: &[&WalkItem],
+    progress: &(dyn Fn(u64) + Sync),
+) -> Vec<Result<Hash, ReadFailure>> {
+    parallel_map(files, |item| hash_stable(item, &mut |n| progress(n)))
+}
+
+/// The listing of `walked`, taking the content of its files, in order, from `contents`, and
+/// building each file's entry with `file_entry`.
+fn assemble<C>(
     walked: &Walk,
-    contents: &mut impl Iterator<Item = Result<Chunked, ReadFailure>>,
+    contents: &mut impl Iterator<Item = Result<C, ReadFailure>>,
+    file_entry: impl Fn(&WalkItem, &C) -> FileEntry,
 ) -> TreeListing {
     let mut listing = TreeListing {
         entries: Vec::new(),
@@ -148,7 +165,7 @@ fn assemble(
             continue;
         }
         match contents.next() {
-            Some(Ok(content)) => listing.entries.push(item.entry(Some(&content))),
+            Some(Ok(content)) => listing.entries.push(file_entry(item, &content)),
             Some(Err(failure)) => listing.problems.push(ScanProblem {
                 path: item.rel.clone(),
                 reason: failure.reason(),

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use walkdir::WalkDir;
 
-use crate::chunk::chunk_reader_with_progress;
+use crate::chunk::{chunk_reader_with_progress, hash_reader_with_progress};
 use crate::fsmeta::{file_id_from, link_target_inside};
 use crate::{
     attributes_of, hash_bytes, mtime_ns, to_wire_path, Attributes, Chunked, EntryKind, Excludes,
-    FileEntry, FileId, ScanProblem, TreeError,
+    FileEntry, FileId, Hash, ScanProblem, TreeError,
 };
 
 /// Called after a file's content was read and before it is stat'ed again (a testing aid).
@@ -38,6 +38,15 @@ pub(crate) struct WalkItem {
 }
 
 impl WalkItem {
+    /// The entry for this item with the whole-file hash `file_hash` and no chunk list: enough
+    /// for [`crate::compare`], not for a peer (which needs the chunks).
+    pub fn hashed_entry(&self, file_hash: Hash) -> FileEntry {
+        FileEntry {
+            file_hash,
+            ..self.entry(None)
+        }
+    }
+
     /// The wire entry for this item; `content` is required for files and ignored otherwise.
     pub fn entry(&self, content: Option<&Chunked>) -> FileEntry {
         let (kind, chunks, file_hash) = match (&self.kind, content) {
@@ -257,8 +266,33 @@ pub(crate) fn read_stable(
     after_read: Option<&AfterReadHook>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Chunked, ReadFailure> {
+    read_checked(item, after_read, |file| {
+        let chunked = chunk_reader_with_progress(file, progress)?;
+        let size = chunked.size;
+        Ok((chunked, size))
+    })
+}
+
+/// Like [`read_stable`] but computes only the whole-file hash (no chunking): for local
+/// comparisons, which look at size and hash alone. Returns the hash.
+pub(crate) fn hash_stable(
+    item: &WalkItem,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Hash, ReadFailure> {
+    read_checked(item, None, |file| {
+        hash_reader_with_progress(file, item.size, progress)
+    })
+}
+
+/// Opens the file `item` describes, lets `read` consume it (returning its result and the number
+/// of bytes it read), then checks with a second `stat` that the file did not change meanwhile.
+fn read_checked<T>(
+    item: &WalkItem,
+    after_read: Option<&AfterReadHook>,
+    read: impl FnOnce(std::fs::File) -> std::io::Result<(T, u64)>,
+) -> Result<T, ReadFailure> {
     let file = std::fs::File::open(&item.os_path).map_err(ReadFailure::Unreadable)?;
-    let chunked = chunk_reader_with_progress(file, progress).map_err(ReadFailure::Unreadable)?;
+    let (content, bytes_read) = read(file).map_err(ReadFailure::Unreadable)?;
     if let Some(hook) = after_read {
         hook(&item.os_path);
     }
@@ -269,11 +303,11 @@ pub(crate) fn read_stable(
     };
     let unchanged = after.is_file()
         && after.len() == item.size
-        && chunked.size == item.size
+        && bytes_read == item.size
         && mtime_ns(&after) == item.mtime_ns
         && file_id_from(&item.os_path, &after) == item.file_id;
     if unchanged {
-        Ok(chunked)
+        Ok(content)
     } else {
         Err(ReadFailure::Changed)
     }

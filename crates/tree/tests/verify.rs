@@ -109,3 +109,67 @@ fn missing_root_is_an_error() {
     .unwrap_err();
     assert!(matches!(err, swrepl_tree::TreeError::RootMissing { .. }));
 }
+
+/// Pseudo-random bytes (splitmix64), so large files do not compress into one repeated block.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// `verify_trees` hashes without chunking; its verdicts must be those of comparing full chunked
+/// listings (what it did before, and what a remote verify still does with `list_tree`).
+#[test]
+fn hash_only_verify_agrees_with_chunked_listings() {
+    let excludes = Excludes::new(&[], true).unwrap();
+    let big = noise(3 * 1024 * 1024 + 5, 11);
+    let mut big_edited = big.clone();
+    big_edited[2 * 1024 * 1024 + 100] ^= 0xff; // same size, one byte differs past the first block
+    let cases: [(&str, &[u8]); 3] = [
+        ("identical", &big),
+        ("one content difference", &big_edited),
+        ("one size difference", &big[..big.len() - 1]),
+    ];
+    for (case, b_content) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        populate(&a);
+        populate(&b);
+        write(&a, "Logs/big.bin", &big);
+        write(&b, "Logs/big.bin", b_content);
+
+        let summary = verify_trees(&a, &b, &excludes, &no_progress).unwrap();
+        let listing_a = list_tree(&a, &excludes, &no_progress).unwrap();
+        let listing_b = list_tree(&b, &excludes, &no_progress).unwrap();
+        let chunked_verdict = compare(&listing_a.entries, &listing_b.entries);
+
+        assert!(
+            summary.problems.is_empty(),
+            "{case}: {:?}",
+            summary.problems
+        );
+        assert_eq!(summary.differences, chunked_verdict, "{case}");
+        let expected: Vec<Difference> = match case {
+            "identical" => vec![],
+            "one content difference" => vec![Difference::Content {
+                path: "Logs/big.bin".into(),
+            }],
+            _ => vec![Difference::Size {
+                path: "Logs/big.bin".into(),
+                a: big.len() as u64,
+                b: big.len() as u64 - 1,
+            }],
+        };
+        assert_eq!(summary.differences, expected, "{case}");
+        assert_eq!(summary.files, 4, "{case}");
+        assert_eq!(summary.bytes, 7 + 300_000 + 6 + big.len() as u64, "{case}");
+    }
+}
