@@ -833,3 +833,38 @@ async fn a_forged_registry_change_outside_the_receivers_keys_is_refused() {
     });
     assert_real_sender_replicates(&pair);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_announced_file_reserves_nothing_and_leaves_nothing_behind() {
+    let pair = Pair::new();
+    let mut receiver = pair.start_receiver(&[]);
+    let mut stream = connect_as_sender(&pair).await;
+    // 100 000 chunks of 1 MiB (the largest chunk allowed): a 100 GiB file, announced in a
+    // 3.5 MB frame, whose data never comes.
+    let chunks: Vec<ChunkRef> = (0..100_000u32)
+        .map(|i| ChunkRef {
+            hash: *blake3::hash(&i.to_le_bytes()).as_bytes(),
+            len: 1024 * 1024,
+        })
+        .collect();
+    let mut entry = file_entry("huge.bin", b"");
+    entry.size = 100_000 * 1024 * 1024;
+    entry.chunks = chunks;
+    stream
+        .send(&Message::Upsert { seq: 1, entry })
+        .await
+        .unwrap();
+    match next(&mut stream).await {
+        Some(Message::NeedChunks { seq: 1, indices }) => assert_eq!(indices.len(), 100_000),
+        Some(Message::Refused { .. }) => {}
+        other => panic!("unexpected answer: {other:?}"),
+    }
+    drop(stream);
+    let staging = pair.slave.join(".swrepl/staging");
+    wait_until("the abandoned file's staging copy is removed", || {
+        std::fs::read_dir(&staging).unwrap().count() == 0
+    });
+    assert!(!pair.slave.join("huge.bin").exists());
+    assert!(receiver.is_running());
+    assert_real_sender_replicates(&pair);
+}

@@ -95,7 +95,8 @@ struct UninstallArgs {
 }
 
 /// The one line printed off Windows.
-pub const NOT_WINDOWS: &str = "Windows service hosting is only available on Windows; on Linux run \
+#[cfg(not(windows))]
+const NOT_WINDOWS: &str = "Windows service hosting is only available on Windows; on Linux run \
     `swrepl send/receive` under systemd: see README";
 
 /// Runs `swrepl service …`. Sets up logging itself (`log_filter` is `--log`): to stderr for

@@ -422,8 +422,13 @@ impl Applier {
         let rel = entry.path.as_str();
         self.ensure_parent(rel)?;
         self.archive_existing(rel, false)?;
+        #[cfg(windows)]
+        windows_attributes::clear_readonly(&self.root_path.join(rel));
         self.staging
             .rename(staging_name, &self.root, rel)
+            .map_err(|e| self.io_err(rel, e))?;
+        #[cfg(windows)]
+        windows_attributes::apply(&self.root_path.join(rel), entry.attributes.windows)
             .map_err(|e| self.io_err(rel, e))?;
         self.sync_parent(rel);
         self.record(entry.clone())
@@ -862,5 +867,54 @@ mod tests {
     fn top_most_keeps_only_roots_of_subtrees() {
         let paths = ["a", "a/b", "a/b/c", "ab", "x/y", "x/y/z"];
         assert_eq!(top_most_paths(&paths), vec!["a", "ab", "x/y"]);
+    }
+}
+
+/// The attributes the runbook's `xcopy /h /r /k` carries (read-only, hidden, system, archive),
+/// applied to files the receiver installs on Windows.
+#[cfg(windows)]
+mod windows_attributes {
+    use std::io;
+    use std::os::windows::ffi::OsStrExt;
+    use std::path::Path;
+
+    use windows_sys::Win32::Storage::FileSystem::{
+        GetFileAttributesW, SetFileAttributesW, FILE_ATTRIBUTE_NORMAL, FILE_ATTRIBUTE_READONLY,
+        INVALID_FILE_ATTRIBUTES,
+    };
+
+    /// READONLY | HIDDEN | SYSTEM | ARCHIVE: the bits `FileEntry.attributes.windows` carries.
+    const CARRIED: u32 = 0x1 | 0x2 | 0x4 | 0x20;
+
+    fn wide(path: &Path) -> Vec<u16> {
+        path.as_os_str().encode_wide().chain(Some(0)).collect()
+    }
+
+    /// A read-only target cannot be replaced by a rename; the new version brings its own bits.
+    pub fn clear_readonly(path: &Path) {
+        let name = wide(path);
+        // SAFETY: `name` is a NUL-terminated UTF-16 string that outlives both calls.
+        unsafe {
+            let current = GetFileAttributesW(name.as_ptr());
+            if current != INVALID_FILE_ATTRIBUTES && current & FILE_ATTRIBUTE_READONLY != 0 {
+                SetFileAttributesW(name.as_ptr(), current & !FILE_ATTRIBUTE_READONLY);
+            }
+        }
+    }
+
+    /// Sets the carried bits as the sender saw them; 0 means a sender that does not know them
+    /// (a Unix Master), and the file keeps what it has.
+    pub fn apply(path: &Path, carried: u32) -> io::Result<()> {
+        if carried == 0 {
+            return Ok(());
+        }
+        let bits = carried & CARRIED;
+        let value = if bits == 0 { FILE_ATTRIBUTE_NORMAL } else { bits };
+        let name = wide(path);
+        // SAFETY: `name` is a NUL-terminated UTF-16 string that outlives the call.
+        if unsafe { SetFileAttributesW(name.as_ptr(), value) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
