@@ -909,7 +909,11 @@ mod windows_attributes {
             return Ok(());
         }
         let bits = carried & CARRIED;
-        let value = if bits == 0 { FILE_ATTRIBUTE_NORMAL } else { bits };
+        let value = if bits == 0 {
+            FILE_ATTRIBUTE_NORMAL
+        } else {
+            bits
+        };
         let name = wide(path);
         // SAFETY: `name` is a NUL-terminated UTF-16 string that outlives the call.
         if unsafe { SetFileAttributesW(name.as_ptr(), value) } == 0 {
