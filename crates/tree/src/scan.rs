@@ -349,3 +349,44 @@ fn parents_are_real_dirs(root: &Path, rel: &str) -> Result<bool, TreeError> {
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{hash_bytes, Attributes};
+
+    fn known(paths: &[&str]) -> TreeMap {
+        paths
+            .iter()
+            .map(|path| {
+                let entry = FileEntry {
+                    path: path.to_string(),
+                    kind: EntryKind::File,
+                    size: 0,
+                    mtime_ns: 0,
+                    attributes: Attributes::default(),
+                    chunks: vec![],
+                    file_hash: hash_bytes(b""),
+                };
+                keyed(entry, None)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lookups_find_entries_in_and_out_of_walk_order() {
+        let prev = known(&["a", "a/b", "a/c", "a b", "z"]);
+        let mut state = KnownState::new(&prev);
+        let found = |s: &mut KnownState, rel: &str| s.at_path(rel).map(|e| e.entry.path.clone());
+        // In walk order, with paths the index does not know in between.
+        assert_eq!(found(&mut state, "a").as_deref(), Some("a"));
+        assert_eq!(found(&mut state, "a/a"), None);
+        assert_eq!(found(&mut state, "a/c").as_deref(), Some("a/c"));
+        assert_eq!(found(&mut state, "a b").as_deref(), Some("a b"));
+        // Out of order: falls back to searching the map, still right.
+        assert_eq!(found(&mut state, "a/b").as_deref(), Some("a/b"));
+        assert_eq!(found(&mut state, "z").as_deref(), Some("z"));
+        assert_eq!(found(&mut state, "a").as_deref(), Some("a"));
+        assert_eq!(found(&mut state, "y"), None);
+    }
+}
