@@ -6,12 +6,18 @@
 //! fails. `run` is what the SCM starts: it answers Stop and Shutdown by resolving the same shutdown
 //! future `send`/`receive` take from Ctrl-C, so the pass in flight finishes and state is flushed.
 //! In service mode the log goes to `swrepl-<role>.log` beside the config file (renamed to
-//! `.log.1` at start once over 10 MiB); the Windows Event Log is not written.
+//! `.log.1` at start once over 10 MiB), and errors, switch-over steps and the service's own
+//! start and stop also go to the Windows Event Log (Application log, source = service name,
+//! registered by `install` and removed by `uninstall`; see [`event_log_kind`]).
 //!
 //! Off Windows every subcommand exits 2 with one line pointing at systemd.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use tracing::field::{Field, Visit};
+use tracing::Level;
 
 /// `swrepl service`: install, remove or run swrepl as a Windows service.
 #[derive(clap::Args, Debug)]
@@ -138,6 +144,114 @@ fn open_rotated_log(path: &Path, limit: u64) -> std::io::Result<std::fs::File> {
         .create(true)
         .append(true)
         .open(path)
+}
+
+/// The Event Log entry type of a log event that goes to the Windows Event Log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Error,
+    Warning,
+    Information,
+}
+
+impl EventKind {
+    /// The event id written with it (the message file shows the text whatever the id).
+    #[cfg_attr(not(windows), allow(dead_code))]
+    fn event_id(self) -> u32 {
+        match self {
+            EventKind::Error => 1,
+            EventKind::Warning => 2,
+            EventKind::Information => 3,
+        }
+    }
+}
+
+/// Words that mark a log line an operator must find in the Event Log even when it is not an
+/// error: switch-over and promotion steps, and the service starting and stopping.
+const EVENT_LOG_WORDS: &[&str] = &[
+    "switch-over",
+    "switchover",
+    "switched over",
+    "promoted",
+    "promoting",
+    "fenced",
+    "fencing",
+    "service running",
+    "service stopped",
+    "stop requested",
+];
+
+/// Whether (and as what) a log event goes to the Windows Event Log: every error; warnings and
+/// information about switch-overs and the service's life. The rest (per-file detail) stays in
+/// the log file, so the Event Log is not flooded.
+pub fn event_log_kind(level: Level, message: &str) -> Option<EventKind> {
+    if level == Level::ERROR {
+        return Some(EventKind::Error);
+    }
+    let lower = message.to_lowercase();
+    if !EVENT_LOG_WORDS.iter().any(|word| lower.contains(word)) {
+        return None;
+    }
+    match level {
+        Level::WARN => Some(EventKind::Warning),
+        Level::INFO => Some(EventKind::Information),
+        _ => None,
+    }
+}
+
+/// A log event's text: its message, then its other fields as `name=value`.
+#[derive(Default)]
+struct EventText {
+    message: String,
+    fields: String,
+}
+
+impl Visit for EventText {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            let _ = write!(self.fields, " {}={value}", field.name());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            let _ = write!(self.fields, " {}={value:?}", field.name());
+        }
+    }
+}
+
+/// A tracing layer that hands the events [`event_log_kind`] selects, with their text, to
+/// `sink` (on Windows: `ReportEventW`).
+pub struct EventLogLayer<F> {
+    sink: F,
+}
+
+impl<F: Fn(EventKind, &str) + Send + Sync + 'static> EventLogLayer<F> {
+    pub fn new(sink: F) -> Self {
+        EventLogLayer { sink }
+    }
+}
+
+impl<S, F> tracing_subscriber::Layer<S> for EventLogLayer<F>
+where
+    S: tracing::Subscriber,
+    F: Fn(EventKind, &str) + Send + Sync + 'static,
+{
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut text = EventText::default();
+        event.record(&mut text);
+        if let Some(kind) = event_log_kind(*event.metadata().level(), &text.message) {
+            (self.sink)(kind, &format!("{}{}", text.message, text.fields));
+        }
+    }
 }
 
 /// `\\?\C:\x` → `C:\x` and `\\?\UNC\host\share` → `\\host\share`: the SCM stores the command

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use swrepl_switchover::{DbLag, Role, StateTable, SwitchoverConfig};
+use swrepl_sync::status::SenderStatus;
 use swrepl_sync::ReceiverStatus;
 
 use crate::cmd_switchover::{lag_from_report, load_services};
@@ -36,6 +37,8 @@ struct SideConfig {
     root: Option<PathBuf>,
     connect: Option<String>,
     listen: Option<String>,
+    /// The sender's state directory (default `<root>/.swrepl`), which holds its status file.
+    state: Option<PathBuf>,
 }
 
 /// Everything `status` reports.
@@ -48,6 +51,9 @@ struct Report {
     peer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     files: Option<ReceiverStatus>,
+    /// On the Master: what the sender cannot replicate right now (locked files).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sender: Option<SenderStatus>,
     database: serde_json::Value,
     services: Option<StateTable>,
     healthy: bool,
@@ -76,6 +82,7 @@ async fn build(path: &Path) -> anyhow::Result<Report> {
         (Some(receive), _) => slave(receive, &mut attention)?,
         (None, Some(send)) => Report {
             role: "master",
+            sender: sender_status(&send, &mut attention),
             root: send.root,
             promoted: None,
             peer: send.connect,
@@ -169,11 +176,32 @@ fn slave(receive: SideConfig, attention: &mut Vec<String>) -> anyhow::Result<Rep
             .and_then(|s| s.peer.clone())
             .or(receive.listen.map(|l| format!("listening on {l}"))),
         files,
+        sender: None,
         database: serde_json::Value::Null,
         services: None,
         healthy: true,
         attention: Vec::new(),
     })
+}
+
+/// The sender's status file on the Master, when the sender has written one; each locked file
+/// needs attention (the Slave keeps an older version of it until it can be read).
+fn sender_status(send: &SideConfig, attention: &mut Vec<String>) -> Option<SenderStatus> {
+    let state = send.state.clone().or_else(|| {
+        send.root
+            .as_ref()
+            .map(|root| root.join(swrepl_tree::STATE_DIR_NAME))
+    })?;
+    let status = swrepl_sync::status::read_sender_status(&state).ok()?;
+    for file in &status.locked {
+        attention.push(format!(
+            "{} is locked by another process on the Master (since {}, {} attempts): the Slave keeps its previous version until it can be read",
+            file.path,
+            crate::monitor::utc_text(file.since_unix_ms),
+            file.attempts
+        ));
+    }
+    Some(status)
 }
 
 /// What the receiver's periodic `db check` found (written every 30 s when `[db]` is configured).
@@ -284,6 +312,18 @@ fn print_text(report: &Report) {
         );
         if let Some(service) = &files.master_service {
             println!("master:      {service}");
+        }
+    }
+    if let Some(sender) = &report.sender {
+        println!("locked:      {} file(s)", sender.locked.len());
+        for file in &sender.locked {
+            println!(
+                "  {} since {}, {} attempts: {}",
+                file.path,
+                crate::monitor::utc_text(file.since_unix_ms),
+                file.attempts,
+                file.error
+            );
         }
     }
     println!("database:    {}", report.database);

@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 pub enum Source {
     /// `swrepl receive` on the Slave: its root holds `.swrepl/status.json` and `db-check.json`.
     Receiver { root: PathBuf },
-    /// `swrepl send` on the Master: only liveness (its link is reported by the receiver).
+    /// `swrepl send` on the Master: liveness and the files it finds locked (its link is reported
+    /// by the receiver).
     Sender,
 }
 
@@ -70,6 +71,13 @@ pub fn render(source: &Source) -> String {
                 "gauge",
                 "1 on the Master (swrepl send).",
                 1.0,
+            );
+            metric(
+                &mut out,
+                "swrepl_locked_files",
+                "gauge",
+                "Files locked by another process that keep their previous version on the Slave until they can be read.",
+                swrepl_sync::locked_file_count() as f64,
             );
         }
         Source::Receiver { root } => receiver_metrics(&mut out, root),
@@ -237,5 +245,12 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("# TYPE swrepl_up gauge"), "{page}");
+    }
+
+    #[test]
+    fn sender_page_reports_locked_files() {
+        let page = render(&Source::Sender);
+        assert!(page.contains("# TYPE swrepl_locked_files gauge"), "{page}");
+        assert!(page.contains("\nswrepl_locked_files "), "{page}");
     }
 }

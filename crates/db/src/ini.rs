@@ -46,8 +46,11 @@ pub struct IniEdit {
 
 /// Ensures every line in `lines` is set under the server section of the option file at `path`.
 ///
-/// Single-valued keys already present with another value are replaced; multi-valued keys
-/// (`replicate-wild-ignore-table`) gain a line unless the value is already there. `-` and `_` in
+/// The server reads every server section (`[mysqld]`, `[mariadb]`, `[server]`, … however often
+/// they appear) top to bottom and keeps an option's last value, so a single-valued key is set on
+/// its last line in any of them, and added to the preferred section only when absent; a
+/// multi-valued key (`replicate-wild-ignore-table`) gains a line unless the value is already
+/// there. `-` and `_` in
 /// keys are equivalent and keys are case-insensitive, as the server treats them. When nothing
 /// changes, the file is not rewritten and no backup is made.
 pub fn apply_ini_lines(path: &Path, lines: &[IniLine]) -> Result<IniEdit, DbError> {
@@ -91,25 +94,27 @@ pub fn edit_text(original: &str, lines: &[IniLine]) -> (String, Vec<String>) {
         file.len() - 1
     });
     for line in lines {
-        let end = section_end(&file, section);
         let key = normalize_key(&line.key);
-        let present: Vec<usize> = (section + 1..end)
+        let value_of = |i: usize| parse_option(&file[i]).map(|(_, v)| v.to_string());
+        let present: Vec<usize> = server_lines(&file)
+            .into_iter()
             .filter(|&i| parse_option(&file[i]).is_some_and(|(k, _)| normalize_key(k) == key))
             .collect();
-        let same_value = present
-            .iter()
-            .any(|&i| parse_option(&file[i]).is_some_and(|(_, v)| v == line.value));
-        if same_value {
-            continue;
-        }
-        if !MULTI_VALUED.contains(&key.as_str()) {
-            if let Some(&first) = present.first() {
-                file[first] = line.render();
-                changed.push(line.render());
+        if MULTI_VALUED.contains(&key.as_str()) {
+            if present.iter().any(|&i| value_of(i).as_ref() == Some(&line.value)) {
                 continue;
             }
+        } else if let Some(&last) = present.last() {
+            // The server keeps the last value it reads, so that is the line to set; earlier
+            // ones are overridden and stay as the operator wrote them.
+            if value_of(last).as_ref() != Some(&line.value) {
+                file[last] = line.render();
+                changed.push(line.render());
+            }
+            continue;
         }
         // Insert after the section's last non-blank line, so a blank separator stays last.
+        let end = section_end(&file, section);
         let mut at = end;
         while at > section + 1 && file[at - 1].trim().is_empty() {
             at -= 1;
@@ -124,13 +129,37 @@ pub fn edit_text(original: &str, lines: &[IniLine]) -> (String, Vec<String>) {
 
 fn find_server_section(file: &[String]) -> Option<usize> {
     SERVER_SECTIONS.iter().find_map(|want| {
-        file.iter().position(|l| {
-            let t = l.trim();
-            t.starts_with('[')
-                && t.ends_with(']')
-                && t[1..t.len() - 1].trim().eq_ignore_ascii_case(want)
-        })
+        file.iter()
+            .position(|l| section_name(l).is_some_and(|name| name.eq_ignore_ascii_case(want)))
     })
+}
+
+/// The name in a `[name]` header line.
+fn section_name(line: &str) -> Option<&str> {
+    let t = line.trim();
+    t.strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .map(str::trim)
+}
+
+/// Indices of the lines the server reads options from: every line under any of
+/// [`SERVER_SECTIONS`], however often and wherever such a section appears. The server reads the
+/// file top to bottom and keeps the last value of an option, so all of them count.
+fn server_lines(file: &[String]) -> Vec<usize> {
+    let mut in_server = false;
+    let mut lines = Vec::new();
+    for (i, line) in file.iter().enumerate() {
+        if line.trim_start().starts_with('[') {
+            in_server = section_name(line).is_some_and(|name| {
+                SERVER_SECTIONS
+                    .iter()
+                    .any(|want| name.eq_ignore_ascii_case(want))
+            });
+        } else if in_server {
+            lines.push(i);
+        }
+    }
+    lines
 }
 
 fn section_end(file: &[String], section: usize) -> usize {
@@ -253,6 +282,44 @@ mod tests {
         let edit = apply_ini_lines(&path, &lines()).unwrap();
         assert_eq!(edit.backup, None);
         assert!(apply_ini_lines(&dir.path().join("missing.ini"), &lines()).is_err());
+    }
+
+    /// Fuzzing finding (`option_file`): the value was set on the first line of the key in the
+    /// first server section, while the server keeps the last value it reads, from any server
+    /// section. Each case left the server reading the old value.
+    #[test]
+    fn sets_the_value_the_server_reads_last() {
+        let cases = [
+            // Duplicate key in one section.
+            (
+                "[mysqld]\nserver-id=1\nport=5002\nserver_id=3\n",
+                "[mysqld]\nserver-id=1\nport=5002\nserver-id=2\n",
+            ),
+            // A later section the server also reads.
+            (
+                "[mariadb]\nserver_id = 3\n[server]\nserver-id=4\n",
+                "[mariadb]\nserver_id = 3\n[server]\nserver-id=2\n",
+            ),
+            // The preferred section repeated.
+            (
+                "[mysqld]\nport=5002\n[client]\nport=5002\n[mysqld]\nserver-id=9\n",
+                "[mysqld]\nport=5002\n[client]\nport=5002\n[mysqld]\nserver-id=2\n",
+            ),
+        ];
+        let want = [IniLine::new("server-id", "2")];
+        for (before, after) in cases {
+            let (edited, changed) = edit_text(before, &want);
+            assert_eq!(edited, after, "{before:?}");
+            assert_eq!(changed, ["server-id=2"]);
+            assert_eq!(edit_text(&edited, &want), (edited.clone(), vec![]));
+        }
+        // Already right where it counts: nothing changes, the overridden line stays.
+        let fine = "[mysqld]\nserver-id=1\n[server]\nserver-id=2\n";
+        assert_eq!(edit_text(fine, &want), (fine.to_string(), vec![]));
+        // A filter already present in another server section is not added again.
+        let filter = [IniLine::new("replicate-wild-ignore-table", "%.swsystag")];
+        let elsewhere = "[mysqld]\nport=5002\n[mariadb]\nreplicate_wild_ignore_table=%.swsystag\n";
+        assert_eq!(edit_text(elsewhere, &filter).1, Vec::<String>::new());
     }
 
     #[test]

@@ -17,23 +17,15 @@ use swrepl_proto::{EntryKind, FileEntry, Hash, Prune};
 use swrepl_tree::{Excludes, Index, ScannedEntry, Scanner, STATE_DIR_NAME};
 
 use crate::archive::Archive;
+pub use crate::session::{Completion, PruneOutcome};
+use crate::session::{PendingContent, ReceiverStore};
+
+/// What the receiver does with an incoming upsert.
+pub type Prepared = crate::session::Prepared<PendingFile>;
 use crate::SyncError;
 
 /// Where the receiver keeps staging files, relative to the root.
 const STAGING_REL: &str = ".swrepl/staging";
-
-/// What the receiver does with an incoming upsert.
-pub enum Prepared {
-    /// The target already holds exactly this content; only metadata may have been refreshed.
-    UpToDate,
-    /// A directory or link, ready to apply in order.
-    Structural(FileEntry),
-    /// A file whose content is being assembled; `need` lists the chunk indices to ask the peer for.
-    File {
-        pending: Box<PendingFile>,
-        need: Vec<u32>,
-    },
-}
 
 /// A file being assembled in the staging area.
 pub struct PendingFile {
@@ -47,34 +39,21 @@ pub struct PendingFile {
     /// Indices to fill from copies already on this machine.
     local: Vec<u32>,
     /// Bytes of chunk data received from the peer for this file.
-    pub received_bytes: u64,
+    received_bytes: u64,
 }
 
-impl PendingFile {
-    /// The entry being written.
-    pub fn entry(&self) -> &FileEntry {
+impl PendingContent for PendingFile {
+    fn entry(&self) -> &FileEntry {
         &self.entry
     }
 
-    /// True when no chunk is still expected from the peer.
-    pub fn has_all_remote(&self) -> bool {
+    fn has_all_remote(&self) -> bool {
         self.awaiting.is_empty()
     }
-}
 
-/// The outcome of trying to finish a pending file.
-pub enum Completion {
-    /// Installed under its final name.
-    Installed,
-    /// Some local copies had changed; ask the peer for these chunk indices and try again later.
-    NeedMore(Vec<u32>),
-}
-
-/// Outcome of the end of a full pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PruneOutcome {
-    pub pruned: u64,
-    pub held: u64,
+    fn received_bytes(&self) -> u64 {
+        self.received_bytes
+    }
 }
 
 /// The receiver's file system state: root, staging area, archive and index.
@@ -203,7 +182,7 @@ impl Applier {
                 && current.entry.file_hash == entry.file_hash
             {
                 self.refresh_metadata(&current, &entry)?;
-                return Ok(Prepared::UpToDate);
+                return Ok(Prepared::UpToDate(entry));
             }
         }
         let (pending, need) = self.start_file(entry, requested)?;
@@ -774,6 +753,64 @@ impl Applier {
             path: rel.to_string(),
             source,
         }
+    }
+}
+
+/// The session's view of the receiver's file system: the real one, confined to the root.
+impl ReceiverStore for Applier {
+    type Pending = PendingFile;
+
+    fn is_excluded(&self, rel: &str) -> bool {
+        Applier::is_excluded(self, rel)
+    }
+
+    fn link_reaches_excluded(&self, link: &str, target: &str) -> bool {
+        Applier::link_reaches_excluded(self, link, target)
+    }
+
+    fn prepare_upsert(
+        &mut self,
+        entry: FileEntry,
+        requested: &mut HashSet<Hash>,
+    ) -> Result<Prepared, SyncError> {
+        Applier::prepare_upsert(self, entry, requested)
+    }
+
+    fn write_chunk(
+        &mut self,
+        pending: &mut PendingFile,
+        index: u32,
+        data: &[u8],
+    ) -> Result<(), SyncError> {
+        Applier::write_chunk(self, pending, index, data)
+    }
+
+    fn complete(&mut self, pending: &mut PendingFile) -> Result<Completion, SyncError> {
+        Applier::complete(self, pending)
+    }
+
+    fn discard(&mut self, pending: PendingFile) {
+        Applier::discard(self, pending)
+    }
+
+    fn apply_structural(&mut self, entry: FileEntry) -> Result<(), SyncError> {
+        Applier::apply_structural(self, entry)
+    }
+
+    fn delete(&mut self, rel: &str) -> Result<bool, SyncError> {
+        Applier::delete(self, rel)
+    }
+
+    fn rename(&mut self, from: &str, entry: &FileEntry) -> Result<bool, SyncError> {
+        Applier::rename(self, from, entry)
+    }
+
+    fn prune(&mut self, seen: &HashSet<String>, prune: Prune) -> Result<PruneOutcome, SyncError> {
+        Applier::prune(self, seen, prune)
+    }
+
+    fn clear_staging(&mut self) {
+        Applier::clear_staging(self)
     }
 }
 

@@ -14,15 +14,22 @@
 //!   and `ReceiverOptions::registry`): the registry keys replicated over the same session
 //!   (see the `registry` module); [`remote_registry`]: a receiver's keys, for verify.
 //!
+//! - [`session`]: the protocol logic of both sides as sans-IO state machines
+//!   ([`session::SenderMachine`], [`session::ReceiverMachine`] over a [`session::ReceiverStore`]);
+//!   `run_sender` and `run_receiver` drive them over TLS, the simulation test drives them over an
+//!   in-memory world with faults.
+//!
 //! The receiver applies changes strictly in sequence order on a blocking thread that owns the
 //! file system state ([`apply`]); chunk requests for later changes go out as soon as those
 //! changes arrive, so transfers are pipelined.
 
 pub mod apply;
 pub mod archive;
+mod locked;
 mod receiver;
 mod registry;
 mod sender;
+pub mod session;
 pub mod status;
 mod verify;
 mod watch;
@@ -31,6 +38,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use receiver::{run_receiver, ReceiverEvent, ReceiverOptions};
+pub use locked::locked_file_count;
 pub use registry::{OpenRegistry, RegistrySource, DEFAULT_REGISTRY_POLL};
 pub use sender::{run_sender, SendSummary, SenderOptions, ServiceProbe, WatchSignal};
 pub use status::{read_status, ReceiverStatus};

@@ -5,34 +5,32 @@
 //! that drifted and prune extras under the mass-delete guard). After it, file-system events
 //! trigger incremental passes within milliseconds; a periodic rescan, and a rescan whenever the
 //! watcher reports an error or overflow, is the safety net because watchers drop events.
+//!
+//! This file is the driver: connections, scans, the watcher, timers and file reads. The
+//! protocol logic (sequence numbers, the window, passes, acknowledgements, withdrawals) is the
+//! sans-IO [`SenderMachine`].
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use swrepl_net::{FrameReader, FrameWriter, Identity};
-use swrepl_proto::{EntryKind, FileEntry, Heartbeat, Message, Prune, Role, Seq, ServiceStatus};
-use swrepl_tree::{
-    Change, Excludes, Index, ScanOutcome, ScanProblem, Scanner, TreeError, STATE_DIR_NAME,
-};
+use swrepl_proto::{EntryKind, Heartbeat, Message, Role, ServiceStatus};
+use swrepl_tree::{Excludes, Index, ScanOutcome, ScanProblem, Scanner, TreeError, STATE_DIR_NAME};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::session::{read_chunk, ChunkRequest, Reaction, SenderConfig, SenderMachine};
 use crate::{now_unix_ms, Fingerprint, SyncError, HEARTBEAT_INTERVAL, PEER_TIMEOUT, SOFTWARE};
 
-/// Changes sent but not yet acknowledged, at most.
-pub(crate) const WINDOW: usize = 4096;
 /// Quiet time after a file-system event before rescanning, so a burst becomes one pass.
 const DEBOUNCE: Duration = Duration::from_millis(40);
 /// Quiet time before refreshing files whose content changed (no walk, so it can be short).
 const FILES_DEBOUNCE: Duration = Duration::from_millis(5);
 /// Longest a continuous burst of events can postpone a rescan.
 const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
-/// How often a `once` run retries files it could not read cleanly before giving up on them.
-const ONCE_RETRIES: u32 = 3;
 
 /// Reports the state of the Master's monitored service for heartbeats.
 pub type ServiceProbe = Arc<dyn Fn() -> Option<ServiceStatus> + Send + Sync>;
@@ -194,7 +192,7 @@ pub async fn run_sender(
             _ = &mut shutdown => return Ok(session.summary(&counters)),
             result = session.run(&mut watch_rx) => result,
         };
-        last_paths = session.last_paths.take();
+        last_paths = session.machine.take_last_paths();
         match result {
             Ok(()) => return Ok(session.summary(&counters)),
             Err(e) if e.is_fatal() => return Err(e),
@@ -215,6 +213,27 @@ pub async fn run_sender(
             }
         }
     }
+}
+
+/// FOR TESTS ONLY: `SWREPL_TEST_DROP_WATCH_EVENTS=N` makes the sender ignore every Nth
+/// file-system watch signal (1 = all of them), as notify's Windows backend does when its buffer
+/// overflows, so a test can show that the periodic rescan alone brings the Slave up to date
+/// (tests/watch_overflow.rs). Never set it in production: changes then wait for the rescan.
+fn drop_watch_signal_for_tests() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static EVERY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    let every = *EVERY.get_or_init(|| {
+        let every = std::env::var("SWREPL_TEST_DROP_WATCH_EVENTS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if every > 0 {
+            tracing::warn!("SWREPL_TEST_DROP_WATCH_EVENTS={every}: ignoring one in {every} file-system watch signals (a test knob; unset it in production)");
+        }
+        every
+    });
+    every > 0 && (SEEN.fetch_add(1, Ordering::Relaxed) + 1) % every == 0
 }
 
 /// How long to wait before the next session. A receiver that keeps ending sessions with an
@@ -269,32 +288,20 @@ pub enum WatchSignal {
 /// One file reread after a content event: its path and what the refresh found.
 type Refreshed = (String, Result<Option<swrepl_tree::ScannedEntry>, TreeError>);
 
-/// What the sender must keep to serve chunk requests for an unacknowledged change.
-struct InFlight {
-    entry: Option<FileEntry>,
-    offsets: Vec<u64>,
-}
-
 enum ScanKind {
     Full,
     Incremental,
 }
 
+/// One connection's session: the [`SenderMachine`] driven over the socket, with the scans,
+/// watch signals, timers and chunk reads it needs.
 struct Session<'a> {
     options: &'a SenderOptions,
+    machine: SenderMachine,
     scanner: Arc<Mutex<Scanner>>,
     writer: FrameWriter,
     incoming: mpsc::UnboundedReceiver<Result<Message, SyncError>>,
     _reader_task: AbortOnDrop,
-    next_seq: Seq,
-    acked: Seq,
-    in_flight: BTreeMap<Seq, InFlight>,
-    queue: VecDeque<Message>,
-    pass: u64,
-    passes_done: u64,
-    passes_sent: u64,
-    last_paths: Option<HashSet<String>>,
-    summary: SendSummary,
     scan: Option<(
         ScanKind,
         tokio::task::JoinHandle<Result<ScanOutcome, TreeError>>,
@@ -305,8 +312,9 @@ struct Session<'a> {
     changed_files: BTreeSet<String>,
     files_dirty: Option<(Instant, Instant)>,
     refresh: Option<tokio::task::JoinHandle<Vec<Refreshed>>>,
-    retries_left: u32,
     registry: Option<crate::registry::SenderRegistry>,
+    /// Files another process holds locked: reported, and retried on their backoff.
+    locked: crate::locked::SenderLocked,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -340,28 +348,25 @@ impl<'a> Session<'a> {
                 }
             }
         });
+        let config = SenderConfig {
+            once: options.once,
+            allow_mass_delete: options.allow_mass_delete,
+            mass_delete_permille: options.mass_delete_permille,
+        };
         Session {
             options,
+            machine: SenderMachine::new(config, last_paths),
             scanner,
             writer,
             incoming,
             _reader_task: AbortOnDrop(reader_task),
-            next_seq: 1,
-            acked: 0,
-            in_flight: BTreeMap::new(),
-            queue: VecDeque::new(),
-            pass: 0,
-            passes_done: 0,
-            passes_sent: 0,
-            last_paths,
-            summary: SendSummary::default(),
             scan: None,
             dirty: None,
             want_full: false,
             changed_files: BTreeSet::new(),
             files_dirty: None,
             refresh: None,
-            retries_left: ONCE_RETRIES,
+            locked: Default::default(),
             registry: options
                 .registry
                 .clone()
@@ -370,7 +375,8 @@ impl<'a> Session<'a> {
     }
 
     fn summary(&self, counters: &swrepl_net::Counters) -> SendSummary {
-        let mut summary = self.summary.clone();
+        let mut summary = self.machine.summary().clone();
+        self.locked.add_to(&mut summary);
         summary.wire_bytes_sent = counters.bytes_sent();
         summary.wire_bytes_received = counters.bytes_received();
         if let Some(registry) = &self.registry {
@@ -417,7 +423,7 @@ impl<'a> Session<'a> {
         let mut full = tokio::time::interval(self.options.full_pass_interval);
         full.tick().await;
         loop {
-            self.send_queued().await?;
+            self.transmit().await?;
             if self.options.once && self.once_finished() {
                 return Ok(());
             }
@@ -464,6 +470,10 @@ impl<'a> Session<'a> {
                     self.writer.flush().await?;
                 }
                 _ = rescan.tick(), if !self.options.once => self.mark_dirty(false),
+                _ = tokio::time::sleep_until(self.locked.retry_at().unwrap_or_else(Instant::now)), if self.locked.retry_at().is_some() && self.scan.is_none() => {
+                    self.locked.retrying();
+                    self.mark_dirty(false);
+                }
                 _ = full.tick(), if !self.options.once => {
                     self.mark_dirty(true);
                     self.registry_resync();
@@ -472,7 +482,23 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Sends what the machine has ready (replies, then changes within the window).
+    async fn transmit(&mut self) -> Result<(), SyncError> {
+        let mut sent = false;
+        while let Some(msg) = self.machine.poll_transmit() {
+            self.writer.feed(&msg).await?;
+            sent = true;
+        }
+        if sent {
+            self.writer.flush().await?;
+        }
+        Ok(())
+    }
+
     fn watch_signal(&mut self, signal: Option<WatchSignal>) {
+        if signal.is_some() && drop_watch_signal_for_tests() {
+            return;
+        }
         let now = Instant::now();
         match signal {
             Some(WatchSignal::Files(paths)) => {
@@ -526,15 +552,7 @@ impl<'a> Session<'a> {
                 }
             }
         }
-        if upserts.is_empty() {
-            return;
-        }
-        let pass = self.begin_pass(false);
-        let count = upserts.len() as u64;
-        for entry in upserts {
-            self.queue_change(Change::Upsert(entry));
-        }
-        self.end_pass(pass, count, Prune::Never);
+        self.machine.refresh_done(upserts);
     }
 
     fn mark_dirty(&mut self, full: bool) {
@@ -546,10 +564,7 @@ impl<'a> Session<'a> {
     fn once_finished(&self) -> bool {
         self.scan.is_none()
             && self.dirty.is_none()
-            && self.queue.is_empty()
-            && self.in_flight.is_empty()
-            && self.passes_sent > 0
-            && self.passes_done == self.passes_sent
+            && self.machine.is_settled()
             && self.registry.as_ref().is_none_or(|r| r.settled())
     }
 
@@ -577,26 +592,15 @@ impl<'a> Session<'a> {
     /// Asks the receiver for its registry state, to correct drift (e.g. hand edits on the Slave).
     fn registry_resync(&mut self) {
         if let Some(request) = self.registry.as_mut().and_then(|r| r.resync()) {
-            self.queue.push_back(request);
+            self.machine.queue_request(request);
         }
     }
 
-    /// A registry change set takes the next sequence number, like a file change.
     fn queue_registry_changes(
         &mut self,
         (changes, ops): (swrepl_proto::registry::RegistryChangeSet, usize),
     ) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.in_flight.insert(
-            seq,
-            InFlight {
-                entry: None,
-                offsets: Vec::new(),
-            },
-        );
-        self.queue
-            .push_back(Message::RegistryChanges { seq, changes });
+        let seq = self.machine.queue_registry_changes(changes);
         if let Some(registry) = self.registry.as_mut() {
             registry.sent(seq, ops);
         }
@@ -622,175 +626,10 @@ impl<'a> Session<'a> {
             }
             Err(e) => return Err(e.into()),
         };
-        self.summary.bytes_scanned += outcome.bytes_hashed;
-        for problem in &outcome.problems {
-            tracing::warn!(path = %problem.path, "cannot replicate now, will retry: {}", problem.reason);
-        }
-        if !outcome.problems.is_empty() {
-            if self.options.once && self.retries_left > 0 {
-                self.retries_left -= 1;
-                self.mark_dirty(false);
-            } else if !self.options.once {
-                self.mark_dirty(false);
-            }
-        }
-        self.summary.unreadable = outcome.problems.clone();
-        let current: HashSet<String> = outcome
-            .entries
-            .iter()
-            .map(|e| e.entry.path.clone())
-            .collect();
-        match kind {
-            ScanKind::Full => self.queue_full_pass(&outcome),
-            ScanKind::Incremental => self.queue_incremental(&outcome, &current),
-        }
-        self.record_tree(&outcome);
-        self.last_paths = Some(current);
-        Ok(())
-    }
-
-    fn record_tree(&mut self, outcome: &ScanOutcome) {
-        let files = outcome
-            .entries
-            .iter()
-            .filter(|e| e.entry.kind == EntryKind::File);
-        self.summary.entries = outcome.entries.len() as u64;
-        self.summary.files = files.clone().count() as u64;
-        self.summary.bytes_in_tree = files.map(|e| e.entry.size).sum();
-    }
-
-    fn begin_pass(&mut self, full: bool) -> u64 {
-        self.pass += 1;
-        self.queue.push_back(Message::PassBegin {
-            pass: self.pass,
-            full,
-        });
-        self.pass
-    }
-
-    fn end_pass(&mut self, pass: u64, entries: u64, prune: Prune) {
-        self.queue.push_back(Message::PassEnd {
-            pass,
-            entries,
-            prune,
-        });
-        self.passes_sent += 1;
-    }
-
-    fn queue_full_pass(&mut self, outcome: &ScanOutcome) {
-        let pass = self.begin_pass(true);
-        let mut renamed = HashSet::new();
-        for change in &outcome.changes {
-            if let Change::Rename { from, entry } = change {
-                renamed.insert(entry.path.clone());
-                self.queue_change(Change::Rename {
-                    from: from.clone(),
-                    entry: entry.clone(),
-                });
-            }
-        }
-        for scanned in &outcome.entries {
-            if !renamed.contains(&scanned.entry.path) {
-                self.queue_change(Change::Upsert(scanned.entry.clone()));
-            }
-        }
-        let prune = if self.options.allow_mass_delete {
-            Prune::All
-        } else {
-            Prune::UpToPermille(self.options.mass_delete_permille)
-        };
-        self.end_pass(pass, outcome.entries.len() as u64, prune);
-    }
-
-    fn queue_incremental(&mut self, outcome: &ScanOutcome, current: &HashSet<String>) {
-        if outcome.changes.is_empty() {
-            return;
-        }
-        let held = self.deletes_to_hold(outcome, current);
-        let pass = self.begin_pass(false);
-        for change in &outcome.changes {
-            if held > 0 && matches!(change, Change::Delete(_)) {
-                continue;
-            }
-            self.queue_change(change.clone());
-        }
-        self.end_pass(pass, outcome.entries.len() as u64, Prune::Never);
-    }
-
-    /// The mass-delete guard for watched changes: when one scan removes more than the threshold
-    /// of the tree, its deletes are held (not sent) until a confirmed full pass.
-    fn deletes_to_hold(&mut self, outcome: &ScanOutcome, current: &HashSet<String>) -> u64 {
-        let Some(previous) = &self.last_paths else {
-            return 0;
-        };
-        let moved_from: Vec<&str> = outcome
-            .changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::Rename { from, .. } => Some(from.as_str()),
-                _ => None,
-            })
-            .collect();
-        let removed = previous
-            .iter()
-            .filter(|p| !current.contains(*p))
-            .filter(|p| !moved_from.iter().any(|from| is_same_or_under(p, from)))
-            .count() as u64;
-        let total = previous.len() as u64;
-        let over = removed * 1000 > u64::from(self.options.mass_delete_permille) * total;
-        if removed == 0 || !over || self.options.allow_mass_delete {
-            return 0;
-        }
-        tracing::warn!(
-            removed,
-            total,
-            "mass-delete guard: the Master's tree lost {removed} of {total} entries in one change; the deletes are HELD (not replicated). If this is intended, restart the sender with --allow-mass-delete"
-        );
-        self.summary.held_deletes += removed;
-        removed
-    }
-
-    fn queue_change(&mut self, change: Change) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let (msg, entry) = match change {
-            Change::Upsert(entry) => (
-                Message::Upsert {
-                    seq,
-                    entry: entry.clone(),
-                },
-                Some(entry),
-            ),
-            Change::Rename { from, entry } => (
-                Message::Rename {
-                    seq,
-                    from,
-                    entry: entry.clone(),
-                },
-                Some(entry),
-            ),
-            Change::Delete(path) => (Message::Delete { seq, path }, None),
-        };
-        let entry = entry.filter(|e| e.kind == EntryKind::File && !e.chunks.is_empty());
-        let offsets = entry.as_ref().map(chunk_offsets).unwrap_or_default();
-        self.in_flight.insert(seq, InFlight { entry, offsets });
-        self.queue.push_back(msg);
-    }
-
-    async fn send_queued(&mut self) -> Result<(), SyncError> {
-        let mut sent = false;
-        while let Some(msg) = self.queue.front() {
-            if let Some(seq) = change_seq(msg) {
-                if seq > self.acked + WINDOW as u64 {
-                    break;
-                }
-            }
-            let msg = self.queue.pop_front().expect("front exists");
-            self.writer.feed(&msg).await?;
-            sent = true;
-        }
-        if sent {
-            self.writer.flush().await?;
+        self.locked.after_scan(self.options, &outcome);
+        let full = matches!(kind, ScanKind::Full);
+        if self.machine.scan_done(full, &outcome) {
+            self.mark_dirty(false);
         }
         Ok(())
     }
@@ -801,103 +640,58 @@ impl<'a> Session<'a> {
                 registry.on_other_message();
             }
         }
-        match msg {
-            Message::NeedChunks { seq, indices } => self.serve_chunks(seq, indices).await?,
-            Message::Ack { seq } => {
-                if seq >= self.next_seq {
-                    return Err(SyncError::Protocol(format!(
-                        "ack for {seq}, which was never sent"
-                    )));
-                }
-                let newly = self.in_flight.range(..=seq).count() as u64;
-                self.summary.changes += newly;
-                self.in_flight = self.in_flight.split_off(&(seq + 1));
-                self.acked = self.acked.max(seq);
+        match self.machine.handle(msg)? {
+            Reaction::None => {}
+            Reaction::Acked(seq) => {
                 if let Some(registry) = self.registry.as_mut() {
                     registry.on_ack(seq);
                 }
             }
-            Message::Refused { seq, path, reason } => {
+            Reaction::Refused(seq) => {
                 if let Some(registry) = self.registry.as_mut() {
                     registry.on_refused(seq);
                 }
-                tracing::warn!(%path, "receiver refused: {reason}");
-                self.summary.refused.push((path, reason));
             }
-            Message::PassDone { pass, pruned, held } => {
-                self.passes_done += 1;
-                self.summary.pruned += pruned;
-                if held > 0 {
-                    tracing::warn!(pass, held, "mass-delete guard on the receiver: {held} extra entries were NOT removed; if the Master's tree really shrank that much, run the sender with --allow-mass-delete");
-                    self.summary.held_deletes += held;
-                }
-            }
-            Message::Heartbeat(_) => {}
-            Message::RegistrySnapshot(snapshot) => self.registry_remote(&snapshot)?,
-            Message::Error { code, message } => return Err(SyncError::PeerError { code, message }),
-            other => {
-                return Err(SyncError::Protocol(
-                    format!("unexpected message from the receiver: {other:?}")
-                        .chars()
-                        .take(200)
-                        .collect(),
-                ))
-            }
+            Reaction::ServeChunks(request) => self.serve_chunks(request).await?,
+            Reaction::RegistrySnapshot(snapshot) => self.registry_remote(&snapshot)?,
         }
         Ok(())
     }
 
-    /// Reads the requested chunks from the file, checking each against the hash the receiver
-    /// was promised; if the file changed since it was scanned, the change is withdrawn and the
-    /// file rescanned, so a half-written state is never sent.
-    async fn serve_chunks(&mut self, seq: Seq, indices: Vec<u32>) -> Result<(), SyncError> {
-        let Some(in_flight) = self.in_flight.get(&seq) else {
-            return Err(SyncError::Protocol(format!(
-                "chunks asked for change {seq}, which is not in flight"
-            )));
-        };
-        let Some(entry) = in_flight.entry.clone() else {
-            return Err(SyncError::Protocol(format!(
-                "chunks asked for change {seq}, which has no content"
-            )));
-        };
-        let offsets = in_flight.offsets.clone();
-        let path = self.options.root.join(&entry.path);
+    /// Reads the requested chunks on a blocking thread and streams them out as they come; if the
+    /// file changed since it was scanned, the change is withdrawn and the file rescanned.
+    async fn serve_chunks(&mut self, request: ChunkRequest) -> Result<(), SyncError> {
+        let seq = request.seq;
+        let path = self.options.root.join(&request.entry.path);
         let (tx, mut rx) = mpsc::channel::<Result<(u32, Vec<u8>), String>>(8);
-        let reader = tokio::task::spawn_blocking(move || {
-            read_chunks(&path, &entry, &offsets, &indices, &tx)
-        });
+        let reader = tokio::task::spawn_blocking(move || read_chunks(&path, &request, &tx));
         while let Some(item) = rx.recv().await {
             match item {
                 Ok((index, data)) => {
-                    self.summary.data_bytes_sent += data.len() as u64;
-                    self.writer
-                        .feed(&Message::ChunkData { seq, index, data })
-                        .await?;
+                    self.machine.chunk_read(seq, index, data);
+                    self.transmit_replies().await?;
                 }
                 Err(reason) => {
-                    self.withdraw(seq, reason).await?;
+                    let path = self.machine.withdraw(seq, reason);
+                    self.forget_indexed(path).await?;
                     break;
                 }
             }
         }
         let _ = reader.await;
-        self.writer.flush().await?;
+        self.transmit().await
+    }
+
+    /// Sends the replies the machine has queued without flushing (chunk data streams).
+    async fn transmit_replies(&mut self) -> Result<(), SyncError> {
+        while let Some(msg) = self.machine.poll_transmit() {
+            self.writer.feed(&msg).await?;
+        }
         Ok(())
     }
 
-    async fn withdraw(&mut self, seq: Seq, reason: String) -> Result<(), SyncError> {
-        let path = self
-            .in_flight
-            .get(&seq)
-            .and_then(|f| f.entry.as_ref())
-            .map(|e| e.path.clone())
-            .unwrap_or_default();
-        tracing::info!(%path, "file changed while being sent ({reason}); withdrawing and rescanning it");
-        self.writer
-            .send(&Message::FileUnavailable { seq, reason })
-            .await?;
-        // Forget what the index believes about the file so the next scan rereads it.
+    /// Forgets what the index believes about a file so the next scan rereads it.
+    async fn forget_indexed(&mut self, path: String) -> Result<(), SyncError> {
         let scanner = self.scanner.clone();
         tokio::task::spawn_blocking(move || {
             let mut scanner = scanner.lock().expect("scanner lock");
@@ -913,11 +707,10 @@ impl<'a> Session<'a> {
     }
 }
 
+/// Reads the requested chunks, one at a time, into `tx`; stops at the first that fails.
 fn read_chunks(
     path: &std::path::Path,
-    entry: &FileEntry,
-    offsets: &[u64],
-    indices: &[u32],
+    request: &ChunkRequest,
     tx: &mpsc::Sender<Result<(u32, Vec<u8>), String>>,
 ) {
     let mut file = match File::open(path) {
@@ -927,54 +720,14 @@ fn read_chunks(
             return;
         }
     };
-    for &index in indices {
-        let item = entry
-            .chunks
-            .get(index as usize)
-            .ok_or_else(|| format!("receiver asked for chunk {index} of {}", entry.chunks.len()))
-            .and_then(|chunk| {
-                let mut data = vec![0u8; chunk.len as usize];
-                file.seek(SeekFrom::Start(offsets[index as usize]))
-                    .and_then(|_| file.read_exact(&mut data))
-                    .map_err(|e| format!("read failed: {e}"))?;
-                if *blake3::hash(&data).as_bytes() != chunk.hash {
-                    return Err("content changed since it was scanned".to_string());
-                }
-                Ok((index, data))
-            });
+    for &index in &request.indices {
+        let item = read_chunk(&mut file, &request.entry, &request.offsets, index)
+            .map(|data| (index, data));
         let failed = item.is_err();
         if tx.blocking_send(item).is_err() || failed {
             return;
         }
     }
-}
-
-fn chunk_offsets(entry: &FileEntry) -> Vec<u64> {
-    let mut offset = 0;
-    entry
-        .chunks
-        .iter()
-        .map(|c| {
-            let here = offset;
-            offset += u64::from(c.len);
-            here
-        })
-        .collect()
-}
-
-fn change_seq(msg: &Message) -> Option<Seq> {
-    match msg {
-        Message::Upsert { seq, .. }
-        | Message::Rename { seq, .. }
-        | Message::Delete { seq, .. }
-        | Message::RegistryChanges { seq, .. } => Some(*seq),
-        _ => None,
-    }
-}
-
-fn is_same_or_under(path: &str, dir: &str) -> bool {
-    path == dir
-        || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
 }
 
 #[cfg(test)]

@@ -1,5 +1,9 @@
-//! The receiver's status file, `<root>/.swrepl/status.json`: what `swrepl status` and the
-//! switch-over pre-checks read to learn whether the Slave's files are caught up.
+//! The status files `swrepl status` and the switch-over pre-checks read:
+//! - the receiver's, `<root>/.swrepl/status.json` ([`ReceiverStatus`]): whether the Slave's files
+//!   are caught up;
+//! - the sender's, `<state dir>/sender-status.json` ([`SenderStatus`]): what the Master cannot
+//!   replicate right now (files locked by another process). A separate name, because after a
+//!   fail-back the same root can hold a receiver's state too.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -80,9 +84,49 @@ pub fn read_status(root: &Path) -> std::io::Result<ReceiverStatus> {
     serde_json::from_str(&text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-fn write_atomically(path: &Path, status: &ReceiverStatus) -> std::io::Result<()> {
+fn write_atomically(path: &Path, status: &impl Serialize) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(status).map_err(std::io::Error::other)?;
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)
+}
+
+/// A file on the Master that another process holds locked, as the sender reports it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockedFileStatus {
+    /// Path relative to the root, `/`-separated.
+    pub path: String,
+    /// When it was first found locked (ms since the Unix epoch).
+    pub since_unix_ms: u64,
+    /// Failed attempts to read it so far (retried after 1 s, doubling to 60 s).
+    pub attempts: u32,
+    /// The last error, as the OS worded it.
+    pub error: String,
+}
+
+/// The sender's view, as written to `sender-status.json` whenever it changes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SenderStatus {
+    /// When this was written (ms since the Unix epoch).
+    pub updated_unix_ms: u64,
+    /// Files that keep their previous version on the Slave until they can be read.
+    #[serde(default)]
+    pub locked: Vec<LockedFileStatus>,
+}
+
+/// Where a sender keeps its status, given its state directory (default `<root>/.swrepl`).
+pub fn sender_status_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("sender-status.json")
+}
+
+/// Reads a sender's status file from its state directory.
+pub fn read_sender_status(state_dir: &Path) -> std::io::Result<SenderStatus> {
+    let text = std::fs::read_to_string(sender_status_path(state_dir))?;
+    serde_json::from_str(&text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Writes a sender's status file atomically (creating the state directory if needed).
+pub fn write_sender_status(state_dir: &Path, status: &SenderStatus) -> std::io::Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    write_atomically(&sender_status_path(state_dir), status)
 }

@@ -14,6 +14,9 @@
 //!   recreated ([`Index::open_or_recreate`]): it is a cache, never the only copy of anything.
 //! - [`Scanner`]: walks a root, describes it as [`FileEntry`]s and reports the [`Change`]s since
 //!   the previous scan, renames (by file identity) included.
+//! - Locked files (Windows sharing/lock violations): kept at their last known state, retried
+//!   with backoff ([`locked_retry_delay`]) and reported in [`ScanOutcome::locked`] /
+//!   [`Scanner::locked_files`]; [`is_locked_error`] says which OS errors mean "locked".
 //! - [`list_tree`], [`compare`], [`verify_trees`]: hash whole trees in parallel and compare them.
 //! - Helpers: [`to_os_path`], [`to_wire_path`], [`compare_paths`], [`file_id_of`],
 //!   [`attributes_of`], [`mtime_ns`].
@@ -26,6 +29,7 @@ mod diff;
 mod excludes;
 mod fsmeta;
 mod index;
+mod locked;
 mod parallel;
 mod scan;
 mod verify;
@@ -40,6 +44,9 @@ pub use fsmeta::{
     FileId,
 };
 pub use index::{ChunkLocation, Index};
+pub use locked::{
+    is_locked_error, locked_retry_delay, LockedFile, LOCKED_RETRY_FIRST, LOCKED_RETRY_MAX,
+};
 pub use scan::{Change, ScanOutcome, ScanProblem, ScannedEntry, Scanner};
 pub use swrepl_proto::{Attributes, ChunkRef, EntryKind, FileEntry, Hash};
 pub use verify::{compare, list_tree, verify_trees, Difference, TreeListing, VerifySummary};
@@ -83,6 +90,8 @@ pub enum TreeError {
     BadExclude { glob: String, reason: String },
     #[error("invalid tree path {path:?}: {reason}")]
     InvalidPath { path: String, reason: String },
+    #[error("{path} is locked by another process; the Slave keeps its previous version and it is retried with backoff")]
+    Locked { path: String },
     #[error("{path} changed while being read; it will be read again later")]
     ChangedWhileRead { path: String },
     #[error("{path} cannot be replicated: {reason}")]

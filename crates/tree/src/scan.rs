@@ -1,9 +1,11 @@
 //! The scanner: the current state of a root and the changes since the previous scan.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::diff::{detect, TreeKey, TreeMap, Unseen};
+use crate::locked::{LockedFile, LockedSet};
 use crate::parallel::parallel_map;
 use crate::walk::{
     check_root, read_stable, stat_item, walk, AfterReadHook, ItemKind, ReadFailure, WalkItem,
@@ -53,7 +55,12 @@ pub struct ScanOutcome {
     /// Changes since the previous scan: renames (with any directory they need created first),
     /// then upserts (parents first), then deletes (the top-most path of each deleted subtree).
     pub changes: Vec<Change>,
+    /// Something could not be described this time (apart from locked files).
     pub problems: Vec<ScanProblem>,
+    /// Every file currently known to be locked by another process, in path order: each is
+    /// described as it was last known (or not at all when it is new) and retried with backoff;
+    /// see [`Scanner::next_locked_retry`].
+    pub locked: Vec<LockedFile>,
     /// Files whose content was read (0 when every file matched the index).
     pub files_hashed: u64,
     /// Bytes read to hash those files.
@@ -66,6 +73,7 @@ pub struct Scanner {
     excludes: Excludes,
     index: Index,
     after_read: Option<AfterReadHook>,
+    locked: LockedSet,
 }
 
 impl std::fmt::Debug for Scanner {
@@ -74,6 +82,7 @@ impl std::fmt::Debug for Scanner {
             .field("root", &self.root)
             .field("excludes", &self.excludes)
             .field("index", &self.index)
+            .field("locked", &self.locked)
             .finish_non_exhaustive()
     }
 }
@@ -85,6 +94,7 @@ impl Scanner {
             excludes,
             index,
             after_read: None,
+            locked: LockedSet::default(),
         }
     }
 
@@ -104,6 +114,17 @@ impl Scanner {
         &mut self.index
     }
 
+    /// The files currently known to be locked by another process, in path order.
+    pub fn locked_files(&self) -> Vec<LockedFile> {
+        self.locked.snapshot()
+    }
+
+    /// When the earliest locked file is due for another try (None: nothing is locked). A scan or
+    /// refresh before then does not open those files; the caller should scan again at that time.
+    pub fn next_locked_retry(&self) -> Option<Instant> {
+        self.locked.next_retry()
+    }
+
     /// Testing aid: `hook` runs (on a hashing thread) after each file's content was read and
     /// before the file is stat'ed again to check that it did not change meanwhile.
     pub fn set_after_read_hook(&mut self, hook: impl Fn(&Path) + Send + Sync + 'static) {
@@ -117,7 +138,9 @@ impl Scanner {
     /// path it was renamed from) is not read again. Any other file is chunked and then stat'ed
     /// again: when it changed meanwhile it is reported as a problem and its previous state is
     /// kept, so a half-written file is never described. The same goes for files and directories
-    /// that cannot be read: they are reported, and never taken as deleted.
+    /// that cannot be read: they are reported, and never taken as deleted. A file locked by
+    /// another process is not a problem but goes into [`ScanOutcome::locked`]: it keeps its last
+    /// known state and is opened again only when its retry is due (1 s, doubling to 60 s).
     ///
     /// Renames are recognised by file identity: a new path whose file id (same kind and, for
     /// files, same content) belonged to a path that no longer holds it. A renamed directory is
@@ -142,10 +165,22 @@ impl Scanner {
         // in map order, so that is one cheap sort instead of an ordered insert per entry.
         let mut described = Vec::with_capacity(walked.items.len());
         let mut to_read = Vec::new();
+        let now = Instant::now();
+        // Locked files still there as files: the others are forgotten after the walk.
+        let mut locked_seen = HashSet::new();
         for item in walked.items {
             if item.kind == ItemKind::File {
+                if self.locked.contains(&item.rel) {
+                    locked_seen.insert(item.rel.clone());
+                }
                 match known.reusable_content(&item) {
-                    Some(entry) => described.push(keyed(entry, item.file_id)),
+                    Some(entry) => {
+                        self.locked.resolved(&item.rel);
+                        described.push(keyed(entry, item.file_id));
+                    }
+                    None if self.locked.waiting(&item.rel, now) => {
+                        unseen.paths.insert(item.rel.clone());
+                    }
                     None => to_read.push(item),
                 }
             } else {
@@ -160,7 +195,12 @@ impl Scanner {
                 Ok(content) => {
                     outcome.files_hashed += 1;
                     outcome.bytes_hashed += content.size;
+                    self.locked.resolved(&item.rel);
                     described.push(keyed(item.entry(Some(&content)), item.file_id));
+                }
+                Err(ReadFailure::Locked(e)) => {
+                    self.locked.failed(&item.rel, &e, now);
+                    unseen.paths.insert(item.rel.clone());
                 }
                 Err(failure) => {
                     tracing::debug!(path = %item.rel, reason = %failure.reason(), "file not described");
@@ -173,6 +213,11 @@ impl Scanner {
             }
         }
 
+        // A locked file below a directory that could not be listed is still there, unseen.
+        self.locked
+            .retain(|rel| locked_seen.contains(rel) || unseen.covers(rel));
+        outcome.locked = self.locked.snapshot();
+
         let mut current: TreeMap = described.into_iter().collect();
         outcome.changes = detect(&prev, &mut current, &unseen);
         self.index.replace_state(&prev, &current)?;
@@ -181,6 +226,7 @@ impl Scanner {
             entries = current.len(),
             changes = outcome.changes.len(),
             problems = outcome.problems.len(),
+            locked = outcome.locked.len(),
             files_hashed = outcome.files_hashed,
             bytes_hashed = outcome.bytes_hashed,
             "scan done"
@@ -192,7 +238,8 @@ impl Scanner {
     /// Stats and (for a file) rereads one path now, records it in the index and returns it; the
     /// caller must describe the returned entry to its peer, since the index now records it.
     /// `Ok(None)` when the path does not exist (the index is left alone, so the next scan reports
-    /// the delete) or is excluded.
+    /// the delete) or is excluded. [`TreeError::Locked`] when another process holds the file (or
+    /// it was found locked and its retry is not due yet): the index keeps its previous state.
     pub fn refresh(&mut self, rel: &str) -> Result<Option<ScannedEntry>, TreeError> {
         swrepl_proto::validate_path(rel).map_err(|e| TreeError::InvalidPath {
             path: rel.to_string(),
@@ -217,8 +264,22 @@ impl Scanner {
                 reason: p.reason,
             })?;
         let entry = match item.kind {
+            ItemKind::File if self.locked.waiting(rel, Instant::now()) => {
+                return Err(TreeError::Locked {
+                    path: rel.to_string(),
+                })
+            }
             ItemKind::File => match read_stable(&item, self.after_read.as_ref(), &mut |_| {}) {
-                Ok(content) => item.entry(Some(&content)),
+                Ok(content) => {
+                    self.locked.resolved(rel);
+                    item.entry(Some(&content))
+                }
+                Err(ReadFailure::Locked(e)) => {
+                    self.locked.failed(rel, &e, Instant::now());
+                    return Err(TreeError::Locked {
+                        path: rel.to_string(),
+                    });
+                }
                 Err(ReadFailure::Changed) => {
                     return Err(TreeError::ChangedWhileRead {
                         path: rel.to_string(),

@@ -246,14 +246,30 @@ pub(crate) fn stat_item(
 pub(crate) enum ReadFailure {
     /// Size, time or identity moved while it was read: the content read may be half-written.
     Changed,
-    /// The file could not be read (locked, permissions, gone).
+    /// Another process holds the file (see [`crate::is_locked_error`]): retried with backoff.
+    Locked(std::io::Error),
+    /// The file could not be read (permissions, gone, an I/O error).
     Unreadable(std::io::Error),
+}
+
+impl ReadFailure {
+    /// Classifies an error from opening or reading a file.
+    fn from_io(error: std::io::Error) -> ReadFailure {
+        if crate::is_locked_error(&error) {
+            ReadFailure::Locked(error)
+        } else {
+            ReadFailure::Unreadable(error)
+        }
+    }
 }
 
 impl ReadFailure {
     pub fn reason(&self) -> String {
         match self {
             ReadFailure::Changed => CHANGED_WHILE_READ.to_string(),
+            ReadFailure::Locked(e) => {
+                format!("locked by another process ({e}); will retry")
+            }
             ReadFailure::Unreadable(e) => format!("cannot read: {e}; will retry"),
         }
     }
@@ -291,8 +307,8 @@ fn read_checked<T>(
     after_read: Option<&AfterReadHook>,
     read: impl FnOnce(std::fs::File) -> std::io::Result<(T, u64)>,
 ) -> Result<T, ReadFailure> {
-    let file = std::fs::File::open(&item.os_path).map_err(ReadFailure::Unreadable)?;
-    let (content, bytes_read) = read(file).map_err(ReadFailure::Unreadable)?;
+    let file = std::fs::File::open(&item.os_path).map_err(ReadFailure::from_io)?;
+    let (content, bytes_read) = read(file).map_err(ReadFailure::from_io)?;
     if let Some(hook) = after_read {
         hook(&item.os_path);
     }

@@ -35,6 +35,15 @@ fn describe(outcome: &ScanOutcome) -> Vec<String> {
         .collect()
 }
 
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 fn paths(outcome: &ScanOutcome) -> Vec<&str> {
     outcome
         .entries
@@ -117,10 +126,10 @@ fn modified_files_are_detected() {
     write(root, "grow.log", b"one two");
     write(root, "same-size.cfg", b"bbbb");
     // A same-size edit is found through the modification time; make sure it moved even on a
-    // file system with coarse timestamps.
+    // file system with coarse timestamps. 500 ns: NTFS keeps times in 100 ns units.
     filetime::set_file_mtime(
         root.join("same-size.cfg"),
-        filetime::FileTime::from_unix_time(1_000_000, 5),
+        filetime::FileTime::from_unix_time(1_000_000, 500),
     )
     .unwrap();
     let out = s.scan().unwrap();
@@ -130,7 +139,7 @@ fn modified_files_are_detected() {
         panic!()
     };
     assert_eq!(cfg.file_hash, swrepl_tree::hash_bytes(b"bbbb"));
-    assert_eq!(cfg.mtime_ns, 1_000_000_000_000_005);
+    assert_eq!(cfg.mtime_ns, 1_000_000_000_000_500);
 }
 
 #[test]
@@ -221,6 +230,15 @@ fn case_only_rename_is_a_rename() {
     s.scan().unwrap();
 
     fs::rename(root.join("Logs/A.txt"), root.join("Logs/a.txt")).unwrap();
+    if names_in(&root.join("Logs")) != ["a.txt"] {
+        // Wine keeps the old case on a case-only MoveFileW (NTFS and Linux do not);
+        // tests/windows.rs covers the case-only rename done in two steps there.
+        eprintln!(
+            "skipped: this file system kept the old case after a case-only rename: {:?}",
+            names_in(&root.join("Logs"))
+        );
+        return;
+    }
     let out = s.scan().unwrap();
     assert_eq!(describe(&out), ["rename Logs/A.txt -> Logs/a.txt"]);
     assert_eq!(out.files_hashed, 0);
@@ -258,16 +276,17 @@ fn data_folder_is_not_scanned_in_any_spelling() {
     write(root, "Core Services/SwSqlServer/swsql.ini", b"[mysqld]");
     write(root, ".swrepl/index.db", b"state");
     let out = scanner(root).scan().unwrap();
-    assert_eq!(
-        paths(&out),
-        [
-            "Core Services",
-            "Core Services/SwSqlServer",
-            "Core Services/SwSqlServer/swsql.ini",
-            "core services",
-            "core services/swsqlserver"
-        ]
-    );
+    let mut expected = vec![
+        "Core Services",
+        "Core Services/SwSqlServer",
+        "Core Services/SwSqlServer/swsql.ini",
+    ];
+    // On a case-sensitive file system the second spelling is a tree of its own (whose data
+    // folder is excluded as well); on Windows it is the same folder.
+    if names_in(root).contains(&"core services".to_string()) {
+        expected.extend(["core services", "core services/swsqlserver"]);
+    }
+    assert_eq!(paths(&out), expected);
 }
 
 #[test]

@@ -3,11 +3,15 @@
 #![cfg(windows)]
 
 use std::fs;
+use std::io::Write;
 use std::os::windows::ffi::OsStrExt;
+use std::os::windows::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use swrepl_tree::{
-    attributes_of, file_id_of, hash_bytes, list_tree, to_os_path, Change, Excludes, Index, Scanner,
+    attributes_of, file_id_of, hash_bytes, list_tree, to_os_path, Change, Excludes, Index,
+    ScanOutcome, Scanner, TreeError,
 };
 use windows_sys::Win32::Storage::FileSystem::{
     SetFileAttributesW, FILE_ATTRIBUTE_ARCHIVE, FILE_ATTRIBUTE_HIDDEN, FILE_ATTRIBUTE_NORMAL,
@@ -119,6 +123,31 @@ fn the_scanner_recognises_a_case_only_rename() {
     );
 }
 
+/// What Wine can show of a case-only rename: done in two steps (as an editor saving through a
+/// temporary name does), the case-insensitive file system ends with the new spelling and the
+/// scanner reports one rename from the old spelling, not an upsert plus a delete (which a
+/// case-insensitive receiver would apply to the very same file).
+#[test]
+fn a_case_only_rename_through_a_temporary_name_is_one_rename() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    fs::create_dir(root.join("Logs")).unwrap();
+    fs::write(root.join("Logs/Server.LOG"), b"log line").unwrap();
+    let mut s = scanner(root);
+    s.scan().unwrap();
+
+    fs::rename(root.join("Logs/Server.LOG"), root.join("Logs/tmp.swp")).unwrap();
+    fs::rename(root.join("Logs/tmp.swp"), root.join("Logs/server.log")).unwrap();
+    assert_eq!(names_in(&root.join("Logs")), ["server.log"]);
+    let out = s.scan().unwrap();
+    assert_eq!(
+        renames(&out.changes),
+        [("Logs/Server.LOG".to_string(), "Logs/server.log".to_string())]
+    );
+    assert_eq!(out.files_hashed, 0);
+    assert!(s.scan().unwrap().changes.is_empty());
+}
+
 #[test]
 fn the_carried_attributes_are_read_from_files_and_directories() {
     let tmp = tempfile::tempdir().unwrap();
@@ -214,4 +243,106 @@ fn long_paths_are_scanned_hashed_and_read_back() {
     let again = s.scan().unwrap();
     assert!(again.changes.is_empty(), "{:?}", again.changes);
     assert_eq!(again.files_hashed, 0);
+}
+
+/// Opens `path` for reading and writing with no sharing at all, as a program that wants a file
+/// to itself does: every other open fails with ERROR_SHARING_VIOLATION while the handle lives.
+fn lock_exclusively(path: &Path) -> fs::File {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .share_mode(0)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {} without sharing: {e}", path.display()))
+}
+
+fn entry_hash(outcome: &ScanOutcome, rel: &str) -> Option<swrepl_tree::Hash> {
+    outcome
+        .entries
+        .iter()
+        .find(|e| e.entry.path == rel)
+        .map(|e| e.entry.file_hash)
+}
+
+#[test]
+fn a_locked_file_keeps_its_last_state_is_reported_and_is_described_once_released() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    fs::create_dir(root.join("Mail")).unwrap();
+    let mailbox = root.join("Mail/box.mbx");
+    fs::write(&mailbox, b"before").unwrap();
+    let mut s = scanner(root);
+    let first = s.scan().unwrap();
+    assert_eq!(
+        entry_hash(&first, "Mail/box.mbx"),
+        Some(hash_bytes(b"before"))
+    );
+
+    // The mailbox changes under an exclusive handle, and a new file appears already locked.
+    let held = lock_exclusively(&mailbox);
+    fs::write(root.join("new.dat"), b"brand new").unwrap();
+    let held_new = lock_exclusively(&root.join("new.dat"));
+    (&held).write_all(b"after, and longer").unwrap();
+    (&held).sync_all().unwrap();
+
+    let out = s.scan().unwrap();
+    let locked: Vec<(&str, u32)> = out
+        .locked
+        .iter()
+        .map(|l| (l.path.as_str(), l.attempts))
+        .collect();
+    assert_eq!(locked, [("Mail/box.mbx", 1), ("new.dat", 1)]);
+    assert!(out.problems.is_empty(), "{:?}", out.problems);
+    assert!(
+        out.changes.is_empty(),
+        "nothing half-read is sent: {:?}",
+        out.changes
+    );
+    assert_eq!(
+        entry_hash(&out, "Mail/box.mbx"),
+        Some(hash_bytes(b"before")),
+        "the last known state is kept"
+    );
+    assert_eq!(
+        entry_hash(&out, "new.dat"),
+        None,
+        "a new locked file is not described"
+    );
+    assert!(s.next_locked_retry().is_some());
+    assert!(matches!(
+        s.refresh("Mail/box.mbx"),
+        Err(TreeError::Locked { .. })
+    ));
+
+    // Released: the next scan at or after the retry time reads both.
+    drop(held);
+    drop(held_new);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let released = loop {
+        let out = s.scan().unwrap();
+        if out.locked.is_empty() {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "still locked: {:?}", out.locked);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        entry_hash(&released, "Mail/box.mbx"),
+        Some(hash_bytes(b"after, and longer"))
+    );
+    assert_eq!(
+        entry_hash(&released, "new.dat"),
+        Some(hash_bytes(b"brand new"))
+    );
+    let mut upserts: Vec<&str> = released
+        .changes
+        .iter()
+        .map(|c| match c {
+            Change::Upsert(e) => e.path.as_str(),
+            other => panic!("expected upserts, got {other:?}"),
+        })
+        .collect();
+    upserts.sort();
+    assert_eq!(upserts, ["Mail/box.mbx", "new.dat"]);
+    assert!(s.locked_files().is_empty());
 }
