@@ -147,6 +147,7 @@ fn open_rotated_log(path: &Path, limit: u64) -> std::io::Result<std::fs::File> {
 }
 
 /// The Event Log entry type of a log event that goes to the Windows Event Log.
+#[cfg_attr(not(windows), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     Error,
@@ -167,7 +168,10 @@ impl EventKind {
 }
 
 /// Words that mark a log line an operator must find in the Event Log even when it is not an
-/// error: switch-over and promotion steps, and the service starting and stopping.
+/// error: switch-over and promotion steps, the service starting and stopping, and a file that
+/// cannot be replicated because another process holds it locked (once when it is found locked,
+/// once when it is replicated again).
+#[cfg_attr(not(windows), allow(dead_code))]
 const EVENT_LOG_WORDS: &[&str] = &[
     "switch-over",
     "switchover",
@@ -179,11 +183,14 @@ const EVENT_LOG_WORDS: &[&str] = &[
     "service running",
     "service stopped",
     "stop requested",
+    "locked by another process",
+    "no longer locked",
 ];
 
 /// Whether (and as what) a log event goes to the Windows Event Log: every error; warnings and
 /// information about switch-overs and the service's life. The rest (per-file detail) stays in
 /// the log file, so the Event Log is not flooded.
+#[cfg_attr(not(windows), allow(dead_code))]
 pub fn event_log_kind(level: Level, message: &str) -> Option<EventKind> {
     if level == Level::ERROR {
         return Some(EventKind::Error);
@@ -200,6 +207,7 @@ pub fn event_log_kind(level: Level, message: &str) -> Option<EventKind> {
 }
 
 /// A log event's text: its message, then its other fields as `name=value`.
+#[cfg_attr(not(windows), allow(dead_code))]
 #[derive(Default)]
 struct EventText {
     message: String,
@@ -226,10 +234,12 @@ impl Visit for EventText {
 
 /// A tracing layer that hands the events [`event_log_kind`] selects, with their text, to
 /// `sink` (on Windows: `ReportEventW`).
+#[cfg_attr(not(windows), allow(dead_code))]
 pub struct EventLogLayer<F> {
     sink: F,
 }
 
+#[cfg_attr(not(windows), allow(dead_code))]
 impl<F: Fn(EventKind, &str) + Send + Sync + 'static> EventLogLayer<F> {
     pub fn new(sink: F) -> Self {
         EventLogLayer { sink }
@@ -289,14 +299,15 @@ mod windows {
     use windows_service::{define_windows_service, service_dispatcher};
 
     use super::{
-        log_path, open_rotated_log, strip_verbatim, Args, InstallArgs, Role, ServiceCommand,
-        UninstallArgs, LOG_ROTATE_BYTES,
+        log_path, open_rotated_log, strip_verbatim, Args, EventLogLayer, InstallArgs, Role,
+        ServiceCommand, UninstallArgs, LOG_ROTATE_BYTES,
     };
     use crate::cmd_files;
 
     const ERROR_SERVICE_DOES_NOT_EXIST: i32 = 1060;
     const ERROR_SERVICE_NOT_ACTIVE: i32 = 1062;
     const ERROR_FAILED_SERVICE_CONTROLLER_CONNECT: i32 = 1063;
+    const ERROR_INVALID_LEVEL: i32 = 124;
     /// How long a pass may take to wind down after Stop before the SCM gives up on us.
     const STOP_WAIT_HINT: Duration = Duration::from_secs(60);
 
@@ -324,18 +335,37 @@ mod windows {
             .init();
     }
 
+    /// The log file (at the `--log` level) plus the Windows Event Log (see
+    /// [`super::event_log_kind`]), whose source is the service name.
     fn init_file_logging(filter: &str, args: &InstallArgs) -> anyhow::Result<()> {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        use tracing_subscriber::Layer as _;
+
         let path = log_path(&args.config, args.role);
         let file = open_rotated_log(&path, LOG_ROTATE_BYTES)
             .with_context(|| format!("cannot open the service log {}", path.display()))?;
         let filter = tracing_subscriber::EnvFilter::try_new(filter)
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
+        let file_layer = tracing_subscriber::fmt::layer()
             .with_writer(Mutex::new(file))
             .with_ansi(false)
             .with_target(false)
+            .with_filter(filter);
+        let name = args.service_name();
+        let source = event_log::EventSource::open(&name);
+        let opened = source.is_ok();
+        let event_layer = source.ok().map(|source| {
+            EventLogLayer::new(move |kind, text| source.report(kind, text))
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+        });
+        tracing_subscriber::registry()
+            .with(file_layer)
+            .with(event_layer)
             .init();
+        if !opened {
+            tracing::warn!(service = %name, "cannot open the Windows Event Log: {}; logging to the file only", std::io::Error::last_os_error());
+        }
         Ok(())
     }
 
@@ -414,10 +444,33 @@ mod windows {
             account_password: None,
         };
         let manager = scm(ServiceManagerAccess::CONNECT | ServiceManagerAccess::CREATE_SERVICE)?;
+        let access = ServiceAccess::CHANGE_CONFIG | ServiceAccess::START | ServiceAccess::DELETE;
         let service = manager
-            .create_service(&info, ServiceAccess::CHANGE_CONFIG | ServiceAccess::START)
+            .create_service(&info, access)
             .with_context(|| format!("cannot create the service {name} (is it already installed? `swrepl service uninstall --name {name}`)"))?;
-        let description = match args.role {
+        if let Err(e) = configure(&service, args.role, &name) {
+            // Leave nothing half-installed: the operator fixes the cause and installs again.
+            if let Err(undo) = service.delete() {
+                tracing::warn!(service = %name, "cannot remove the half-installed service: {undo}");
+            }
+            return Err(e);
+        }
+        tracing::info!(service = %name, exe = %exe.display(), config = %config.display(), "installed");
+        println!(
+            "installed service {name} ({}), automatic start, restarted on failure; start it with `sc start {name}`; log: {} and the Event Log (Application, source {name})",
+            args.role.display_name(),
+            log_path(&config, args.role).display()
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Description, recovery actions and the Event Log source of a service just created.
+    fn configure(
+        service: &windows_service::service::Service,
+        role: Role,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        let description = match role {
             Role::Master => {
                 "Replicates this Supportworks Master to its warm standby (swrepl send)."
             }
@@ -432,16 +485,19 @@ mod windows {
             .update_failure_actions(restart_on_failure())
             .with_context(|| format!("cannot set the recovery actions of {name}"))?;
         // A stop with a non-zero exit code (a config or disk error) counts as a failure too.
-        service
-            .set_failure_actions_on_non_crash_failures(true)
-            .with_context(|| format!("cannot set the recovery actions of {name}"))?;
-        tracing::info!(service = %name, exe = %exe.display(), config = %config.display(), "installed");
-        println!(
-            "installed service {name} ({}), automatic start, restarted on failure; start it with `sc start {name}`; log: {}",
-            args.role.display_name(),
-            log_path(&config, args.role).display()
-        );
-        Ok(ExitCode::SUCCESS)
+        match service.set_failure_actions_on_non_crash_failures(true) {
+            Ok(()) => {}
+            // Windows has it since Vista; Wine's service manager does not.
+            Err(e) if os_code(&e) == Some(ERROR_INVALID_LEVEL) => tracing::warn!(
+                service = %name,
+                "this service manager cannot treat a non-zero exit as a failure: the service is restarted after a crash only"
+            ),
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot make {name} restart after a non-zero exit")))
+            }
+        }
+        event_log::register_source(name)
     }
 
     /// Restart after 10 s, 30 s, then every 60 s; the count resets after a day without failure.
@@ -501,6 +557,9 @@ mod windows {
         service
             .delete()
             .with_context(|| format!("cannot delete the service {name}"))?;
+        if let Err(e) = event_log::remove_source(name) {
+            tracing::warn!(service = name, "{e:#}");
+        }
         println!("uninstalled service {name}");
         Ok(())
     }
@@ -520,6 +579,114 @@ mod windows {
             service = name,
             "still stopping; it is removed once it stops"
         );
+    }
+
+    mod event_log {
+        //! The Windows Event Log: the source (a registry key under the Application log) and
+        //! `ReportEventW`.
+
+        use anyhow::Context;
+        use windows_sys::Win32::Foundation::HANDLE;
+        use windows_sys::Win32::System::EventLog::{
+            DeregisterEventSource, RegisterEventSourceW, ReportEventW, EVENTLOG_ERROR_TYPE,
+            EVENTLOG_INFORMATION_TYPE, EVENTLOG_WARNING_TYPE,
+        };
+
+        use super::super::EventKind;
+
+        /// Where event sources of the Application log are registered (under HKLM).
+        const APPLICATION_SOURCES: &str = r"SYSTEM\CurrentControlSet\Services\EventLog\Application";
+        /// A message file whose every message is just "%1" (the one .NET's EventLog class
+        /// uses), so Event Viewer shows our text as written.
+        const MESSAGE_FILE: &str =
+            r"%SystemRoot%\Microsoft.NET\Framework64\v4.0.30319\EventLogMessages.dll";
+        /// Error, warning and information.
+        const TYPES_SUPPORTED: u32 = 7;
+
+        fn source_key(name: &str) -> String {
+            format!(r"{APPLICATION_SOURCES}\{name}")
+        }
+
+        /// Registers `name` as an event source of the Application log (install).
+        pub fn register_source(name: &str) -> anyhow::Result<()> {
+            let path = source_key(name);
+            let context = || format!("cannot register the Event Log source HKLM\\{path}");
+            let key = windows_registry::LOCAL_MACHINE
+                .create(&path)
+                .with_context(context)?;
+            key.set_expand_string("EventMessageFile", MESSAGE_FILE)
+                .with_context(context)?;
+            key.set_u32("TypesSupported", TYPES_SUPPORTED)
+                .with_context(context)?;
+            Ok(())
+        }
+
+        /// Removes the event source (uninstall); its past events stay in the log.
+        pub fn remove_source(name: &str) -> anyhow::Result<()> {
+            let path = source_key(name);
+            if windows_registry::LOCAL_MACHINE.open(&path).is_err() {
+                return Ok(()); // not registered (installed by an older swrepl)
+            }
+            windows_registry::LOCAL_MACHINE
+                .remove_tree(&path)
+                .with_context(|| format!("cannot remove the Event Log source HKLM\\{path}"))
+        }
+
+        /// An open event source. The handle may be used from any thread.
+        pub struct EventSource(HANDLE);
+
+        // SAFETY: an event log handle is not tied to the thread that opened it; ReportEventW may
+        // be called on it from several threads at once.
+        unsafe impl Send for EventSource {}
+        unsafe impl Sync for EventSource {}
+
+        impl EventSource {
+            pub fn open(name: &str) -> std::io::Result<EventSource> {
+                let wide: Vec<u16> = name.encode_utf16().chain([0]).collect();
+                // SAFETY: `wide` is NUL-terminated and outlives the call; a null server name
+                // means this machine.
+                let handle = unsafe { RegisterEventSourceW(std::ptr::null(), wide.as_ptr()) };
+                if handle.is_null() {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(EventSource(handle))
+                }
+            }
+
+            /// Writes one event; failures are ignored (the log file has the same line).
+            pub fn report(&self, kind: EventKind, text: &str) {
+                let wtype = match kind {
+                    EventKind::Error => EVENTLOG_ERROR_TYPE,
+                    EventKind::Warning => EVENTLOG_WARNING_TYPE,
+                    EventKind::Information => EVENTLOG_INFORMATION_TYPE,
+                };
+                // An event string is limited to 31,839 characters.
+                let wide: Vec<u16> = text.encode_utf16().take(31_000).chain([0]).collect();
+                let strings = [wide.as_ptr()];
+                // SAFETY: the handle is open; `strings` holds one NUL-terminated string that
+                // outlives the call; no SID and no raw data.
+                unsafe {
+                    ReportEventW(
+                        self.0,
+                        wtype,
+                        0,
+                        kind.event_id(),
+                        std::ptr::null_mut(),
+                        1,
+                        0,
+                        strings.as_ptr(),
+                        std::ptr::null(),
+                    );
+                }
+            }
+        }
+
+        impl Drop for EventSource {
+            fn drop(&mut self) {
+                // SAFETY: the handle came from RegisterEventSourceW and is closed once.
+                unsafe { DeregisterEventSource(self.0) };
+            }
+        }
     }
 
     /// What `ffi_service_main` needs, set before the dispatcher starts.
@@ -656,6 +823,69 @@ mod tests {
         assert_eq!(
             strip_verbatim(Path::new(r"C:\swrepl.exe")),
             PathBuf::from(r"C:\swrepl.exe")
+        );
+    }
+
+    #[test]
+    fn errors_switch_overs_and_the_service_life_go_to_the_event_log() {
+        use tracing::Level;
+        let kind = |level, message| event_log_kind(level, message);
+        assert_eq!(
+            kind(Level::ERROR, "cannot apply \"x\": disk full"),
+            Some(EventKind::Error)
+        );
+        assert_eq!(
+            kind(
+                Level::WARN,
+                "this Slave was promoted: no longer accepting changes"
+            ),
+            Some(EventKind::Warning)
+        );
+        assert_eq!(
+            kind(Level::INFO, "old Master fenced"),
+            Some(EventKind::Information)
+        );
+        assert_eq!(
+            kind(Level::INFO, "service running"),
+            Some(EventKind::Information)
+        );
+        assert_eq!(
+            kind(Level::WARN, "locked by another process (os error 32): ..."),
+            Some(EventKind::Warning)
+        );
+        assert_eq!(kind(Level::WARN, "cannot replicate now, will retry"), None);
+        assert_eq!(kind(Level::INFO, "connected to receiver"), None);
+        assert_eq!(kind(Level::DEBUG, "switch-over step"), None);
+    }
+
+    #[test]
+    fn the_event_log_layer_writes_message_and_fields() {
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt as _;
+
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let sink = written.clone();
+        let layer = EventLogLayer::new(move |kind, text: &str| {
+            sink.lock().unwrap().push((kind, text.to_owned()));
+        });
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(path = "Mail/box.mbx", "cannot apply");
+            tracing::info!(service = "swrepl-slave", "service stopped");
+            tracing::info!("connected");
+        });
+        assert_eq!(
+            *written.lock().unwrap(),
+            [
+                (
+                    EventKind::Error,
+                    "cannot apply path=Mail/box.mbx".to_owned()
+                ),
+                (
+                    EventKind::Information,
+                    "service stopped service=swrepl-slave".to_owned()
+                ),
+            ]
         );
     }
 

@@ -5,44 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use swrepl_proto::{decode_message, Message};
-use swrepl_registry::wire::{
-    from_wire_changes, from_wire_snapshot, to_wire_changes, to_wire_snapshot,
-};
-use swrepl_registry::{diff, Encoding, RegFile, Snapshot};
 
-fn check_snapshot(snapshot: &Snapshot) {
-    let again = from_wire_snapshot(&to_wire_snapshot(snapshot)).expect("our own snapshot is valid");
-    assert_eq!(&again, snapshot, "snapshot changed on a wire round trip");
-    let file = RegFile::restore_point(snapshot);
-    let reread = RegFile::parse(&file.to_bytes(Encoding::Utf16Le)).expect("a restore point parses");
-    assert_eq!(reread, file, "restore point changed on a .reg round trip");
-    // Replicating into an empty registry reproduces the snapshot exactly.
-    let nothing = swrepl_registry::Tree::new().snapshot(&snapshot.root_paths());
-    let changes = diff(&nothing, snapshot);
-    let _ = changes.describe(&nothing);
-    assert_eq!(
-        &nothing.apply(&changes),
-        snapshot,
-        "diff from empty does not rebuild the snapshot"
-    );
-}
+#[path = "../checks/registry_wire.rs"]
+mod registry_wire;
 
-fuzz_target!(|body: &[u8]| {
-    match decode_message(body) {
-        Ok(Message::RegistrySnapshot(wire)) => {
-            if let Ok(snapshot) = from_wire_snapshot(&wire) {
-                check_snapshot(&snapshot);
-            }
-        }
-        Ok(Message::RegistryChanges { changes, .. }) => {
-            if let Ok(ops) = from_wire_changes(&changes) {
-                let again = from_wire_changes(&to_wire_changes(&ops)).expect("our own changes");
-                assert_eq!(again, ops, "change set changed on a wire round trip");
-                let mut tree = swrepl_registry::Tree::new();
-                tree.apply(&ops);
-            }
-        }
-        _ => {}
-    }
-});
+fuzz_target!(|body: &[u8]| registry_wire::check(body));

@@ -112,6 +112,10 @@ pub fn validate_registry_path(path: &str) -> Result<(), ProtoError> {
     if path.contains('\0') {
         return Err(bad("contains NUL"));
     }
+    // A line break cannot be written to (or read back from) a `.reg` file.
+    if path.contains(['\r', '\n']) {
+        return Err(bad("contains a line break"));
+    }
     let mut components = path.split('\\');
     let hive = components.next().unwrap_or_default();
     if !REGISTRY_HIVES.iter().any(|h| h.eq_ignore_ascii_case(hive)) {
@@ -238,6 +242,8 @@ mod tests {
             r"HKEY_LOCAL_MACHINE\",
             r"HKEY_LOCAL_MACHINE\\Software",
             "HKEY_LOCAL_MACHINE\\Soft\0ware",
+            "HKEY_LOCAL_MACHINE\\Soft\nware",
+            "HKEY_LOCAL_MACHINE\\Soft\rware",
             r"\HKEY_LOCAL_MACHINE\Software",
         ] {
             assert!(validate_registry_path(path).is_err(), "{path:?} accepted");

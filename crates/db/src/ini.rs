@@ -101,7 +101,10 @@ pub fn edit_text(original: &str, lines: &[IniLine]) -> (String, Vec<String>) {
             .filter(|&i| parse_option(&file[i]).is_some_and(|(k, _)| normalize_key(k) == key))
             .collect();
         if MULTI_VALUED.contains(&key.as_str()) {
-            if present.iter().any(|&i| value_of(i).as_ref() == Some(&line.value)) {
+            if present
+                .iter()
+                .any(|&i| value_of(i).as_ref() == Some(&line.value))
+            {
                 continue;
             }
         } else if let Some(&last) = present.last() {
@@ -222,6 +225,14 @@ fn utc_stamp() -> String {
         .replace(['-', ':'], "")
 }
 
+// The `option_file` fuzz target's check, and the replay of its inputs (`fuzz/checks/`).
+#[cfg(test)]
+#[path = "../../../fuzz/checks/option_file.rs"]
+mod option_file_check;
+#[cfg(test)]
+#[path = "../../../fuzz/checks/replay.rs"]
+mod replay;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +331,20 @@ mod tests {
         let filter = [IniLine::new("replicate-wild-ignore-table", "%.swsystag")];
         let elsewhere = "[mysqld]\nport=5002\n[mariadb]\nreplicate_wild_ignore_table=%.swsystag\n";
         assert_eq!(edit_text(elsewhere, &filter).1, Vec::<String>::new());
+    }
+
+    #[test]
+    fn fuzz_corpus_replays_clean() {
+        let edit = |original: &str, wanted: &[(&str, &str)]| {
+            let wanted: Vec<IniLine> = wanted.iter().map(|(k, v)| IniLine::new(k, *v)).collect();
+            edit_text(original, &wanted)
+        };
+        let fuzz = replay::fuzz_dir(env!("CARGO_MANIFEST_DIR"), 2);
+        let n = replay::replay(&fuzz, "option_file", |bytes| {
+            let (pick, text) = option_file_check::split_input(bytes);
+            option_file_check::check(pick, text, &edit);
+        });
+        eprintln!("{n} option_file inputs replayed");
     }
 
     #[test]

@@ -264,8 +264,23 @@ async fn handshake(
     socket
         .set_nodelay(true)
         .map_err(|source| NetError::ConnectionLost { addr, source })?;
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
-        Ok(result) => result.map_err(|e| classify_io(e, addr, ours))?,
+    let handshake = async {
+        // A peer that closes before its first byte is a port probe, not a failed handshake.
+        let mut first = [0u8; 1];
+        let peeked = socket
+            .peek(&mut first)
+            .await
+            .map_err(|source| NetError::ConnectionLost { addr, source })?;
+        if peeked == 0 {
+            return Err(NetError::ClosedSilently { addr });
+        }
+        acceptor
+            .accept(socket)
+            .await
+            .map_err(|e| classify_io(e, addr, ours))
+    };
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(result) => result?,
         Err(_elapsed) => return Err(NetError::HandshakeTimeout { addr }),
     };
     tracing::debug!(peer = %addr, "accepted");

@@ -51,6 +51,9 @@ pub enum NetError {
     #[error("peer {addr} did not complete the TLS handshake in time; connection dropped")]
     HandshakeTimeout { addr: SocketAddr },
 
+    #[error("peer {addr} closed the connection without sending anything (a port probe?)")]
+    ClosedSilently { addr: SocketAddr },
+
     #[error("cannot listen on {addr}: {}", bind_reason(source))]
     Bind { addr: String, source: io::Error },
 
@@ -98,6 +101,12 @@ pub enum NetError {
 }
 
 impl NetError {
+    /// True for a connection that was opened and closed without a byte: a port probe (load
+    /// balancer, monitoring, `Test-NetConnection`), not worth a warning.
+    pub fn is_silent_probe(&self) -> bool {
+        matches!(self, NetError::ClosedSilently { .. })
+    }
+
     /// True when the peers do not (or cannot) trust each other: retrying cannot help, an
     /// operator must act.
     pub fn is_auth_failure(&self) -> bool {

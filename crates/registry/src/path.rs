@@ -73,6 +73,15 @@ impl KeyPath {
             path: text.to_string(),
             reason: e.to_string(),
         })?;
+        // A `.reg` file names a key on one `[…]` line, with no escapes: a key name holding a
+        // line break cannot be written to one (the receiver's restore points, the lab's
+        // registry file), so such a key could be replicated but never archived or read back.
+        if normalized.contains(['\r', '\n']) {
+            return Err(Error::BadKeyPath {
+                path: text.to_string(),
+                reason: "a key name holds a line break, which a .reg file cannot represent".into(),
+            });
+        }
         Ok(KeyPath::from_valid(normalized))
     }
 
@@ -182,7 +191,15 @@ mod tests {
 
     #[test]
     fn refuses_bad_paths_with_the_reason() {
-        for bad in ["", r"Software\Hornbill", r"HKLM\", r"HKLM\\x", "C:\\x"] {
+        for bad in [
+            "",
+            r"Software\Hornbill",
+            r"HKLM\",
+            r"HKLM\\x",
+            "C:\\x",
+            "HKLM\\a\nb",
+            "HKLM\\a\rb",
+        ] {
             let err = KeyPath::parse(bad).unwrap_err().to_string();
             assert!(err.contains("key path"), "{bad:?}: {err}");
         }

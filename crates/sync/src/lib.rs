@@ -37,8 +37,8 @@ mod watch;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use receiver::{run_receiver, ReceiverEvent, ReceiverOptions};
 pub use locked::locked_file_count;
+pub use receiver::{run_receiver, ReceiverEvent, ReceiverOptions};
 pub use registry::{OpenRegistry, RegistrySource, DEFAULT_REGISTRY_POLL};
 pub use sender::{run_sender, SendSummary, SenderOptions, ServiceProbe, WatchSignal};
 pub use status::{read_status, ReceiverStatus};

@@ -102,6 +102,10 @@ pub async fn run_receiver(
         };
         let stream = match stream {
             Ok(stream) => stream,
+            Err(e) if e.is_silent_probe() => {
+                tracing::debug!("{e}");
+                continue;
+            }
             Err(e) => {
                 tracing::warn!("refused a connection: {e}");
                 continue;

@@ -352,6 +352,7 @@ impl<'a> Session<'a> {
             once: options.once,
             allow_mass_delete: options.allow_mass_delete,
             mass_delete_permille: options.mass_delete_permille,
+            window: crate::session::WINDOW,
         };
         Session {
             options,

@@ -281,11 +281,26 @@ fn file_entry(path: &str, content: &[u8]) -> FileEntry {
 #[derive(Default)]
 struct SimScanner {
     known: BTreeMap<String, FileEntry>,
+    /// Paths whose known entry must not be trusted (their change was withdrawn).
+    stale: BTreeSet<String>,
 }
 
 impl SimScanner {
-    fn scan(&mut self, master: &mut Master) -> ScanOutcome {
-        let entries = master.describe();
+    /// Scans the Master; `unreadable` is a file that changes while being read this time (it
+    /// keeps its last known entry, or is left out if it is new, and is reported as a problem).
+    fn scan(&mut self, master: &mut Master, unreadable: Option<&str>) -> ScanOutcome {
+        let mut entries = master.describe();
+        let mut problems = Vec::new();
+        if let Some(path) = unreadable {
+            let known = self.known.get(path).cloned();
+            entries.retain(|e| e.path != path);
+            entries.extend(known);
+            entries.sort_by(|a, b| compare_paths(&a.path, &b.path));
+            problems.push(swrepl_tree::ScanProblem {
+                path: path.to_string(),
+                reason: "changed while being read; will retry".into(),
+            });
+        }
         let current: BTreeMap<&str, &FileEntry> =
             entries.iter().map(|e| (e.path.as_str(), e)).collect();
         let mut gone: Vec<&FileEntry> = self
@@ -301,7 +316,7 @@ impl SimScanner {
         let mut renames = Vec::new();
         let mut upserts = Vec::new();
         for entry in &entries {
-            if self.known.get(&entry.path) == Some(entry) {
+            if self.known.get(&entry.path) == Some(entry) && !self.stale.contains(&entry.path) {
                 continue;
             }
             let moved_from = (entry.kind == EntryKind::File
@@ -351,6 +366,7 @@ impl SimScanner {
                 })
                 .collect(),
             changes,
+            problems,
             ..Default::default()
         }
     }
@@ -771,6 +787,8 @@ struct Session {
 
 struct World {
     rng: StdRng,
+    /// This seed's sender settings (window size, mass-delete guard).
+    config: SenderConfig,
     master: Master,
     scanner: SimScanner,
     /// The Slave's store while no session holds it.
@@ -779,6 +797,8 @@ struct World {
     last_paths: Option<HashSet<String>>,
     /// A rescan is due (watch event, withdrawal, unreadable file).
     dirty: bool,
+    /// Faults have stopped.
+    healing: bool,
     stats: Stats,
 }
 
@@ -793,14 +813,25 @@ enum End {
 }
 
 fn run_seed(seed: u64, steps: u32) -> Result<Stats, String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let config = SenderConfig {
+        once: false,
+        // Half the seeds keep the mass-delete guard on: the operator confirms at the end.
+        allow_mass_delete: rng.random_bool(0.5),
+        mass_delete_permille: 200,
+        // Small windows exercise flow control; the real one is 4096.
+        window: [1, 2, 3, 8, 64, swrepl_sync::session::WINDOW][rng.random_range(0..6)],
+    };
     let mut world = World {
-        rng: StdRng::seed_from_u64(seed),
+        config,
+        rng,
         master: Master::default(),
         scanner: SimScanner::default(),
         store: Some(SimStore::new()),
         session: None,
         last_paths: None,
         dirty: false,
+        healing: false,
         stats: Stats::default(),
     };
     for _ in 0..world.rng.random_range(0..20) {
@@ -884,13 +915,8 @@ impl World {
     /// A new session: like the real sender, it opens with a full pass.
     fn connect(&mut self) -> Result<(), String> {
         let store = self.store.take().expect("store between sessions");
-        let config = SenderConfig {
-            once: false,
-            allow_mass_delete: true,
-            mass_delete_permille: 200,
-        };
         self.session = Some(Session {
-            sender: SenderMachine::new(config, self.last_paths.take()),
+            sender: SenderMachine::new(self.config.clone(), self.last_paths.take()),
             receiver: ReceiverMachine::new(store),
             to_receiver: Pipe::default(),
             to_sender: Pipe::default(),
@@ -937,7 +963,11 @@ impl World {
         let Some(session) = self.session.as_mut() else {
             return Ok(());
         };
-        let outcome = self.scanner.scan(&mut self.master);
+        let count = self.master.files.len();
+        let unreadable = (!self.healing && count > 0 && self.rng.random_bool(0.1))
+            .then(|| self.rng.random_range(0..count))
+            .and_then(|i| self.master.files.keys().nth(i).cloned());
+        let outcome = self.scanner.scan(&mut self.master, unreadable.as_deref());
         self.dirty = false;
         if session.sender.scan_done(full, &outcome) {
             self.dirty = true;
@@ -1026,9 +1056,7 @@ impl World {
                             let path = session.sender.withdraw(request.seq, reason);
                             // Like the real sender: the index entry is made stale, not
                             // dropped, so the next scan sends the file again or its delete.
-                            if let Some(stale) = self.scanner.known.get_mut(&path) {
-                                stale.file_hash = [0; 32];
-                            }
+                            self.scanner.stale.insert(path);
                             self.dirty = true;
                             self.stats.withdrawals += 1;
                             break;
@@ -1084,13 +1112,9 @@ impl World {
         problem.map_or(Ok(()), Err)
     }
 
-    /// Faults and changes stop: the pair must converge.
-    fn heal(&mut self) -> Result<(), String> {
-        if let Some(session) = self.session.as_mut() {
-            receiver_store(&mut session.receiver).fail_in = None;
-        } else if let Some(store) = self.store.as_mut() {
-            store.fail_in = None;
-        }
+    /// Runs the session (connecting if need be) until everything is sent, applied and
+    /// acknowledged and no rescan is due.
+    fn settle(&mut self) -> Result<(), String> {
         if self.session.is_none() {
             self.connect()?;
         }
@@ -1105,11 +1129,34 @@ impl World {
             let quiet = session.to_receiver.is_empty() && session.to_sender.is_empty();
             if quiet && session.sender.is_settled() {
                 if !self.dirty {
-                    break;
+                    return Ok(());
                 }
                 self.scan(false)?;
             }
             self.check_invariants()?;
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Faults and changes stop: the pair must converge.
+    fn heal(&mut self) -> Result<(), String> {
+        self.healing = true;
+        if let Some(session) = self.session.as_mut() {
+            receiver_store(&mut session.receiver).fail_in = None;
+        } else if let Some(store) = self.store.as_mut() {
+            store.fail_in = None;
+        }
+        self.settle()?;
+        let held = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.sender.summary().held_deletes > 0);
+        if held && !self.config.allow_mass_delete {
+            // The operator reads the warning and confirms: `send --allow-mass-delete`.
+            trace(|| "  operator confirms the mass delete".to_string());
+            self.end_session(End::Disconnect);
+            self.config.allow_mass_delete = true;
+            self.settle()?;
         }
         let expected = self.master.files.clone();
         let expected_dirs = self.master.dirs.clone();

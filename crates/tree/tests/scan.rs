@@ -487,3 +487,22 @@ fn chunks_can_be_found_again() {
         offset += u64::from(chunk.len);
     }
 }
+
+/// Off Windows a lock is advisory: it never stops a read, so a locked file is simply described
+/// (Windows' mandatory locks are tested in tests/windows.rs).
+#[cfg(not(windows))]
+#[test]
+fn an_advisory_lock_does_not_keep_a_file_from_being_described() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write(root, "swdata.db", b"database page");
+    let holder = fs::File::open(root.join("swdata.db")).unwrap();
+    holder.lock().unwrap();
+    let mut s = scanner(root);
+    let out = s.scan().unwrap();
+    assert!(out.locked.is_empty(), "{:?}", out.locked);
+    assert!(out.problems.is_empty(), "{:?}", out.problems);
+    assert_eq!(describe(&out), ["upsert swdata.db"]);
+    assert!(s.locked_files().is_empty());
+    assert_eq!(s.next_locked_retry(), None);
+}

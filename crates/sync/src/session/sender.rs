@@ -1,8 +1,8 @@
 //! The sender's half of a session, as a state machine.
 //!
 //! Scans go in ([`SenderMachine::scan_done`], [`SenderMachine::refresh_done`]) and become
-//! numbered changes; [`SenderMachine::poll_transmit`] hands out what to send next, at most
-//! [`WINDOW`] changes ahead of the receiver's cumulative acknowledgement; the receiver's messages
+//! numbered changes; [`SenderMachine::poll_transmit`] hands out what to send next, at most a
+//! window of changes ([`WINDOW`](super::WINDOW)) ahead of the receiver's cumulative acknowledgement; the receiver's messages
 //! go in through [`SenderMachine::handle`], which says what the driver must do (serve chunks,
 //! note an acknowledgement). Reading files, scanning and the socket stay with the driver.
 
@@ -13,7 +13,6 @@ use swrepl_proto::registry::{RegistryChangeSet, RegistrySnapshot};
 use swrepl_proto::{EntryKind, FileEntry, Message, Prune, Seq};
 use swrepl_tree::{Change, ScanOutcome};
 
-use super::WINDOW;
 use crate::sender::SendSummary;
 use crate::SyncError;
 
@@ -29,6 +28,9 @@ pub struct SenderConfig {
     pub allow_mass_delete: bool,
     /// The mass-delete guard's threshold, per mille of the tree (200 = 20 %).
     pub mass_delete_permille: u16,
+    /// Changes sent but not yet acknowledged, at most ([`WINDOW`](super::WINDOW); at most
+    /// [`MAX_QUEUED_CHANGES`](super::MAX_QUEUED_CHANGES), what a receiver accepts).
+    pub window: usize,
 }
 
 /// Chunks the receiver asked for: read them from the file at `entry.path` (checking each
@@ -131,7 +133,7 @@ impl SenderMachine {
             return Some(reply);
         }
         let seq = self.queue.front().and_then(change_seq);
-        if seq.is_some_and(|seq| seq > self.acked + WINDOW as u64) {
+        if seq.is_some_and(|seq| seq > self.acked + self.config.window as u64) {
             return None;
         }
         self.queue.pop_front()
