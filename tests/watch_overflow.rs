@@ -102,7 +102,17 @@ fn a_burst_the_watcher_never_delivers_is_caught_up_by_the_rescan() {
 
     let changes = burst(&pair.master);
     assert!(changes > 2000, "{changes} changes");
-    wait_until("the rescan replicated the burst", || identical(&pair));
+    let converged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until("the rescan replicated the burst", || identical(&pair))
+    }));
+    if converged.is_err() {
+        panic!(
+            "no convergence\nverify: {}\nsender:\n{}\nreceiver:\n{}",
+            stdout(&pair.verify()),
+            sender.log_text(),
+            _receiver.log_text()
+        );
+    }
     pair.assert_identical();
     assert!(sender.is_running(), "sender died:\n{}", sender.log_text());
     assert!(

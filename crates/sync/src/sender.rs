@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use swrepl_net::{FrameReader, FrameWriter, Identity};
-use swrepl_proto::{EntryKind, Heartbeat, Message, Role, ServiceStatus};
+use swrepl_proto::{EntryKind, FileEntry, Heartbeat, Message, Role, ServiceStatus};
 use swrepl_tree::{Excludes, Index, ScanOutcome, ScanProblem, Scanner, TreeError, STATE_DIR_NAME};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -673,14 +673,19 @@ impl<'a> Session<'a> {
                     self.transmit_replies().await?;
                 }
                 Err(reason) => {
-                    let path = self.machine.withdraw(seq, reason);
-                    self.forget_indexed(path).await?;
+                    if let Some(withdrawn) = self.machine.withdraw(seq, reason) {
+                        self.forget_indexed(withdrawn).await?;
+                    }
+                    self.mark_dirty(false);
                     break;
                 }
             }
         }
         let _ = reader.await;
-        self.transmit().await
+        // The chunks were fed without flushing: push them out now, with whatever else is ready.
+        self.transmit().await?;
+        self.writer.flush().await?;
+        Ok(())
     }
 
     /// Sends the replies the machine has queued without flushing (chunk data streams).
@@ -691,21 +696,36 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Forgets what the index believes about a file so the next scan rereads it.
-    async fn forget_indexed(&mut self, path: String) -> Result<(), SyncError> {
+    /// Makes the index forget what it believes about a withdrawn file, so that the next scan
+    /// rereads it and sends it again. A scan may have run since the change was announced: if
+    /// the file was renamed meanwhile (say with its directory), the index knows it under its
+    /// new path only, so every indexed copy of that content is forgotten, not just the path.
+    async fn forget_indexed(&mut self, withdrawn: FileEntry) -> Result<(), SyncError> {
         let scanner = self.scanner.clone();
         tokio::task::spawn_blocking(move || {
-            let mut scanner = scanner.lock().expect("scanner lock");
-            if let Ok(Some(mut stale)) = scanner.index().get(&path) {
-                stale.entry.mtime_ns = i64::MIN;
-                let _ = scanner.index_mut().put(&stale);
-            }
+            forget_withdrawn(&mut scanner.lock().expect("scanner lock"), &withdrawn)
         })
         .await
-        .map_err(|e| SyncError::Internal(e.to_string()))?;
-        self.mark_dirty(false);
-        Ok(())
+        .map_err(|e| SyncError::Internal(e.to_string()))?
     }
+}
+
+/// See [`Session::forget_indexed`].
+fn forget_withdrawn(scanner: &mut Scanner, withdrawn: &FileEntry) -> Result<(), SyncError> {
+    let mut paths = vec![withdrawn.path.clone()];
+    if let Some(first) = withdrawn.chunks.first() {
+        paths.extend(scanner.index().files_starting_with(&first.hash)?);
+    }
+    for path in paths {
+        let Some(mut known) = scanner.index().get(&path)? else {
+            continue;
+        };
+        if path == withdrawn.path || known.entry.file_hash == withdrawn.file_hash {
+            known.entry.mtime_ns = i64::MIN;
+            scanner.index_mut().put(&known)?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads the requested chunks, one at a time, into `tx`; stops at the first that fails.
@@ -740,6 +760,50 @@ mod tests {
             code: swrepl_proto::ErrorCode::ReceiverUnavailable,
             message: "cannot apply \"big.bin\": No space left on device".into(),
         }
+    }
+
+    /// Found by tests/watch_overflow.rs on a loaded machine: files announced, then renamed with
+    /// their directory before their chunks were read, were withdrawn; the scan that saw the
+    /// rename had already moved them in the index, so forgetting the old path did nothing and
+    /// the files never reached the Slave (until the next full pass).
+    #[test]
+    fn a_withdrawn_file_renamed_meanwhile_is_sent_again_by_the_next_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("batch05")).unwrap();
+        std::fs::write(root.join("batch05/new0500.eml"), b"an attachment").unwrap();
+        let excludes = Excludes::new(&[], true).unwrap();
+        let index = Index::open(&dir.path().join("index.db")).unwrap();
+        let mut scanner = Scanner::new(&root, excludes, index);
+        let announced = scanner
+            .scan()
+            .unwrap()
+            .entries
+            .into_iter()
+            .find(|s| s.entry.path == "batch05/new0500.eml")
+            .unwrap()
+            .entry;
+
+        std::fs::rename(root.join("batch05"), root.join("renamed05")).unwrap();
+        let renamed = scanner.scan().unwrap();
+        assert!(
+            renamed.changes.iter().any(
+                |c| matches!(c, swrepl_tree::Change::Rename { from, .. } if from == "batch05")
+            ),
+            "{:?}",
+            renamed.changes
+        );
+        forget_withdrawn(&mut scanner, &announced).unwrap();
+
+        let next = scanner.scan().unwrap();
+        assert!(
+            next.changes.iter().any(|c| matches!(
+                c,
+                swrepl_tree::Change::Upsert(e) if e.path == "renamed05/new0500.eml"
+            )),
+            "the withdrawn file is not sent again: {:?}",
+            next.changes
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //!
 //! After the faults stop, the pair must converge: the Slave's tree equals the Master's.
 //!
-//! `SWREPL_SIM_SEEDS=N` runs N seeds (default 300); `SWREPL_SIM_SEED=S` replays one seed (a
+//! `SWREPL_SIM_SEEDS=N` runs N seeds (default 1000); `SWREPL_SIM_SEED=S` replays one seed (a
 //! failure names its seed); `SWREPL_SIM_STEPS=N` sets the steps per seed (default 400).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -31,7 +31,7 @@ use swrepl_sync::session::{
 use swrepl_sync::SyncError;
 use swrepl_tree::{chunk_reader, compare_paths, hash_bytes, Change, Excludes, ScanOutcome};
 
-const DEFAULT_SEEDS: u64 = 300;
+const DEFAULT_SEEDS: u64 = 1000;
 const DEFAULT_STEPS: u32 = 400;
 
 #[test]
@@ -1053,10 +1053,10 @@ impl World {
                     match read {
                         Ok(data) => session.sender.chunk_read(request.seq, index, data),
                         Err(reason) => {
-                            let path = session.sender.withdraw(request.seq, reason);
+                            let withdrawn = session.sender.withdraw(request.seq, reason);
                             // Like the real sender: the index entry is made stale, not
                             // dropped, so the next scan sends the file again or its delete.
-                            self.scanner.stale.insert(path);
+                            self.scanner.stale.extend(withdrawn.map(|e| e.path));
                             self.dirty = true;
                             self.stats.withdrawals += 1;
                             break;

@@ -202,6 +202,16 @@ impl Index {
         Ok(found)
     }
 
+    /// Paths of the files whose first chunk has `hash`, all of them: where a file went when it
+    /// was renamed (its chunks move with it), and its identical copies.
+    pub fn files_starting_with(&self, hash: &Hash) -> Result<Vec<String>, TreeError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT path FROM chunks WHERE hash = ?1 AND offset = 0")?;
+        let rows = stmt.query_map(params![&hash[..]], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Every recorded entry, in no particular order.
     pub fn all(&self) -> Result<Vec<ScannedEntry>, TreeError> {
         let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries");

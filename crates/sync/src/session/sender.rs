@@ -249,18 +249,15 @@ impl SenderMachine {
     }
 
     /// The file of change `seq` changed since it was scanned: the change is withdrawn (the
-    /// receiver keeps its previous version). Returns the path, which the driver must rescan.
-    pub fn withdraw(&mut self, seq: Seq, reason: String) -> String {
-        let path = self
-            .in_flight
-            .get(&seq)
-            .and_then(|f| f.entry.as_ref())
-            .map(|e| e.path.clone())
-            .unwrap_or_default();
+    /// receiver keeps its previous version). Returns the entry that was announced: the driver
+    /// must make sure the next scan describes that file again, wherever it is by then.
+    pub fn withdraw(&mut self, seq: Seq, reason: String) -> Option<FileEntry> {
+        let entry = self.in_flight.get(&seq).and_then(|f| f.entry.clone());
+        let path = entry.as_ref().map_or("", |e| e.path.as_str());
         tracing::info!(%path, "file changed while being sent ({reason}); withdrawing and rescanning it");
         self.replies
             .push_back(Message::FileUnavailable { seq, reason });
-        path
+        entry
     }
 
     fn chunk_request(&self, seq: Seq, indices: Vec<u32>) -> Result<ChunkRequest, SyncError> {
