@@ -172,11 +172,44 @@ pub(crate) struct SenderRegistry {
     local: Option<Snapshot>,
     /// Why the local keys could not be read or sent, if that is the latest news.
     local_problem: Option<String>,
+    /// The configured keys missing on the Master, as last reported.
+    missing_reported: Option<String>,
     /// A `RegistryRequest` is out: hold changes until its answer (a fresh baseline) arrives.
     awaiting_snapshot: bool,
     /// Change sets sent and not yet acknowledged: seq → operations.
     pending: BTreeMap<Seq, usize>,
     ops_acked: u64,
+}
+
+/// What to tell the operator when configured keys do not exist on the Master (the runbook keeps
+/// "either or both" keys: a missing one is news, not an error).
+fn missing_roots_notice(local: &Snapshot) -> Option<String> {
+    let missing: Vec<String> = local
+        .roots()
+        .iter()
+        .filter(|(_, key)| key.is_none())
+        .map(|(path, _)| path.to_string())
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "registry key(s) {} do not exist on the Master: not replicated, and the Slave's copy is kept (check the configured keys, or create them on the Master)",
+            missing.join(", ")
+        )
+    })
+}
+
+/// The local state to replicate: a configured key missing on the Master is neither deleted on
+/// the Slave nor created empty there — it is left as the receiver has it (and reported).
+fn keep_missing_roots(local: &Snapshot, remote: &Snapshot) -> Snapshot {
+    let roots = local
+        .roots()
+        .iter()
+        .map(|(path, key)| match key {
+            Some(key) => (path.clone(), Some(key.clone())),
+            None => (path.clone(), remote.root(path).cloned()),
+        })
+        .collect();
+    Snapshot::new(roots)
 }
 
 /// Starts reading the local keys: once now, then (unless `once`) on every change signal and at
@@ -192,6 +225,7 @@ pub(crate) fn start_sender(source: RegistrySource, once: bool) -> SenderRegistry
         remote: None,
         local: None,
         local_problem: None,
+        missing_reported: None,
         awaiting_snapshot: false,
         pending: BTreeMap::new(),
         ops_acked: 0,
@@ -252,6 +286,13 @@ impl SenderRegistry {
     pub(crate) fn on_local(&mut self, read: LocalRead) -> Option<(RegistryChangeSet, usize)> {
         match read {
             Ok(snapshot) => {
+                let missing = missing_roots_notice(&snapshot);
+                if missing != self.missing_reported {
+                    if let Some(notice) = &missing {
+                        tracing::warn!("{notice}");
+                    }
+                    self.missing_reported = missing;
+                }
                 self.local = Some(snapshot);
                 self.local_problem = None;
             }
@@ -313,7 +354,8 @@ impl SenderRegistry {
             return None;
         }
         let (remote, local) = (self.remote.as_ref()?, self.local.as_ref()?);
-        let changes = diff(remote, local);
+        let local = keep_missing_roots(local, remote);
+        let changes = diff(remote, &local);
         if changes.is_empty() {
             return None;
         }
@@ -334,7 +376,7 @@ impl SenderRegistry {
         for line in changes.describe(remote) {
             tracing::info!("registry change: {line}");
         }
-        self.remote = self.local.clone();
+        self.remote = Some(local);
         Some((wire, changes.len()))
     }
 
@@ -619,6 +661,50 @@ mod tests {
         };
         assert_eq!(snapshot.keys.len(), 1);
         assert_eq!(snapshot.keys[0].values.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_key_missing_on_the_master_is_reported_and_neither_deleted_nor_created_on_the_slave()
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = reg_file(
+            tmp.path(),
+            "master.reg",
+            &format!("[{ALIASES}]\n\"sw\"=\"x\"\n"),
+        );
+        let source = RegistrySource::reg_file(&path, Scope::default_keys(), false);
+        let mut registry = Some(start_sender(source.clone(), true));
+        let local = next_local(&mut registry).await.expect("one read");
+        let sender = registry.as_mut().unwrap();
+        sender.on_local(local);
+        assert!(sender
+            .missing_reported
+            .as_deref()
+            .is_some_and(|notice| notice.contains(r"Supportworks Server\HttpAliases")
+                && notice.contains("kept")));
+        // The Slave holds both keys; the Master only the first.
+        let roots = Scope::default_keys().roots().to_vec();
+        let slave_text = format!(
+            "[{}]\n\"sw\"=\"old\"\n\n[{}]\n\"portal\"=\"keep me\"\n",
+            roots[0], roots[1]
+        );
+        let slave = reg_file(tmp.path(), "slave.reg", &slave_text);
+        let slave_source = RegistrySource::reg_file(&slave, Scope::default_keys(), false);
+        let wire = to_wire_snapshot(&slave_source.snapshot().unwrap());
+        let (changes, ops) = sender.on_remote(&wire).unwrap().expect("the changed value");
+        assert_eq!(ops, 1, "{changes:?}");
+        assert!(
+            changes
+                .ops
+                .iter()
+                .all(|op| !matches!(op, RegistryOp::DeleteKey { .. })),
+            "the key missing on the Master would be deleted on the Slave: {changes:?}"
+        );
+        assert_eq!(
+            sender.problem(),
+            None,
+            "a missing key is news, not an error"
+        );
     }
 
     #[tokio::test]
