@@ -116,9 +116,13 @@ struct Master {
     history: HashMap<String, HashSet<Hash>>,
     /// Entries of files unchanged since they were last described (the scanner's stat cache).
     described: HashMap<String, FileEntry>,
+    /// Directory renames since the last scan (what file identities tell the real scanner).
+    dir_renames: Vec<(String, String)>,
 }
 
 const NAMES: &[&str] = &["a", "b", "c", "d", "e", "f"];
+/// Top-level directories that may be renamed, and the names they may get.
+const RENAMEABLE: &[&str] = &["x", "y", "u", "v", "w"];
 const DIRS: &[&str] = &["x", "y", "x/z", "Core Services/SwSqlServer/data"];
 
 impl Master {
@@ -200,6 +204,11 @@ impl Master {
                 let path = &existing[rng.random_range(0..existing.len())];
                 self.remove_file(&path.clone());
             }
+            9 if rng.random_bool(0.3) => {
+                let from = RENAMEABLE[rng.random_range(0..RENAMEABLE.len())];
+                let to = RENAMEABLE[rng.random_range(0..RENAMEABLE.len())];
+                self.rename_dir(from, to);
+            }
             9 => {
                 let dir = DIRS[rng.random_range(0..DIRS.len())];
                 if rng.random_bool(0.5) {
@@ -210,6 +219,50 @@ impl Master {
             }
             _ => {}
         }
+    }
+
+    /// Renames top-level directory `from` (with everything below it) to the free name `to`.
+    /// The paths below keep their history: a Slave may briefly hold an older version under the
+    /// new name (its rename moves what it has), which is a version the Master had.
+    fn rename_dir(&mut self, from: &str, to: &str) {
+        let taken = self.files.contains_key(to) || self.dirs.contains(to);
+        if from == to || !self.dirs.contains(from) || taken {
+            return;
+        }
+        let moved = |p: &str| format!("{to}{}", &p[from.len()..]);
+        let files: Vec<String> = self
+            .files
+            .keys()
+            .filter(|p| is_same_or_under(p, from))
+            .cloned()
+            .collect();
+        for old in files {
+            let content = self.remove_file(&old).expect("listed");
+            self.described.remove(&moved(&old));
+            self.files.insert(moved(&old), content);
+        }
+        // Whatever a Slave still holds below `from` (older versions, files the Master deleted
+        // there and the Slave has not yet) moves with the directory.
+        let lineage: Vec<(String, HashSet<Hash>)> = self
+            .history
+            .iter()
+            .filter(|(p, _)| is_same_or_under(p, from))
+            .map(|(p, versions)| (moved(p), versions.clone()))
+            .collect();
+        for (path, versions) in lineage {
+            self.history.entry(path).or_default().extend(versions);
+        }
+        let dirs: Vec<String> = self
+            .dirs
+            .iter()
+            .filter(|p| is_same_or_under(p, from))
+            .cloned()
+            .collect();
+        for old in dirs {
+            self.dirs.remove(&old);
+            self.dirs.insert(moved(&old));
+        }
+        self.dir_renames.push((from.to_string(), to.to_string()));
     }
 
     /// The whole tree as a scanner describes it, parents first.
@@ -281,8 +334,10 @@ fn file_entry(path: &str, content: &[u8]) -> FileEntry {
 #[derive(Default)]
 struct SimScanner {
     known: BTreeMap<String, FileEntry>,
-    /// Paths whose known entry must not be trusted (their change was withdrawn).
-    stale: BTreeSet<String>,
+    /// Content whose known entries must not be trusted (a change was withdrawn): like the real
+    /// sender, which forgets the file wherever its index holds that content (it may have been
+    /// renamed since it was announced).
+    stale: HashSet<Hash>,
 }
 
 impl SimScanner {
@@ -303,8 +358,34 @@ impl SimScanner {
         }
         let current: BTreeMap<&str, &FileEntry> =
             entries.iter().map(|e| (e.path.as_str(), e)).collect();
-        let mut gone: Vec<&FileEntry> = self
-            .known
+        // What the receiver holds as the changes are applied: directory renames first.
+        let mut virt = self.known.clone();
+        let mut renames = Vec::new();
+        for (from, to) in std::mem::take(&mut master.dir_renames) {
+            let was_dir = virt.get(&from).is_some_and(|e| e.kind == EntryKind::Dir);
+            let now_dir = current
+                .get(to.as_str())
+                .is_some_and(|e| e.kind == EntryKind::Dir);
+            if !was_dir || !now_dir || current.contains_key(from.as_str()) || virt.contains_key(&to)
+            {
+                continue; // the plain comparison below describes it
+            }
+            let moved: Vec<String> = virt
+                .keys()
+                .filter(|p| is_same_or_under(p, &from))
+                .cloned()
+                .collect();
+            for old in moved {
+                let mut entry = virt.remove(&old).expect("listed");
+                entry.path = format!("{to}{}", &old[from.len()..]);
+                virt.insert(entry.path.clone(), entry);
+            }
+            renames.push(Change::Rename {
+                from,
+                entry: current[to.as_str()].clone(),
+            });
+        }
+        let mut gone: Vec<&FileEntry> = virt
             .values()
             .filter(|old| {
                 current
@@ -313,19 +394,19 @@ impl SimScanner {
             })
             .collect();
         let mut structural = Vec::new();
-        let mut renames = Vec::new();
         let mut upserts = Vec::new();
         for entry in &entries {
-            if self.known.get(&entry.path) == Some(entry) && !self.stale.contains(&entry.path) {
+            let trusted = !(entry.kind == EntryKind::File && self.stale.contains(&entry.file_hash));
+            if virt.get(&entry.path) == Some(entry) && trusted {
                 continue;
             }
-            let moved_from = (entry.kind == EntryKind::File
-                && !self.known.contains_key(&entry.path))
-            .then(|| {
-                gone.iter()
-                    .position(|old| old.kind == EntryKind::File && old.file_hash == entry.file_hash)
-            })
-            .flatten();
+            let moved_from = (entry.kind == EntryKind::File && !virt.contains_key(&entry.path))
+                .then(|| {
+                    gone.iter().position(|old| {
+                        old.kind == EntryKind::File && old.file_hash == entry.file_hash
+                    })
+                })
+                .flatten();
             match (moved_from, &entry.kind) {
                 (Some(i), _) => {
                     let from = gone.remove(i).path.clone();
@@ -347,9 +428,11 @@ impl SimScanner {
                     .any(|other| other != *p && is_same_or_under(p, other))
             })
             .map(|p| Change::Delete(p.clone()));
-        let changes = structural
+        // As the real scanner orders them: renames (directories first), upserts (parents
+        // first), deletes.
+        let changes = renames
             .into_iter()
-            .chain(renames)
+            .chain(structural)
             .chain(upserts)
             .chain(deletes)
             .collect();
@@ -357,6 +440,11 @@ impl SimScanner {
             .iter()
             .map(|e| (e.path.clone(), e.clone()))
             .collect();
+        // Withdrawn content read again cleanly is trusted again; unreadable now, it stays stale.
+        let still_unread = unreadable
+            .and_then(|p| self.known.get(p))
+            .map(|e| e.file_hash);
+        self.stale.retain(|h| still_unread == Some(*h));
         ScanOutcome {
             entries: entries
                 .into_iter()
@@ -1056,7 +1144,7 @@ impl World {
                             let withdrawn = session.sender.withdraw(request.seq, reason);
                             // Like the real sender: the index entry is made stale, not
                             // dropped, so the next scan sends the file again or its delete.
-                            self.scanner.stale.extend(withdrawn.map(|e| e.path));
+                            self.scanner.stale.extend(withdrawn.map(|e| e.file_hash));
                             self.dirty = true;
                             self.stats.withdrawals += 1;
                             break;
@@ -1167,8 +1255,13 @@ impl World {
         if want != have {
             let missing: Vec<_> = want.keys().filter(|p| !have.contains_key(*p)).collect();
             let extra: Vec<_> = have.keys().filter(|p| !want.contains_key(*p)).collect();
+            let differ: Vec<_> = want
+                .iter()
+                .filter(|(p, c)| have.get(*p).is_some_and(|h| h != *c))
+                .map(|(p, _)| p)
+                .collect();
             return Err(format!(
-                "no convergence: files differ (missing {missing:?}, extra {extra:?}, or content)"
+                "no convergence: files differ (missing {missing:?}, extra {extra:?}, content {differ:?})"
             ));
         }
         let want_dirs: BTreeSet<_> = expected_dirs.iter().filter(|p| visible(p)).collect();
