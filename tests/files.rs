@@ -488,6 +488,48 @@ fn receiver_restart_mid_transfer_resumes() {
 }
 
 #[test]
+fn verify_takes_the_masters_config_file() {
+    let pair = Pair::new();
+    small_tree(&pair.master);
+    write(&pair.master, "Supportworks Server/temp/x.tmp", b"scratch");
+    let _receiver = pair.start_receiver(&["--exclude", "**/*.tmp"]);
+    assert_ok(&pair.send_once(&["--exclude", "**/*.tmp"]));
+    let config = pair.tmp.path().join("master.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[send]\nroot = '{}'\nconnect = '{}'\nidentity = '{}'\ntrust = ['{}']\nexclude = ['**/*.tmp']\n",
+            pair.master.display(),
+            pair.addr(),
+            pair.master_id.display(),
+            pair.slave_fp
+        ),
+    )
+    .unwrap();
+    let verify = || run(&["verify", "--config", config.to_str().unwrap()]);
+    let same = verify();
+    assert_ok(&same);
+    assert!(
+        stdout(&same).starts_with("identical: 22 files"),
+        "{}",
+        stdout(&same)
+    );
+
+    write(
+        &pair.master,
+        "Supportworks Server/conf/swserver.xml",
+        b"changed, not yet sent",
+    );
+    let differs = verify();
+    assert_eq!(differs.status.code(), Some(1), "{}", stderr(&differs));
+    assert!(
+        stdout(&differs).contains("swserver.xml"),
+        "{}",
+        stdout(&differs)
+    );
+}
+
+#[test]
 fn remote_verify_compares_with_a_running_receiver() {
     let pair = Pair::new();
     small_tree(&pair.master);

@@ -148,6 +148,10 @@ pub struct ReceiveArgs {
 /// `swrepl verify`: compare two trees by hash.
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
+    /// The Master's config file: its `[send]` table gives --root, --connect, --identity,
+    /// --trust, the excludes and the registry settings (flags override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// First tree (the Master's), or use --root.
     pub a: Option<PathBuf>,
     /// Second tree (the Slave's); omit with --connect.
@@ -515,7 +519,39 @@ const VERIFY_USAGE: &str = "usage: `swrepl verify A B` for two local trees, or \
     (add `--registry MASTER.reg SLAVE.reg`, or `--registry-file F.reg` with --connect, to compare \
     the registry keys too)";
 
+/// Fills what the flags leave open from the Master's `[send]` table (never for two local trees).
+fn verify_with_config(mut args: VerifyArgs) -> anyhow::Result<(VerifyArgs, Excludes)> {
+    let config: SendConfig = load_section(args.config.as_deref(), "send")?;
+    let excludes = excludes(
+        std::mem::take(&mut args.excludes),
+        config.exclude,
+        config.no_default_excludes,
+    )?;
+    if args.config.is_none() || args.b.is_some() {
+        return Ok((args, excludes));
+    }
+    if args.a.is_none() {
+        args.root = args.root.or(config.root);
+    }
+    args.connect = args.connect.or(config.connect);
+    args.peer.identity = args.peer.identity.or(config.identity);
+    if args.peer.trust.is_empty() {
+        args.peer.trust = config.trust;
+    }
+    let registry = &mut args.registry;
+    if registry.registry_file.is_none() && !registry.no_registry {
+        registry.registry_file = config.registry_file;
+        registry.no_registry =
+            config.no_registry.unwrap_or(false) && registry.registry_file.is_none();
+    }
+    if registry.registry_keys.is_empty() {
+        registry.registry_keys = config.registry_keys;
+    }
+    Ok((args, excludes))
+}
+
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let (args, excludes) = verify_with_config(args)?;
     let registry = verify_registry(
         &args.registry_pair,
         &args.registry,
@@ -527,7 +563,6 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     if let (Some(verdict), false) = (&registry, trees_given) {
         return Ok(verdict.print_alone(args.json));
     }
-    let excludes = excludes(args.excludes, Vec::new(), None)?;
     let report = match (args.a.or(args.root), args.b, args.connect) {
         (Some(a), Some(b), None) => {
             let progress = crate::progress::bytes_bar("hashing");
