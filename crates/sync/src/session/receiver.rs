@@ -447,13 +447,25 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
         self.store.write_chunk(pending, index, data)
     }
 
+    /// The sender could not send a file's data: its change is dropped (the old version stays).
+    /// A rename that had to be rebuilt as an upsert still removes its source, which the Master
+    /// no longer has.
     fn withdraw(&mut self, seq: Seq, reason: &str) {
-        if let Some(op) = self.queue.iter_mut().find(|op| op.seq() == Some(seq)) {
-            let old = std::mem::replace(op, Op::Done { seq });
-            if let Op::File { pending, .. } = old {
-                tracing::info!(path = %pending.entry().path, "sender withdrew a change: {reason}");
-                self.store.discard(*pending);
+        let Some(op) = self.queue.iter_mut().find(|op| op.seq() == Some(seq)) else {
+            return;
+        };
+        let old = std::mem::replace(op, Op::Done { seq });
+        if let Op::File {
+            pending,
+            then_remove,
+            ..
+        } = old
+        {
+            tracing::info!(path = %pending.entry().path, "sender withdrew a change: {reason}");
+            if let Some(from) = then_remove {
+                *op = Op::Delete { seq, path: from };
             }
+            self.store.discard(*pending);
         }
     }
 
@@ -784,5 +796,44 @@ mod tests {
         assert_eq!(std::fs::read(root.join("same.txt")).unwrap(), same);
         assert_eq!(std::fs::read(root.join("waiting.txt")).unwrap(), waiting);
         assert!(sent(&mut machine).contains(&Message::Ack { seq: 3 }));
+    }
+
+    /// Found by the simulation (seed 2090 of 3 000): a rename whose source the Slave did not hold
+    /// as announced is rebuilt as an upsert of the target plus removal of the source; when the
+    /// sender withdrew that upsert (the target vanished too), the source stayed on the Slave
+    /// for good, though the Master had neither.
+    #[test]
+    fn a_withdrawn_rename_still_removes_its_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("a"), b"an older version of a").unwrap();
+        let excludes = swrepl_tree::Excludes::new(&[], true).unwrap();
+        let applier = Applier::open(root, &root.join(".swrepl/archive"), None, excludes).unwrap();
+        let mut machine = ReceiverMachine::new(applier);
+        let moved = b"what the Master had in a when it moved it";
+        machine
+            .receive(Message::Rename {
+                seq: 1,
+                from: "a".into(),
+                entry: file_entry("c", moved),
+            })
+            .unwrap();
+        machine.apply_ready().unwrap();
+        let asked = Message::NeedChunks {
+            seq: 1,
+            indices: vec![0],
+        };
+        assert!(sent(&mut machine).contains(&asked));
+        machine
+            .receive(Message::FileUnavailable {
+                seq: 1,
+                reason: "cannot open: not found".into(),
+            })
+            .unwrap();
+        machine.apply_ready().unwrap();
+        machine.acknowledge();
+        assert!(!root.join("a").exists(), "the rename's source survived");
+        assert!(!root.join("c").exists());
+        assert!(sent(&mut machine).contains(&Message::Ack { seq: 1 }));
     }
 }
