@@ -108,7 +108,10 @@ impl Applier {
         if let Err(e) = archive.expire() {
             tracing::warn!(archive = %archive.path().display(), "cannot expire old archive generations: {e}");
         }
-        let index = Index::open(&root.join(STATE_DIR_NAME).join("receiver-index.db"))?;
+        let mut index = Index::open(&root.join(STATE_DIR_NAME).join("receiver-index.db"))?;
+        // `start_file` asks about every chunk of every announced file; on an initial sync the
+        // answer is always "not here", which the in-memory filter gives without a query.
+        index.track_chunks()?;
         let mut scanner = Scanner::new(root, excludes.clone(), index);
         let outcome = scanner.scan()?;
         tracing::info!(
@@ -228,7 +231,7 @@ impl Applier {
             if let Some(waiting) = awaiting.get_mut(&chunk.hash) {
                 waiting.push(i);
             } else if requested.contains(&chunk.hash)
-                || !self.scanner.index().find_chunk(&chunk.hash)?.is_empty()
+                || self.scanner.index().has_chunk(&chunk.hash)?
             {
                 local.push(i);
             } else {

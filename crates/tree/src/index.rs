@@ -5,7 +5,8 @@
 //! plain sqlite (inspect it with `sqlite3`); the index holds nothing that a full rescan cannot
 //! rebuild, so deleting it is always safe.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -63,6 +64,87 @@ pub struct ChunkLocation {
 /// The sqlite index (WAL mode).
 pub struct Index {
     conn: Connection,
+    /// Present after [`Index::track_chunks`]: answers "no such chunk here" without a query.
+    chunk_filter: Option<ChunkFilter>,
+}
+
+/// The first 8 bytes of every chunk hash recorded in this index (and of some that were since
+/// forgotten), so that a lookup of a chunk this side never held costs no sqlite query. A hit is
+/// only a "maybe": the caller still queries. blake3 output is uniformly distributed, so the
+/// prefix itself is the set's hash.
+struct ChunkFilter {
+    keys: HashSet<u64, BuildHasherDefault<PrefixHasher>>,
+    /// Forgotten chunks are never taken out (that would need a query per removed chunk); when the
+    /// set grows past this, it is rebuilt from the table, so it stays within about twice the
+    /// live chunks.
+    rebuild_above: usize,
+}
+
+/// Smallest growth allowed before the filter is rebuilt: below this (8–16 MiB) stale keys cost
+/// less than a rebuild.
+const CHUNK_FILTER_SLACK: usize = 1 << 20;
+
+impl ChunkFilter {
+    fn load(conn: &Connection) -> Result<ChunkFilter, TreeError> {
+        let mut keys: HashSet<u64, BuildHasherDefault<PrefixHasher>> = HashSet::default();
+        let mut stmt = conn.prepare("SELECT hash FROM chunks")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            // A value that is not a blob (a damaged row) never equals the blob a lookup binds,
+            // so leaving it out loses nothing.
+            if let rusqlite::types::ValueRef::Blob(hash) = row.get_ref(0)? {
+                keys.insert(chunk_key(hash));
+            }
+        }
+        let rebuild_above = keys.len().saturating_mul(2).max(CHUNK_FILTER_SLACK);
+        Ok(ChunkFilter {
+            keys,
+            rebuild_above,
+        })
+    }
+
+    fn may_hold(&self, hash: &Hash) -> bool {
+        self.keys.contains(&chunk_key(hash))
+    }
+
+    fn add(&mut self, entry: &FileEntry) {
+        self.keys
+            .extend(entry.chunks.iter().map(|chunk| chunk_key(&chunk.hash)));
+    }
+
+    fn needs_rebuild(&self) -> bool {
+        self.keys.len() > self.rebuild_above
+    }
+}
+
+/// The filter key of a chunk hash: its first 8 bytes (a shorter, i.e. damaged, stored hash is
+/// zero-padded; it matches no real hash either way).
+fn chunk_key(hash: &[u8]) -> u64 {
+    let mut key = [0u8; 8];
+    let n = hash.len().min(8);
+    key[..n].copy_from_slice(&hash[..n]);
+    u64::from_le_bytes(key)
+}
+
+/// A `Hasher` that passes a `u64` key (already uniformly distributed) through unchanged.
+#[derive(Default)]
+struct PrefixHasher(u64);
+
+impl Hasher for PrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for u64 keys; kept correct for any other use.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl std::fmt::Debug for Index {
@@ -126,7 +208,46 @@ impl Index {
         }
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        Ok(Index { conn })
+        Ok(Index {
+            conn,
+            chunk_filter: None,
+        })
+    }
+
+    /// From now on keeps an in-memory set of every recorded chunk hash's first 8 bytes (loaded
+    /// here with one pass over the chunk table, then updated by every write), so that
+    /// [`Index::has_chunk`] and [`Index::find_chunk`] answer "not here" without a query: the
+    /// receiver asks that for every chunk of every announced file, and on an initial sync the
+    /// answer is always no. Costs about 16–32 bytes per distinct chunk.
+    pub fn track_chunks(&mut self) -> Result<(), TreeError> {
+        self.chunk_filter = Some(ChunkFilter::load(&self.conn)?);
+        Ok(())
+    }
+
+    /// Adds `entry`'s chunks to the filter (if tracked), rebuilding it when forgotten chunks
+    /// have piled up. Call only after the entry is committed.
+    fn note_chunks(&mut self, entry: &FileEntry) {
+        let Some(filter) = self.chunk_filter.as_mut() else {
+            return;
+        };
+        filter.add(entry);
+        if filter.needs_rebuild() {
+            self.chunk_filter = match ChunkFilter::load(&self.conn) {
+                Ok(fresh) => Some(fresh),
+                Err(e) => {
+                    // Never a wrong answer: without the filter every lookup queries sqlite.
+                    tracing::warn!(error = %e, "cannot rebuild the in-memory chunk filter; chunk lookups query the index from now on");
+                    None
+                }
+            };
+        }
+    }
+
+    /// Whether this filter says the chunk cannot be in the index (false: it may be).
+    fn surely_lacks(&self, hash: &Hash) -> bool {
+        self.chunk_filter
+            .as_ref()
+            .is_some_and(|filter| !filter.may_hold(hash))
     }
 
     /// The entry recorded for `rel`.
@@ -142,6 +263,7 @@ impl Index {
         let tx = self.conn.transaction()?;
         put_entry(&tx, entry)?;
         tx.commit()?;
+        self.note_chunks(&entry.entry);
         Ok(())
     }
 
@@ -180,8 +302,23 @@ impl Index {
         Ok(())
     }
 
+    /// Whether a chunk with `hash` was seen anywhere (cheaper than [`Index::find_chunk`]: no
+    /// query at all for a chunk the index never held, once [`Index::track_chunks`] was called).
+    pub fn has_chunk(&self, hash: &Hash) -> Result<bool, TreeError> {
+        if self.surely_lacks(hash) {
+            return Ok(false);
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1 LIMIT 1")?;
+        Ok(stmt.exists(params![&hash[..]])?)
+    }
+
     /// Up to a few places where a chunk with `hash` was seen.
     pub fn find_chunk(&self, hash: &Hash) -> Result<Vec<ChunkLocation>, TreeError> {
+        if self.surely_lacks(hash) {
+            return Ok(Vec::new());
+        }
         let mut stmt = self
             .conn
             .prepare_cached("SELECT path, offset, len FROM chunks WHERE hash = ?1 LIMIT ?2")?;
@@ -246,19 +383,26 @@ impl Index {
         let tx = self.conn.transaction()?;
         // Both maps are sorted the same way: one merge walk instead of a lookup per entry.
         let mut old = before.iter().peekable();
+        let mut written = Vec::new();
         for (key, entry) in after {
             while let Some((gone, _)) = old.next_if(|(k, _)| *k < key) {
                 remove_exact(&tx, &gone.0)?;
             }
             match old.next_if(|(k, _)| *k == key) {
                 Some((_, known)) if known == entry => {}
-                _ => put_entry(&tx, entry)?,
+                _ => {
+                    put_entry(&tx, entry)?;
+                    written.push(&entry.entry);
+                }
             }
         }
         for (gone, _) in old {
             remove_exact(&tx, &gone.0)?;
         }
         tx.commit()?;
+        for entry in written {
+            self.note_chunks(entry);
+        }
         Ok(())
     }
 }
@@ -537,6 +681,44 @@ mod tests {
         index.remove_tree("a").unwrap();
         assert_eq!(paths(&index), ["a b", "a.txt", "ab"]);
         assert!(index.find_chunk(&[1; 32]).unwrap().is_empty());
+    }
+
+    /// Every way an index gains or moves chunks, on a tracked and an untracked index alike: both
+    /// must give the same answers (the filter may only save queries, never hide a chunk).
+    #[test]
+    fn chunk_filter_never_hides_a_recorded_chunk() {
+        let mut plain = Index::open_in_memory().unwrap();
+        let mut tracked = Index::open_in_memory().unwrap();
+        // Recorded before tracking starts: loaded from the table.
+        for index in [&mut plain, &mut tracked] {
+            index.put(&file("old", 1, &[(1, 10)])).unwrap();
+        }
+        tracked.track_chunks().unwrap();
+        let before: BTreeMap<TreeKey, ScannedEntry> = BTreeMap::new();
+        let after: BTreeMap<TreeKey, ScannedEntry> = [file("scanned", 2, &[(2, 10), (3, 5)])]
+            .into_iter()
+            .map(|e| (TreeKey(e.entry.path.clone()), e))
+            .collect();
+        for index in [&mut plain, &mut tracked] {
+            index.put(&file("put", 3, &[(4, 10)])).unwrap();
+            index.replace_state(&before, &after).unwrap();
+            index.put(&file("gone", 4, &[(5, 10)])).unwrap();
+            index.remove_tree("gone").unwrap();
+            index.rename_tree("put", "moved").unwrap();
+        }
+        for h in 0..8u8 {
+            let hash = [h; 32];
+            let expected = plain.find_chunk(&hash).unwrap();
+            assert_eq!(tracked.find_chunk(&hash).unwrap(), expected, "chunk {h}");
+            assert_eq!(tracked.has_chunk(&hash).unwrap(), !expected.is_empty());
+            assert_eq!(plain.has_chunk(&hash).unwrap(), !expected.is_empty());
+        }
+        assert_eq!(tracked.find_chunk(&[4; 32]).unwrap()[0].path, "moved");
+        // A hash sharing the first 8 bytes with a known one passes the filter, then the query
+        // says no.
+        let mut lookalike = [3u8; 32];
+        lookalike[31] = 0;
+        assert!(!tracked.has_chunk(&lookalike).unwrap());
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! - [`Index`]: the persistent sqlite index (path → entry, chunks, file id; chunk hash → where
 //!   those bytes live locally), so an unchanged file is never reread. A damaged index can be
 //!   recreated ([`Index::open_or_recreate`]): it is a cache, never the only copy of anything.
+//!   [`Index::track_chunks`] keeps an in-memory filter so that [`Index::has_chunk`] answers "not
+//!   here" without a query; [`Index::files_starting_with`] finds a file's content wherever it
+//!   moved.
 //! - [`Scanner`]: walks a root, describes it as [`FileEntry`]s and reports the [`Change`]s since
 //!   the previous scan, renames (by file identity) included.
 //! - Locked files (Windows sharing/lock violations): kept at their last known state, retried

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::diff::{detect, TreeKey, TreeMap, Unseen};
 use crate::locked::{LockedFile, LockedSet};
-use crate::parallel::parallel_map;
+use crate::parallel::parallel_map_costliest_first;
 use crate::walk::{
     check_root, read_stable, stat_item, walk, AfterReadHook, ItemKind, ReadFailure, WalkItem,
 };
@@ -189,7 +189,12 @@ impl Scanner {
         }
 
         let hook = self.after_read.as_ref();
-        let results = parallel_map(&to_read, |item| read_stable(item, hook, &mut |_| {}));
+        // Largest first: a big file late in walk order would otherwise be hashed alone at the end.
+        let results = parallel_map_costliest_first(
+            &to_read,
+            |item| item.size,
+            |item| read_stable(item, hook, &mut |_| {}),
+        );
         for (item, result) in to_read.iter().zip(results) {
             match result {
                 Ok(content) => {
