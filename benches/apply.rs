@@ -10,8 +10,12 @@
 //!
 //! Run: `cargo bench --bench apply` (under a minute).
 
+mod common;
+
+use common::{noise, scratch_dir};
+
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -22,34 +26,6 @@ use swrepl_tree::Excludes;
 const KNOWN_FILES: u64 = 1_000;
 const KNOWN_FILE_BYTES: usize = 16 * 1024;
 const CHUNK_LEN: u32 = 4096;
-
-/// Deterministic, incompressible bytes (splitmix64).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5EED;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn scratch_dir() -> tempfile::TempDir {
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("swrepl-bench-apply-");
-    let base = std::env::var_os("SWREPL_BENCH_DIR")
-        .map(PathBuf::from)
-        .or_else(|| Some(PathBuf::from("/dev/shm")).filter(|p| p.is_dir()));
-    match base {
-        Some(base) => builder.tempdir_in(base),
-        None => builder.tempdir(),
-    }
-    .expect("cannot create a temporary directory")
-}
 
 fn build_known_tree(root: &Path) {
     for i in 0..KNOWN_FILES {
@@ -86,7 +62,7 @@ fn prepare_upsert(c: &mut Criterion) {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(100_000);
-    let scratch = scratch_dir();
+    let scratch = scratch_dir("apply");
     let root = scratch.path().join("slave");
     std::fs::create_dir_all(&root).expect("cannot create the Slave root");
     build_known_tree(&root);

@@ -9,6 +9,10 @@
 //!
 //! Run: `cargo bench --bench manifest`.
 
+mod common;
+
+use common::scratch_dir;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,24 +28,6 @@ fn file_count() -> usize {
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
         .unwrap_or(DEFAULT_FILES)
-}
-
-/// A temporary directory in tmpfs when the machine has one, else in the default temp dir.
-fn scratch_dir() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    let builder = {
-        let mut b = tempfile::Builder::new();
-        b.prefix("swrepl-bench-manifest-");
-        b
-    };
-    if shm.is_dir() {
-        if let Ok(dir) = builder.tempdir_in(shm) {
-            return dir;
-        }
-    }
-    builder
-        .tempdir()
-        .expect("cannot create a temporary directory")
 }
 
 /// `files` small files (0–255 bytes) spread over folders shaped like a MIME attachment store.
@@ -68,7 +54,7 @@ struct Fixture {
 }
 
 fn fixture(files: usize) -> Fixture {
-    let dir = scratch_dir();
+    let dir = scratch_dir("manifest");
     let root = dir.path().join("master");
     let index_path = dir.path().join("state/index.db");
     build_tree(&root, files);

@@ -12,7 +12,11 @@
 //!
 //! Run: `cargo bench --bench scan` (about a minute).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{noise, scratch_dir};
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -20,34 +24,6 @@ use swrepl_tree::{Excludes, Index, Scanner};
 
 const SMALL_FILE_BYTES: usize = 128 * 1024;
 const LARGE_FILE_BYTES: usize = 64 * 1024 * 1024;
-
-/// Deterministic, incompressible bytes (splitmix64).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5EED;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn scratch_dir() -> tempfile::TempDir {
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("swrepl-bench-scan-");
-    let base = std::env::var_os("SWREPL_BENCH_DIR")
-        .map(PathBuf::from)
-        .or_else(|| Some(PathBuf::from("/dev/shm")).filter(|p| p.is_dir()));
-    match base {
-        Some(base) => builder.tempdir_in(base),
-        None => builder.tempdir(),
-    }
-    .expect("cannot create a temporary directory")
-}
 
 /// `small` files of 128 KiB in 16 folders, then (when `large`) one 64 MiB file last in walk
 /// order; returns the bytes written.
@@ -70,7 +46,7 @@ fn build_tree(root: &Path, small: u64, large: bool) -> u64 {
 }
 
 fn bench_tree(c: &mut Criterion, name: &str, small: u64, large: bool) {
-    let scratch = scratch_dir();
+    let scratch = scratch_dir("scan");
     let root = scratch.path().join("master");
     let bytes = build_tree(&root, small, large);
     let excludes = Excludes::new(&[], true).expect("default excludes are valid");

@@ -15,6 +15,10 @@
 //!
 //! Run: `cargo bench --bench transfer` (about 2–4 minutes).
 
+mod common;
+
+use common::{noise, scratch_dir};
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -27,34 +31,6 @@ use tokio::sync::{mpsc, watch};
 
 const SMALL_FILES: usize = 2_000;
 const LARGE_FILE_BYTES: usize = 256 * 1024 * 1024;
-
-/// Deterministic, incompressible bytes (splitmix64), so every run moves the same data.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5EED;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn scratch_dir() -> tempfile::TempDir {
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("swrepl-bench-transfer-");
-    let base = std::env::var_os("SWREPL_BENCH_DIR")
-        .map(PathBuf::from)
-        .or_else(|| Some(PathBuf::from("/dev/shm")).filter(|p| p.is_dir()));
-    match base {
-        Some(base) => builder.tempdir_in(base),
-        None => builder.tempdir(),
-    }
-    .expect("cannot create a temporary directory")
-}
 
 /// 2 000 files of 4–64 KiB in 20 folders; returns the bytes written.
 fn build_small_files(root: &Path) -> u64 {
@@ -173,7 +149,7 @@ async fn one_transfer(case: &Case, peers: &Peers, state_dir: &Path, iteration: u
 }
 
 fn bench_case(c: &mut Criterion, rt: &Runtime, peers: &Peers, name: &str, build: fn(&Path) -> u64) {
-    let scratch = scratch_dir();
+    let scratch = scratch_dir("transfer");
     let case = Case {
         base: scratch.path().to_path_buf(),
         master: scratch.path().join("master"),
