@@ -48,6 +48,14 @@ pub fn start(
 /// the shape of the tree — creations of directories, removals, renames — where only a walk can
 /// recognise renames and whole deleted subtrees).
 fn classify(root: &Path, excludes: &Excludes, event: &Event) -> Option<WatchSignal> {
+    // Opening, reading or closing a file without writing changes nothing (notify reports opens
+    // on Linux): without this, every reader of the tree — Supportworks itself, a backup, this
+    // sender serving chunks — would make the sender walk the whole tree.
+    if let EventKind::Access(access) = event.kind {
+        if access != AccessKind::Close(AccessMode::Write) {
+            return None;
+        }
+    }
     let relevant: Vec<String> = event
         .paths
         .iter()
@@ -69,5 +77,53 @@ fn classify(root: &Path, excludes: &Excludes, event: &Event) -> Option<WatchSign
         Some(WatchSignal::Files(files))
     } else {
         Some(WatchSignal::Changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{ModifyKind, RemoveKind, RenameMode};
+
+    fn classify_at(kind: EventKind, rel: &str) -> Option<WatchSignal> {
+        let root = Path::new("/master");
+        let excludes = Excludes::new(&[], true).unwrap();
+        let event = Event::new(kind).add_path(root.join(rel));
+        classify(root, &excludes, &event)
+    }
+
+    #[test]
+    fn reads_change_nothing_and_writes_refresh_just_the_file() {
+        for quiet in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ] {
+            assert_eq!(classify_at(quiet, "conf/app.xml"), None, "{quiet:?}");
+        }
+        let file = Some(WatchSignal::Files(vec!["conf/app.xml".into()]));
+        for content in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any)),
+        ] {
+            assert_eq!(classify_at(content, "conf/app.xml"), file, "{content:?}");
+        }
+        for shape in [
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Any)),
+            EventKind::Create(CreateKind::Folder),
+        ] {
+            assert_eq!(
+                classify_at(shape, "conf/app.xml"),
+                Some(WatchSignal::Changed),
+                "{shape:?}"
+            );
+        }
+        let excluded = EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any));
+        assert_eq!(
+            classify_at(excluded, "Core Services/SwSqlServer/data/t.MYD"),
+            None
+        );
     }
 }
