@@ -485,15 +485,21 @@ impl<'a> Session<'a> {
 
     /// Sends what the machine has ready (replies, then changes within the window).
     async fn transmit(&mut self) -> Result<(), SyncError> {
-        let mut sent = false;
-        while let Some(msg) = self.machine.poll_transmit() {
-            self.writer.feed(&msg).await?;
-            sent = true;
-        }
-        if sent {
+        if self.feed_ready().await? {
             self.writer.flush().await?;
         }
         Ok(())
+    }
+
+    /// Feeds what the machine has ready without flushing (chunk data streams); true when
+    /// anything was fed.
+    async fn feed_ready(&mut self) -> Result<bool, SyncError> {
+        let mut fed = false;
+        while let Some(msg) = self.machine.poll_transmit() {
+            self.writer.feed(&msg).await?;
+            fed = true;
+        }
+        Ok(fed)
     }
 
     fn watch_signal(&mut self, signal: Option<WatchSignal>) {
@@ -670,7 +676,7 @@ impl<'a> Session<'a> {
             match item {
                 Ok((index, data)) => {
                     self.machine.chunk_read(seq, index, data);
-                    self.transmit_replies().await?;
+                    self.feed_ready().await?;
                 }
                 Err(reason) => {
                     if let Some(withdrawn) = self.machine.withdraw(seq, reason) {
@@ -683,16 +689,8 @@ impl<'a> Session<'a> {
         }
         let _ = reader.await;
         // The chunks were fed without flushing: push them out now, with whatever else is ready.
-        self.transmit().await?;
+        self.feed_ready().await?;
         self.writer.flush().await?;
-        Ok(())
-    }
-
-    /// Sends the replies the machine has queued without flushing (chunk data streams).
-    async fn transmit_replies(&mut self) -> Result<(), SyncError> {
-        while let Some(msg) = self.machine.poll_transmit() {
-            self.writer.feed(&msg).await?;
-        }
         Ok(())
     }
 
