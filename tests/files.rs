@@ -344,6 +344,58 @@ fn mass_delete_is_held_until_confirmed() {
     pair.assert_identical();
 }
 
+fn wire_sent(out: &std::process::Output) -> u64 {
+    number_before(&stdout(out), " bytes on the wire")
+}
+
+#[test]
+fn a_resync_describes_only_what_differs_from_the_receivers_summary() {
+    let pair = Pair::new();
+    for i in 0..600 {
+        let rel = format!("Supportworks Server/data/mime/{:02}/call-{i}.eml", i % 40);
+        write(&pair.master, &rel, &noise(&rel, 200 + i));
+    }
+    let _receiver = pair.start_receiver(&[]);
+    let first = pair.send_once(&[]);
+    assert_ok(&first);
+    // The whole manifest of 640 entries is tens of kB; a summary exchange is a few hundred bytes.
+    let manifest = wire_sent(&first) - data_sent(&first);
+    assert!(manifest > 40_000, "{manifest} bytes of manifest");
+
+    let unchanged = pair.send_once(&[]);
+    assert_ok(&unchanged);
+    assert!(
+        wire_sent(&unchanged) < 4_000,
+        "an unchanged tree sent {} bytes",
+        wire_sent(&unchanged)
+    );
+
+    write(
+        &pair.master,
+        "Supportworks Server/data/mime/07/call-7.eml",
+        b"edited",
+    );
+    std::fs::remove_file(
+        pair.master
+            .join("Supportworks Server/data/mime/08/call-8.eml"),
+    )
+    .unwrap();
+    write(
+        &pair.slave,
+        "Supportworks Server/data/mime/09/stray.eml",
+        b"Slave only",
+    );
+    let changed = pair.send_once(&[]);
+    assert_ok(&changed);
+    assert!(
+        wire_sent(&changed) < manifest / 4,
+        "three differences sent {} bytes",
+        wire_sent(&changed)
+    );
+    pair.assert_identical();
+    assert_eq!(find_in_archive(&pair.slave, "stray.eml").len(), 1);
+}
+
 #[test]
 fn changes_made_on_the_slave_are_reverted_and_archived() {
     let pair = Pair::new();

@@ -171,5 +171,8 @@ pub fn message_name(msg: &Message) -> &'static str {
         Message::RegistrySnapshot(_) => "RegistrySnapshot",
         Message::RegistryChanges { .. } => "RegistryChanges",
         Message::RegistryRequest => "RegistryRequest",
+        Message::SummaryRequest { .. } => "SummaryRequest",
+        Message::TreeSummary { .. } => "TreeSummary",
+        Message::PassSkips { .. } => "PassSkips",
     }
 }

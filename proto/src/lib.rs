@@ -16,6 +16,8 @@
 //! - [`ProtoError`] (with [`ProtoError::to_message`] for the `Error` frame that closes a
 //!   connection) and [`PathError`].
 //! - [`limits`]: the numbers every implementation must enforce.
+//! - [`summary`]: tree summaries (bucket digests) that let a full pass skip what the receiver
+//!   already has (protocol version 2).
 
 pub mod frame;
 pub mod handshake;
@@ -23,6 +25,7 @@ pub mod limits;
 pub mod message;
 pub mod path;
 pub mod registry;
+pub mod summary;
 pub mod version;
 
 pub use frame::{decode_message, encode_frame, encode_message, message_name, FrameDecoder};

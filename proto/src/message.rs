@@ -214,4 +214,25 @@ pub enum Message {
     /// Tag 20: V→R or S→R. Ask for the receiver's `RegistrySnapshot` (a sender's request is
     /// answered after every change sent before it has been applied).
     RegistryRequest,
+    /// Tag 21 (version 2): S→R. Send a `TreeSummary` of your tree once every change sent before
+    /// this request has been applied. `id` is echoed back.
+    SummaryRequest { id: u64 },
+    /// Tag 22 (version 2): R→S. The receiver's tree as `2^bits` bucket digests, 16 bytes each
+    /// (see [`crate::summary`]), in answer to `SummaryRequest { id }`.
+    TreeSummary {
+        id: u64,
+        bits: u8,
+        #[serde(with = "serde_bytes")]
+        digests: Vec<u8>,
+    },
+    /// Tag 23 (version 2): S→R, right after `PassBegin { full: true }`. This full pass does not
+    /// describe the buckets whose bit is set in `unchanged` (a bitmap of `2^bits` bits): the
+    /// receiver's last `TreeSummary` showed them equal to the sender's, so the pass's end keeps
+    /// whatever the receiver holds in them.
+    PassSkips {
+        pass: u64,
+        bits: u8,
+        #[serde(with = "serde_bytes")]
+        unchanged: Vec<u8>,
+    },
 }

@@ -3,10 +3,11 @@
 use crate::limits::{MAX_CHUNKS_PER_ENTRY, MAX_CHUNK_LEN, MAX_TEXT_LEN};
 use crate::path::validate_component;
 use crate::registry::{validate_registry_changes, validate_registry_snapshot};
+use crate::summary::{bitmap_len, DIGEST_LEN, MAX_SUMMARY_BITS};
 use crate::{validate_path, EntryKind, FileEntry, Hello, Message, ProtoError, Role, MAGIC};
 
 /// The protocol version this crate speaks best.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol version this crate still speaks.
 pub const MIN_VERSION: u16 = 1;
 
@@ -171,6 +172,15 @@ pub fn check_link_target(link_path: &str, target: &str) -> Result<(), ProtoError
     Ok(())
 }
 
+fn check_summary_bits(bits: u8) -> Result<(), ProtoError> {
+    if bits > MAX_SUMMARY_BITS {
+        return Err(ProtoError::Limit(format!(
+            "tree summary of {bits} bucket bits, at most {MAX_SUMMARY_BITS} allowed"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks every field of a message received from a peer against the protocol's rules and limits.
 pub fn validate_message(msg: &Message) -> Result<(), ProtoError> {
     match msg {
@@ -212,7 +222,32 @@ pub fn validate_message(msg: &Message) -> Result<(), ProtoError> {
         Message::Error { message, .. } => check_text("message", message),
         Message::RegistrySnapshot(snapshot) => validate_registry_snapshot(snapshot),
         Message::RegistryChanges { changes, .. } => validate_registry_changes(changes),
-        Message::PassBegin { .. }
+        Message::TreeSummary { bits, digests, .. } => {
+            check_summary_bits(*bits)?;
+            if digests.len() != DIGEST_LEN << bits {
+                return Err(ProtoError::Malformed(format!(
+                    "tree summary of {bits} bits carries {} bytes of digests, not {}",
+                    digests.len(),
+                    DIGEST_LEN << bits
+                )));
+            }
+            Ok(())
+        }
+        Message::PassSkips {
+            bits, unchanged, ..
+        } => {
+            check_summary_bits(*bits)?;
+            if unchanged.len() != bitmap_len(*bits) {
+                return Err(ProtoError::Malformed(format!(
+                    "pass skips of {bits} bits carry a bitmap of {} bytes, not {}",
+                    unchanged.len(),
+                    bitmap_len(*bits)
+                )));
+            }
+            Ok(())
+        }
+        Message::SummaryRequest { .. }
+        | Message::PassBegin { .. }
         | Message::PassEnd { .. }
         | Message::Ack { .. }
         | Message::PassDone { .. }

@@ -460,3 +460,101 @@ fn registry_messages_with_bad_paths_are_invalid() {
     });
     assert!(swrepl_proto::validate_message(&bad).is_err());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Version 2: tree summaries (SPEC.md 6.3). The messages and the digest definitions are frozen.
+
+fn summary_vectors() -> Vec<(&'static str, Message, &'static str)> {
+    vec![
+        (
+            "summary_request",
+            Message::SummaryRequest { id: 300 },
+            "0000000315ac02",
+        ),
+        (
+            "tree_summary_one_bit",
+            Message::TreeSummary {
+                id: 1,
+                bits: 1,
+                digests: (0..32).collect(),
+            },
+            "0000002416010120000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        ),
+        (
+            "pass_skips_four_bits",
+            Message::PassSkips {
+                pass: 2,
+                bits: 4,
+                unchanged: vec![0b1010_0101, 0xff],
+            },
+            "0000000617020402a5ff",
+        ),
+    ]
+}
+
+#[test]
+fn every_summary_vector_encodes_decodes_and_validates() {
+    for (name, msg, golden) in summary_vectors() {
+        let frame = encode_frame(&msg).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(hex::encode(&frame), golden, "{name}: encoding changed");
+        assert_eq!(decode_message(&frame[4..]), Ok(msg.clone()), "{name}");
+        assert_eq!(swrepl_proto::validate_message(&msg), Ok(()), "{name}");
+    }
+    let tags: Vec<u8> = summary_vectors()
+        .iter()
+        .map(|(name, _, golden)| frame_of(name, golden)[4])
+        .collect();
+    assert_eq!(tags, [21, 22, 23]);
+}
+
+#[test]
+fn summary_digests_and_buckets_are_frozen() {
+    use swrepl_proto::summary::{bucket_of, entry_digest};
+    let digests = [
+        entry_digest(&ini_file()),
+        entry_digest(&dir_entry()),
+        entry_digest(&symlink_entry()),
+    ];
+    let hex_digests: Vec<String> = digests
+        .iter()
+        .map(|d| hex::encode(d.to_le_bytes()))
+        .collect();
+    assert_eq!(
+        hex_digests,
+        [
+            "e82d398de23671436ec339aaf7223cfc",
+            "79b14fb3fb53d760162642921baaf0ea",
+            "b6a667ce183392dd841b27c34bfe19a6"
+        ]
+    );
+    let buckets: Vec<usize> = [0u8, 1, 8, 16]
+        .iter()
+        .map(|bits| bucket_of(&ini_file().path, *bits))
+        .collect();
+    assert_eq!(buckets, [0, 0, 23, 5901]);
+    assert_eq!(bucket_of(&ini_file().path.to_uppercase(), 16), buckets[3]);
+}
+
+#[test]
+fn summary_messages_with_inconsistent_lengths_are_invalid() {
+    let bad = [
+        Message::TreeSummary {
+            id: 1,
+            bits: 2,
+            digests: vec![0; 63],
+        },
+        Message::TreeSummary {
+            id: 1,
+            bits: 17,
+            digests: vec![0; 16 << 17],
+        },
+        Message::PassSkips {
+            pass: 1,
+            bits: 4,
+            unchanged: vec![0; 3],
+        },
+    ];
+    for msg in bad {
+        assert!(swrepl_proto::validate_message(&msg).is_err(), "{msg:?}");
+    }
+}

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use cap_std::fs::{Dir, OpenOptions};
+use swrepl_proto::summary::{summary_bits, BucketSet, TreeDigest};
 use swrepl_proto::{EntryKind, FileEntry, Hash, Prune};
 use swrepl_tree::{Excludes, Index, ScannedEntry, Scanner, STATE_DIR_NAME};
 
@@ -655,11 +656,17 @@ impl Applier {
 
     /// Ends a full pass: every entry of this tree that the pass did not mention is an extra,
     /// removed into the archive unless the mass-delete guard holds them.
+    /// Entries in `skipped` buckets count as named (the sender left them out as equal).
     pub fn prune(
         &mut self,
         seen: &HashSet<String>,
+        skipped: Option<&BucketSet>,
         policy: Prune,
     ) -> Result<PruneOutcome, SyncError> {
+        if seen.is_empty() && skipped.is_some_and(|s| s.len() == s.capacity()) {
+            // Every bucket was equal: there is nothing the pass did not cover.
+            return Ok(PruneOutcome::default());
+        }
         let outcome = self.scanner.scan()?;
         let total = outcome.entries.len() as u64;
         let extras: Vec<&str> = outcome
@@ -667,6 +674,7 @@ impl Applier {
             .iter()
             .map(|e| e.entry.path.as_str())
             .filter(|p| !seen.contains(*p))
+            .filter(|p| !skipped.is_some_and(|s| s.contains_path(p)))
             .collect();
         if extras.is_empty() {
             return Ok(PruneOutcome::default());
@@ -691,6 +699,16 @@ impl Applier {
             pruned: count,
             held: 0,
         })
+    }
+
+    /// The tree as it is on disk now (a stat-only rescan), as bucket digests for the sender.
+    pub fn summary(&mut self) -> Result<TreeDigest, SyncError> {
+        let outcome = self.scanner.scan()?;
+        let mut digest = TreeDigest::new(summary_bits(outcome.entries.len() as u64));
+        for scanned in &outcome.entries {
+            digest.add(&scanned.entry);
+        }
+        Ok(digest)
     }
 
     /// Applies mtime and permissions of `wanted` to the file that already has its content.
@@ -808,8 +826,17 @@ impl ReceiverStore for Applier {
         Applier::rename(self, from, entry)
     }
 
-    fn prune(&mut self, seen: &HashSet<String>, prune: Prune) -> Result<PruneOutcome, SyncError> {
-        Applier::prune(self, seen, prune)
+    fn prune(
+        &mut self,
+        seen: &HashSet<String>,
+        skipped: Option<&BucketSet>,
+        prune: Prune,
+    ) -> Result<PruneOutcome, SyncError> {
+        Applier::prune(self, seen, skipped, prune)
+    }
+
+    fn summary(&mut self) -> Result<TreeDigest, SyncError> {
+        Applier::summary(self)
     }
 
     fn clear_staging(&mut self) {

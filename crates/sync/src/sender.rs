@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use swrepl_net::{FrameReader, FrameWriter, Identity};
-use swrepl_proto::{EntryKind, FileEntry, Heartbeat, Message, Role, ServiceStatus};
+use swrepl_proto::{EntryKind, FileEntry, Heartbeat, Message, Role, Seq, ServiceStatus};
 use swrepl_tree::{Excludes, Index, ScanOutcome, ScanProblem, Scanner, TreeError, STATE_DIR_NAME};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -81,6 +81,8 @@ pub struct SendSummary {
     pub wire_bytes_received: u64,
     /// Changes sent and acknowledged.
     pub changes: u64,
+    /// Entries full passes described (the receiver's tree summary showed the rest equal).
+    pub entries_described: u64,
     /// Paths the receiver refused, with its reason.
     pub refused: Vec<(String, String)>,
     /// Files that could not be read cleanly, with the reason.
@@ -315,6 +317,59 @@ struct Session<'a> {
     registry: Option<crate::registry::SenderRegistry>,
     /// Files another process holds locked: reported, and retried on their backoff.
     locked: crate::locked::SenderLocked,
+    /// Reads requested chunks on a blocking thread while the session goes on.
+    chunks: ChunkReader,
+}
+
+/// One result of the chunk reader.
+enum ChunkRead {
+    Data {
+        seq: Seq,
+        index: u32,
+        data: Vec<u8>,
+    },
+    /// The file changed since it was scanned (or cannot be read): withdraw change `seq`.
+    Failed {
+        seq: Seq,
+        reason: String,
+    },
+}
+
+/// Serves the receiver's chunk requests from a blocking thread, one request after another, so
+/// that the session goes on receiving requests and sending data while files are read (one
+/// thread hand-off per request instead of a task per file and a flush per file).
+struct ChunkReader {
+    requests: mpsc::UnboundedSender<(PathBuf, ChunkRequest)>,
+    results: mpsc::Receiver<ChunkRead>,
+}
+
+/// Chunks read ahead of the socket, at most (each at most 256 KiB).
+const CHUNKS_AHEAD: usize = 64;
+
+impl ChunkReader {
+    fn start() -> Self {
+        let (requests, mut incoming) = mpsc::unbounded_channel::<(PathBuf, ChunkRequest)>();
+        let (tx, results) = mpsc::channel(CHUNKS_AHEAD);
+        tokio::task::spawn_blocking(move || {
+            while let Some((path, request)) = incoming.blocking_recv() {
+                if read_chunks(&path, &request, &tx).is_err() {
+                    return; // the session is gone
+                }
+            }
+        });
+        ChunkReader { requests, results }
+    }
+
+    fn request(&mut self, path: PathBuf, request: ChunkRequest) -> Result<(), SyncError> {
+        self.requests
+            .send((path, request))
+            .map_err(|_| SyncError::Internal("the chunk reader stopped".into()))
+    }
+
+    /// The next chunk read (or failure); `None` once the reader stopped.
+    async fn next(&mut self) -> Option<ChunkRead> {
+        self.results.recv().await
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -368,6 +423,7 @@ impl<'a> Session<'a> {
             files_dirty: None,
             refresh: None,
             locked: Default::default(),
+            chunks: ChunkReader::start(),
             registry: options
                 .registry
                 .clone()
@@ -397,6 +453,9 @@ impl<'a> Session<'a> {
                 let version = swrepl_proto::check_welcome(&welcome, Role::Receiver)
                     .map_err(|e| SyncError::Protocol(e.to_string()))?;
                 tracing::info!(version, peer = %welcome.software, "connected to receiver {}", self.options.connect);
+                if version >= 2 {
+                    self.machine.enable_tree_summaries();
+                }
                 Ok(())
             }
             Some(Ok(Message::Error { code, message })) => {
@@ -445,7 +504,7 @@ impl<'a> Session<'a> {
                     let outcome = outcome.map_err(|e| SyncError::Internal(e.to_string()))?;
                     self.scan_done(kind, outcome)?;
                 }
-                _ = tokio::time::sleep_until(debounce.unwrap_or_else(Instant::now)), if debounce.is_some() && self.scan.is_none() => {
+                _ = tokio::time::sleep_until(debounce.unwrap_or_else(Instant::now)), if debounce.is_some() && self.scan.is_none() && !self.machine.awaits_summary() => {
                     self.dirty = None;
                     let kind = if std::mem::take(&mut self.want_full) { ScanKind::Full } else { ScanKind::Incremental };
                     self.start_scan(kind);
@@ -455,10 +514,11 @@ impl<'a> Session<'a> {
                     let refreshed = refreshed.map_err(|e| SyncError::Internal(e.to_string()))?;
                     self.refresh_done(refreshed);
                 }
-                _ = tokio::time::sleep_until(files_due.unwrap_or_else(Instant::now)), if files_due.is_some() && self.scan.is_none() && self.refresh.is_none() => {
+                _ = tokio::time::sleep_until(files_due.unwrap_or_else(Instant::now)), if files_due.is_some() && self.scan.is_none() && self.refresh.is_none() && !self.machine.awaits_summary() => {
                     self.files_dirty = None;
                     self.start_refresh();
                 }
+                read = self.chunks.next() => self.chunk_read(read).await?,
                 signal = watch.recv() => self.watch_signal(signal),
                 local = crate::registry::next_local(&mut self.registry) => {
                     if let Some(local) = local {
@@ -614,6 +674,9 @@ impl<'a> Session<'a> {
     }
 
     fn start_scan(&mut self, kind: ScanKind) {
+        if matches!(kind, ScanKind::Full) {
+            self.machine.full_scan_started();
+        }
         let scanner = self.scanner.clone();
         let handle =
             tokio::task::spawn_blocking(move || scanner.lock().expect("scanner lock").scan());
@@ -659,45 +722,40 @@ impl<'a> Session<'a> {
                     registry.on_refused(seq);
                 }
             }
-            Reaction::ServeChunks(request) => self.serve_chunks(request).await?,
+            Reaction::ServeChunks(request) => self.serve_chunks(request)?,
             Reaction::RegistrySnapshot(snapshot) => self.registry_remote(&snapshot)?,
         }
         Ok(())
     }
 
-    /// Reads the requested chunks on a blocking thread and streams them out as they come; if the
-    /// file changed since it was scanned, the change is withdrawn and the file rescanned.
-    async fn serve_chunks(&mut self, request: ChunkRequest) -> Result<(), SyncError> {
-        let seq = request.seq;
+    /// Hands a chunk request to the reader thread; its chunks go out as they are read.
+    fn serve_chunks(&mut self, request: ChunkRequest) -> Result<(), SyncError> {
         let path = self.options.root.join(&request.entry.path);
-        let (tx, mut rx) = mpsc::channel::<Result<(u32, Vec<u8>), String>>(8);
-        let reader = tokio::task::spawn_blocking(move || read_chunks(&path, &request, &tx));
-        while let Some(item) = rx.recv().await {
-            match item {
-                Ok((index, data)) => {
-                    self.machine.chunk_read(seq, index, data);
+        self.chunks.request(path, request)
+    }
+
+    /// A chunk from the reader thread, or a file that changed since it was scanned: that change
+    /// is withdrawn and the file rescanned.
+    async fn chunk_read(&mut self, read: Option<ChunkRead>) -> Result<(), SyncError> {
+        match read {
+            Some(ChunkRead::Data { seq, index, data }) => {
+                self.machine.chunk_read(seq, index, data);
+                // Stream without flushing while more chunks are ready; `transmit` flushes.
+                if !self.chunks.results.is_empty() {
                     self.feed_ready().await?;
                 }
-                Err(reason) => {
-                    if let Some(withdrawn) = self.machine.withdraw(seq, reason) {
-                        self.forget_indexed(withdrawn).await?;
-                    }
-                    self.mark_dirty(false);
-                    break;
-                }
             }
+            Some(ChunkRead::Failed { seq, reason }) => {
+                if let Some(withdrawn) = self.machine.withdraw(seq, reason) {
+                    self.forget_indexed(withdrawn).await?;
+                }
+                self.mark_dirty(false);
+            }
+            None => return Err(SyncError::Internal("the chunk reader stopped".into())),
         }
-        let _ = reader.await;
-        // The chunks were fed without flushing: push them out now, with whatever else is ready.
-        self.feed_ready().await?;
-        self.writer.flush().await?;
         Ok(())
     }
 
-    /// Makes the index forget what it believes about a withdrawn file, so that the next scan
-    /// rereads it and sends it again. A scan may have run since the change was announced: if
-    /// the file was renamed meanwhile (say with its directory), the index knows it under its
-    /// new path only, so every indexed copy of that content is forgotten, not just the path.
     async fn forget_indexed(&mut self, withdrawn: FileEntry) -> Result<(), SyncError> {
         let scanner = self.scanner.clone();
         tokio::task::spawn_blocking(move || {
@@ -727,26 +785,35 @@ fn forget_withdrawn(scanner: &mut Scanner, withdrawn: &FileEntry) -> Result<(), 
 }
 
 /// Reads the requested chunks, one at a time, into `tx`; stops at the first that fails.
+/// Reads the chunks of one request in order, stopping at the first that cannot be read as
+/// scanned. Err when the session is gone.
 fn read_chunks(
     path: &std::path::Path,
     request: &ChunkRequest,
-    tx: &mpsc::Sender<Result<(u32, Vec<u8>), String>>,
-) {
+    tx: &mpsc::Sender<ChunkRead>,
+) -> Result<(), ()> {
+    let seq = request.seq;
     let mut file = match File::open(path) {
         Ok(file) => file,
         Err(e) => {
-            let _ = tx.blocking_send(Err(format!("cannot open: {e}")));
-            return;
+            let reason = format!("cannot open: {e}");
+            return tx
+                .blocking_send(ChunkRead::Failed { seq, reason })
+                .map_err(drop);
         }
     };
     for &index in &request.indices {
-        let item = read_chunk(&mut file, &request.entry, &request.offsets, index)
-            .map(|data| (index, data));
-        let failed = item.is_err();
-        if tx.blocking_send(item).is_err() || failed {
-            return;
-        }
+        let read = match read_chunk(&mut file, &request.entry, &request.offsets, index) {
+            Ok(data) => ChunkRead::Data { seq, index, data },
+            Err(reason) => {
+                return tx
+                    .blocking_send(ChunkRead::Failed { seq, reason })
+                    .map_err(drop)
+            }
+        };
+        tx.blocking_send(read).map_err(drop)?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

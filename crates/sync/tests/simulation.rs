@@ -23,6 +23,7 @@ use std::io::Cursor;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use swrepl_proto::summary::{summary_bits, BucketSet, TreeDigest};
 use swrepl_proto::{encode_frame, Attributes, EntryKind, FileEntry, FrameDecoder, Hash, Message};
 use swrepl_sync::session::{
     check_message, read_chunk, Completion, PendingContent, Prepared, PruneOutcome, Reaction,
@@ -61,7 +62,10 @@ fn simulated_pairs_stay_consistent_under_faults_and_converge() {
     // The faults must really have happened, or the run proved nothing.
     assert!(totals.sessions > totals.seeds, "{totals:?}");
     assert!(
-        totals.crashes > 0 && totals.io_errors > 0 && totals.withdrawals > 0,
+        totals.crashes > 0
+            && totals.io_errors > 0
+            && totals.withdrawals > 0
+            && totals.skipping_passes > 0,
         "{totals:?}"
     );
 }
@@ -86,6 +90,8 @@ struct Totals {
     io_errors: u64,
     withdrawals: u64,
     files_installed: u64,
+    /// Full passes that left out buckets the receiver's summary showed equal.
+    skipping_passes: u64,
 }
 
 impl Totals {
@@ -96,6 +102,7 @@ impl Totals {
         self.io_errors += stats.io_errors;
         self.withdrawals += stats.withdrawals;
         self.files_installed += stats.files_installed;
+        self.skipping_passes += stats.skipping_passes;
     }
 }
 
@@ -106,6 +113,7 @@ struct Stats {
     io_errors: u64,
     withdrawals: u64,
     files_installed: u64,
+    skipping_passes: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -782,6 +790,7 @@ impl ReceiverStore for SimStore {
     fn prune(
         &mut self,
         seen: &HashSet<String>,
+        skipped: Option<&BucketSet>,
         prune: swrepl_proto::Prune,
     ) -> Result<PruneOutcome, SyncError> {
         let all: Vec<String> = self
@@ -791,7 +800,11 @@ impl ReceiverStore for SimStore {
             .filter(|p| !self.excludes.is_excluded(p))
             .cloned()
             .collect();
-        let extras: Vec<&String> = all.iter().filter(|p| !seen.contains(*p)).collect();
+        let extras: Vec<&String> = all
+            .iter()
+            .filter(|p| !seen.contains(*p))
+            .filter(|p| !skipped.is_some_and(|s| s.contains_path(p)))
+            .collect();
         let allowed = match prune {
             swrepl_proto::Prune::All => true,
             swrepl_proto::Prune::Never => false,
@@ -817,6 +830,21 @@ impl ReceiverStore for SimStore {
 
     fn clear_staging(&mut self) {
         self.staging.clear();
+    }
+
+    fn summary(&mut self) -> Result<TreeDigest, SyncError> {
+        self.io(".")?;
+        let count = (self.dirs.len() + self.files.len()) as u64;
+        let mut digest = TreeDigest::new(summary_bits(count));
+        for dir in self.dirs.iter().filter(|p| !self.excludes.is_excluded(p)) {
+            digest.add(&dir_entry(dir));
+        }
+        for (path, content) in &self.files {
+            if !self.excludes.is_excluded(path) {
+                digest.add(&file_entry(path, content));
+            }
+        }
+        Ok(digest)
     }
 }
 
@@ -891,6 +919,10 @@ struct World {
     /// Faults have stopped.
     healing: bool,
     stats: Stats,
+    /// The receiver speaks protocol version 2 (tree summaries) in this seed.
+    summaries: bool,
+    /// A full scan was started (the summary asked for) and has not finished yet.
+    full_scan_running: bool,
 }
 
 /// How a session ends.
@@ -924,7 +956,10 @@ fn run_seed(seed: u64, steps: u32) -> Result<Stats, String> {
         dirty: false,
         healing: false,
         stats: Stats::default(),
+        summaries: false,
+        full_scan_running: false,
     };
+    world.summaries = world.rng.random_bool(0.75);
     for _ in 0..world.rng.random_range(0..20) {
         world.master.mutate(&mut world.rng);
     }
@@ -1012,7 +1047,15 @@ impl World {
             to_receiver: Pipe::default(),
             to_sender: Pipe::default(),
         });
+        if self.summaries {
+            self.session
+                .as_mut()
+                .expect("just made")
+                .sender
+                .enable_tree_summaries();
+        }
         self.stats.sessions += 1;
+        self.full_scan_running = false;
         self.scan(true)
     }
 
@@ -1049,11 +1092,26 @@ impl World {
         self.store = Some(store);
     }
 
+    /// A scan. A full one starts (the sender asks for the receiver's summary) and finishes
+    /// either at once or at a later scan step, the Master changing meanwhile as it does under a
+    /// real scan.
     fn scan(&mut self, full: bool) -> Result<(), String> {
+        // A started full scan finishes as one, as the driver's does; now and then an incremental
+        // scan completes while it runs (the driver never does this, the machine must cope).
+        let full = full || (self.full_scan_running && self.rng.random_bool(0.7));
         trace(|| format!("  scan full={full}"));
         let Some(session) = self.session.as_mut() else {
             return Ok(());
         };
+        if full && !self.full_scan_running {
+            session.sender.full_scan_started();
+            if self.rng.random_bool(0.5) {
+                self.full_scan_running = true;
+                trace(|| "  full scan running".to_string());
+                return Ok(());
+            }
+        }
+        self.full_scan_running &= !full;
         let count = self.master.files.len();
         let unreadable = (!self.healing && count > 0 && self.rng.random_bool(0.1))
             .then(|| self.rng.random_range(0..count))
@@ -1085,6 +1143,10 @@ impl World {
         });
         let mut failed = false;
         for msg in messages {
+            if matches!(&msg, Message::PassSkips { unchanged, .. } if unchanged.iter().any(|b| *b != 0))
+            {
+                self.stats.skipping_passes += 1;
+            }
             let result = check_message(&msg)
                 .and_then(|()| session.receiver.receive(msg))
                 .and_then(|()| session.receiver.apply_ready());
@@ -1212,6 +1274,9 @@ impl World {
         for round in 0.. {
             if round > 10_000 {
                 return Err("no convergence: the session keeps working after 10 000 rounds".into());
+            }
+            if self.full_scan_running {
+                self.scan(true)?;
             }
             self.transmit();
             self.pump_to_receiver()?;

@@ -16,6 +16,7 @@ mod sender;
 
 use std::collections::HashSet;
 
+use swrepl_proto::summary::{BucketSet, TreeDigest};
 use swrepl_proto::{FileEntry, Hash, Prune};
 
 use crate::SyncError;
@@ -102,7 +103,16 @@ pub trait ReceiverStore {
     /// does not (the session then builds the target like an upsert).
     fn rename(&mut self, from: &str, entry: &FileEntry) -> Result<bool, SyncError>;
     /// The end of a full pass: removes (archives) what the pass did not name, within `prune`.
-    fn prune(&mut self, seen: &HashSet<String>, prune: Prune) -> Result<PruneOutcome, SyncError>;
+    /// Entries in `skipped` buckets count as named: the pass left them out because the
+    /// receiver's summary showed them equal to the sender's.
+    fn prune(
+        &mut self,
+        seen: &HashSet<String>,
+        skipped: Option<&BucketSet>,
+        prune: Prune,
+    ) -> Result<PruneOutcome, SyncError>;
+    /// The tree as it is now, as bucket digests (see `swrepl_proto::summary`).
+    fn summary(&mut self) -> Result<TreeDigest, SyncError>;
     /// Removes whatever a failed or abandoned file left in the staging area.
     fn clear_staging(&mut self);
 }

@@ -10,6 +10,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::path::Path;
 
+use swrepl_proto::summary::BucketSet;
 use swrepl_proto::{
     validate_entry, validate_message, EntryKind, ErrorCode, FileEntry, Hash, Message, Prune, Seq,
 };
@@ -88,6 +89,7 @@ enum Op<P> {
         pass: u64,
         prune: Prune,
         seen: Option<HashSet<String>>,
+        skipped: Option<BucketSet>,
     },
     Registry {
         seq: Seq,
@@ -95,6 +97,10 @@ enum Op<P> {
     },
     /// Answer a sender's `RegistryRequest` once everything before it is applied.
     RegistryReport,
+    /// Answer a sender's `SummaryRequest` once everything before it is applied.
+    Summary {
+        id: u64,
+    },
 }
 
 impl<P> Op<P> {
@@ -108,7 +114,7 @@ impl<P> Op<P> {
             | Op::Recheck { seq, .. }
             | Op::Refuse { seq, .. }
             | Op::Registry { seq, .. } => Some(*seq),
-            Op::PassEnd { .. } | Op::RegistryReport => None,
+            Op::PassEnd { .. } | Op::RegistryReport | Op::Summary { .. } => None,
         }
     }
 }
@@ -129,6 +135,8 @@ pub struct ReceiverMachine<S: ReceiverStore> {
     pass: Option<(u64, bool)>,
     /// Paths the current full pass named so far, so its end can prune the rest.
     seen: HashSet<String>,
+    /// Buckets the current full pass leaves out (`PassSkips`): kept whole at its end.
+    skipped: Option<BucketSet>,
 }
 
 impl<S: ReceiverStore> ReceiverMachine<S> {
@@ -151,6 +159,7 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
             requested: HashSet::new(),
             pass: None,
             seen: HashSet::new(),
+            skipped: None,
         };
         if let Some(snapshot) = machine.registry.first_message() {
             machine.send(snapshot);
@@ -296,14 +305,35 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
             Message::PassBegin { pass, full } => {
                 self.pass = Some((pass, full));
                 self.seen.clear();
+                self.skipped = None;
+            }
+            Message::PassSkips {
+                pass,
+                bits,
+                unchanged,
+            } => {
+                if self.pass != Some((pass, true)) || !self.seen.is_empty() {
+                    return Err(SyncError::Protocol(format!(
+                        "PassSkips for pass {pass} outside the start of that full pass"
+                    )));
+                }
+                self.skipped = BucketSet::from_wire(bits, unchanged);
             }
             Message::PassEnd { pass, prune, .. } => {
-                let seen = match self.pass.take() {
-                    Some((begun, true)) if begun == pass => Some(std::mem::take(&mut self.seen)),
-                    _ => None,
+                let (seen, skipped) = match self.pass.take() {
+                    Some((begun, true)) if begun == pass => {
+                        (Some(std::mem::take(&mut self.seen)), self.skipped.take())
+                    }
+                    _ => (None, None),
                 };
-                self.queue.push_back(Op::PassEnd { pass, prune, seen })
+                self.queue.push_back(Op::PassEnd {
+                    pass,
+                    prune,
+                    seen,
+                    skipped,
+                })
             }
+            Message::SummaryRequest { id } => self.queue.push_back(Op::Summary { id }),
             Message::RegistryChanges { seq, changes } => {
                 self.next_seq(seq)?;
                 let op = match self.registry.check(&changes) {
@@ -331,7 +361,7 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
             other => {
                 return Err(SyncError::Protocol(format!(
                     "unexpected message from a sender: {}",
-                    message_name(&other)
+                    swrepl_proto::message_name(&other)
                 )))
             }
         }
@@ -539,7 +569,20 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
                 self.send(snapshot);
             }
             Op::Refuse { path, reason, seq } => self.refuse(seq, path, reason),
-            Op::PassEnd { pass, prune, seen } => self.end_pass(pass, prune, seen)?,
+            Op::Summary { id } => {
+                let digest = self.store.summary()?;
+                self.send(Message::TreeSummary {
+                    id,
+                    bits: digest.bits(),
+                    digests: digest.to_wire(),
+                });
+            }
+            Op::PassEnd {
+                pass,
+                prune,
+                seen,
+                skipped,
+            } => self.end_pass(pass, prune, seen, skipped)?,
         }
         if let Some(seq) = seq {
             self.applied_seq = seq;
@@ -585,9 +628,10 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
         pass: u64,
         prune: Prune,
         seen: Option<HashSet<String>>,
+        skipped: Option<BucketSet>,
     ) -> Result<(), SyncError> {
         let outcome = match seen {
-            Some(seen) => self.store.prune(&seen, prune)?,
+            Some(seen) => self.store.prune(&seen, skipped.as_ref(), prune)?,
             None => Default::default(),
         };
         if outcome.held > 0 {
@@ -611,21 +655,6 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
             held: outcome.held,
         });
         Ok(())
-    }
-}
-
-fn message_name(msg: &Message) -> &'static str {
-    match msg {
-        Message::Hello(_) => "Hello",
-        Message::Welcome(_) => "Welcome",
-        Message::NeedChunks { .. } => "NeedChunks",
-        Message::Ack { .. } => "Ack",
-        Message::Refused { .. } => "Refused",
-        Message::PassDone { .. } => "PassDone",
-        Message::ListRequest => "ListRequest",
-        Message::ListEntry(_) => "ListEntry",
-        Message::ListEnd { .. } => "ListEnd",
-        _ => "message",
     }
 }
 

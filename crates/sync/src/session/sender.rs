@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
 
 use swrepl_proto::registry::{RegistryChangeSet, RegistrySnapshot};
+use swrepl_proto::summary::TreeDigest;
 use swrepl_proto::{EntryKind, FileEntry, Message, Prune, Seq};
 use swrepl_tree::{Change, ScanOutcome};
 
@@ -65,6 +66,22 @@ struct InFlight {
     offsets: Vec<u64>,
 }
 
+/// Where the session stands with the receiver's tree summary for the next full pass.
+enum SummaryState {
+    /// None asked for, or the last one went stale: a full pass describes everything.
+    Idle,
+    /// `SummaryRequest { id }` sent, not yet answered.
+    Requested(u64),
+    /// The answer, for the full pass whose scan is still running.
+    Received(TreeDigest),
+}
+
+/// A full pass, ready to queue once the receiver's summary says what it may leave out.
+struct FullPassPlan {
+    renames: Vec<(String, FileEntry)>,
+    entries: Vec<FileEntry>,
+}
+
 /// The sender's session state: numbered changes, the window, passes and the run's summary.
 pub struct SenderMachine {
     config: SenderConfig,
@@ -82,6 +99,12 @@ pub struct SenderMachine {
     last_paths: Option<HashSet<String>>,
     summary: SendSummary,
     retries_left: u32,
+    /// The receiver speaks protocol version 2: full passes skip what its summary shows equal.
+    tree_summaries: bool,
+    last_summary_id: u64,
+    summary_state: SummaryState,
+    /// A full pass whose scan finished before the receiver's summary arrived.
+    held_full: Option<FullPassPlan>,
 }
 
 impl SenderMachine {
@@ -100,7 +123,38 @@ impl SenderMachine {
             last_paths,
             summary: SendSummary::default(),
             retries_left: ONCE_RETRIES,
+            tree_summaries: false,
+            last_summary_id: 0,
+            summary_state: SummaryState::Idle,
+            held_full: None,
         }
+    }
+
+    /// The receiver speaks protocol version 2 or later: full passes ask for its tree summary
+    /// and describe only the buckets where the trees differ.
+    pub fn enable_tree_summaries(&mut self) {
+        self.tree_summaries = true;
+    }
+
+    /// True while a full pass waits for the receiver's summary: the driver should not start
+    /// another scan or refresh now, since a change queued meanwhile makes the summary stale.
+    pub fn awaits_summary(&self) -> bool {
+        matches!(self.summary_state, SummaryState::Requested(_))
+    }
+
+    /// The driver started a full scan: ask the receiver for its summary now, so that it is
+    /// computed while the scan runs. The receiver answers after applying everything queued
+    /// before the request; any file change queued after it makes the answer stale.
+    pub fn full_scan_started(&mut self) {
+        if !self.tree_summaries {
+            return;
+        }
+        self.summary_went_stale();
+        self.last_summary_id += 1;
+        self.queue.push_back(Message::SummaryRequest {
+            id: self.last_summary_id,
+        });
+        self.summary_state = SummaryState::Requested(self.last_summary_id);
     }
 
     /// What this session did so far (wire bytes and registry counts are the driver's to add).
@@ -123,6 +177,7 @@ impl SenderMachine {
         self.queue.is_empty()
             && self.replies.is_empty()
             && self.in_flight.is_empty()
+            && self.held_full.is_none()
             && self.passes_sent > 0
             && self.passes_done == self.passes_sent
     }
@@ -160,7 +215,7 @@ impl SenderMachine {
             .map(|e| e.entry.path.clone())
             .collect();
         if full {
-            self.queue_full_pass(outcome);
+            self.full_scan_done(outcome);
         } else {
             self.queue_incremental(outcome, &current);
         }
@@ -174,6 +229,7 @@ impl SenderMachine {
         if upserts.is_empty() {
             return;
         }
+        self.summary_went_stale();
         let pass = self.begin_pass(false);
         let count = upserts.len() as u64;
         for entry in upserts {
@@ -229,6 +285,10 @@ impl SenderMachine {
             }
             Message::Heartbeat(_) => Reaction::None,
             Message::RegistrySnapshot(snapshot) => Reaction::RegistrySnapshot(snapshot),
+            Message::TreeSummary { id, bits, digests } => {
+                self.summary_received(id, bits, &digests)?;
+                Reaction::None
+            }
             Message::Error { code, message } => return Err(SyncError::PeerError { code, message }),
             other => {
                 return Err(SyncError::Protocol(
@@ -307,35 +367,127 @@ impl SenderMachine {
         self.passes_sent += 1;
     }
 
-    fn queue_full_pass(&mut self, outcome: &ScanOutcome) {
-        let pass = self.begin_pass(true);
+    /// A full scan: queued at once, or held until the receiver's summary (asked for when the
+    /// scan started) arrives.
+    fn full_scan_done(&mut self, outcome: &ScanOutcome) {
         let mut renamed = HashSet::new();
+        let mut renames = Vec::new();
         for change in &outcome.changes {
             if let Change::Rename { from, entry } = change {
-                renamed.insert(entry.path.clone());
-                self.queue_change(Change::Rename {
-                    from: from.clone(),
-                    entry: entry.clone(),
-                });
+                renamed.insert(entry.path.as_str());
+                renames.push((from.clone(), entry.clone()));
             }
         }
-        for scanned in &outcome.entries {
-            if !renamed.contains(&scanned.entry.path) {
-                self.queue_change(Change::Upsert(scanned.entry.clone()));
+        let entries = outcome
+            .entries
+            .iter()
+            .filter(|scanned| !renamed.contains(scanned.entry.path.as_str()))
+            .map(|scanned| scanned.entry.clone())
+            .collect();
+        let plan = FullPassPlan { renames, entries };
+        match std::mem::replace(&mut self.summary_state, SummaryState::Idle) {
+            SummaryState::Received(theirs) => self.queue_full_pass(plan, Some(&theirs)),
+            SummaryState::Requested(id) => {
+                self.summary_state = SummaryState::Requested(id);
+                self.held_full = Some(plan);
+            }
+            SummaryState::Idle => self.queue_full_pass(plan, None),
+        }
+    }
+
+    /// The receiver's answer to `SummaryRequest { id }`; answers to requests gone stale are
+    /// dropped.
+    fn summary_received(&mut self, id: u64, bits: u8, digests: &[u8]) -> Result<(), SyncError> {
+        if id > self.last_summary_id {
+            return Err(SyncError::Protocol(format!(
+                "tree summary {id}, which was never asked for"
+            )));
+        }
+        let Some(theirs) = TreeDigest::from_wire(bits, digests) else {
+            return Err(SyncError::Protocol(format!(
+                "tree summary of {bits} bits with {} bytes of digests",
+                digests.len()
+            )));
+        };
+        if !matches!(self.summary_state, SummaryState::Requested(asked) if asked == id) {
+            return Ok(());
+        }
+        match self.held_full.take() {
+            Some(plan) => {
+                self.summary_state = SummaryState::Idle;
+                self.queue_full_pass(plan, Some(&theirs));
+            }
+            None => self.summary_state = SummaryState::Received(theirs),
+        }
+        Ok(())
+    }
+
+    /// A file change is about to be queued after the last `SummaryRequest`: the receiver's
+    /// answer would describe its tree before that change, so it cannot be used. A held full
+    /// pass goes out whole, first.
+    fn summary_went_stale(&mut self) {
+        self.summary_state = SummaryState::Idle;
+        if let Some(plan) = self.held_full.take() {
+            self.queue_full_pass(plan, None);
+        }
+    }
+
+    /// Queues a full pass. With the receiver's summary, buckets equal on both sides are left
+    /// out (`PassSkips`), and the receiver keeps them whole at the pass's end.
+    fn queue_full_pass(&mut self, plan: FullPassPlan, theirs: Option<&TreeDigest>) {
+        let skipped = theirs.and_then(|theirs| {
+            let mut ours = TreeDigest::new(theirs.bits());
+            plan.renames.iter().for_each(|(_, entry)| ours.add(entry));
+            plan.entries.iter().for_each(|entry| ours.add(entry));
+            ours.unchanged_buckets(theirs)
+        });
+        let pass = self.begin_pass(true);
+        if let Some(skipped) = &skipped {
+            self.queue.push_back(Message::PassSkips {
+                pass,
+                bits: skipped.bits(),
+                unchanged: skipped.as_wire().to_vec(),
+            });
+        }
+        let is_skipped = |path: &str| skipped.as_ref().is_some_and(|s| s.contains_path(path));
+        let total = plan.renames.len() + plan.entries.len();
+        let mut described = 0u64;
+        for (from, entry) in plan.renames {
+            if !is_skipped(&entry.path) {
+                described += 1;
+                self.queue_change(Change::Rename { from, entry });
             }
         }
+        for entry in plan.entries {
+            if !is_skipped(&entry.path) {
+                described += 1;
+                self.queue_change(Change::Upsert(entry));
+            }
+        }
+        if let Some(skipped) = &skipped {
+            tracing::info!(
+                described,
+                total,
+                buckets_equal = skipped.len(),
+                buckets = skipped.capacity(),
+                "full pass: the receiver's summary leaves {} of {total} entries to describe",
+                described
+            );
+        }
+        self.summary.entries_described += described;
         let prune = if self.config.allow_mass_delete {
             Prune::All
         } else {
             Prune::UpToPermille(self.config.mass_delete_permille)
         };
-        self.end_pass(pass, outcome.entries.len() as u64, prune);
+        self.end_pass(pass, described, prune);
     }
 
     fn queue_incremental(&mut self, outcome: &ScanOutcome, current: &HashSet<String>) {
         if outcome.changes.is_empty() {
             return;
         }
+        self.summary_went_stale();
         let held = self.deletes_to_hold(outcome, current);
         let pass = self.begin_pass(false);
         for change in &outcome.changes {
@@ -459,4 +611,173 @@ fn change_seq(msg: &Message) -> Option<Seq> {
 fn is_same_or_under(path: &str, dir: &str) -> bool {
     path == dir
         || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swrepl_proto::summary::{summary_bits, TreeDigest};
+    use swrepl_proto::{Attributes, ChunkRef};
+    use swrepl_tree::ScannedEntry;
+
+    fn file(path: &str, content: u8) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            kind: EntryKind::File,
+            size: 1,
+            mtime_ns: 0,
+            attributes: Attributes::default(),
+            chunks: vec![ChunkRef {
+                hash: [content; 32],
+                len: 1,
+            }],
+            file_hash: [content; 32],
+        }
+    }
+
+    fn tree(entries: &[FileEntry]) -> ScanOutcome {
+        ScanOutcome {
+            entries: entries
+                .iter()
+                .map(|entry| ScannedEntry {
+                    entry: entry.clone(),
+                    file_id: None,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn summary_of(id: u64, entries: &[FileEntry]) -> Message {
+        let mut digest = TreeDigest::new(summary_bits(entries.len() as u64));
+        entries.iter().for_each(|e| digest.add(e));
+        Message::TreeSummary {
+            id,
+            bits: digest.bits(),
+            digests: digest.to_wire(),
+        }
+    }
+
+    fn machine() -> SenderMachine {
+        let mut machine = SenderMachine::new(
+            SenderConfig {
+                once: true,
+                allow_mass_delete: false,
+                mass_delete_permille: 200,
+                window: 4096,
+            },
+            None,
+        );
+        machine.enable_tree_summaries();
+        machine
+    }
+
+    fn drain(machine: &mut SenderMachine) -> Vec<Message> {
+        std::iter::from_fn(|| machine.poll_transmit()).collect()
+    }
+
+    fn described(sent: &[Message]) -> Vec<String> {
+        sent.iter()
+            .filter_map(|m| match m {
+                Message::Upsert { entry, .. } => Some(entry.path.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn forty_files() -> Vec<FileEntry> {
+        (0..40).map(|i| file(&format!("f{i}"), i as u8)).collect()
+    }
+
+    #[test]
+    fn a_full_pass_describes_only_buckets_that_differ_from_the_receivers_summary() {
+        let master = forty_files();
+        let mut slave = master.clone();
+        slave[7] = file("f7", 200);
+        let mut machine = machine();
+        machine.full_scan_started();
+        assert_eq!(drain(&mut machine), [Message::SummaryRequest { id: 1 }]);
+        machine.scan_done(true, &tree(&master));
+        assert!(machine.awaits_summary());
+        assert!(
+            drain(&mut machine).is_empty(),
+            "the pass waits for the summary"
+        );
+        machine.handle(summary_of(1, &slave)).expect("valid");
+        let sent = drain(&mut machine);
+        assert!(matches!(sent[1], Message::PassSkips { .. }), "{sent:?}");
+        let paths = described(&sent);
+        assert!(paths.contains(&"f7".to_string()), "{paths:?}");
+        assert!(paths.len() < 10, "only f7's bucket: {paths:?}");
+    }
+
+    #[test]
+    fn a_summary_answered_before_the_scan_ends_is_used_when_it_ends() {
+        let master = forty_files();
+        let mut machine = machine();
+        machine.full_scan_started();
+        machine.handle(summary_of(1, &master)).expect("valid");
+        machine.scan_done(true, &tree(&master));
+        let sent = drain(&mut machine);
+        assert!(described(&sent).is_empty(), "{sent:?}");
+        assert!(matches!(
+            sent.last(),
+            Some(Message::PassEnd { entries: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn a_file_change_queued_after_the_request_makes_the_summary_stale() {
+        // The receiver answers after applying what came before the request: a change queued
+        // after it is not in the answer, and skipping by that answer could undo the change.
+        let master = forty_files();
+        let mut machine = machine();
+        machine.full_scan_started();
+        machine.refresh_done(vec![file("f3", 99)]);
+        machine.handle(summary_of(1, &master)).expect("valid");
+        machine.scan_done(true, &tree(&master));
+        let sent = drain(&mut machine);
+        assert!(!sent.iter().any(|m| matches!(m, Message::PassSkips { .. })));
+        assert_eq!(
+            described(&sent).len(),
+            1 + master.len(),
+            "f3's refresh, then every entry"
+        );
+    }
+
+    #[test]
+    fn a_held_pass_goes_out_whole_when_a_change_must_follow_it() {
+        let master = forty_files();
+        let mut machine = machine();
+        machine.full_scan_started();
+        machine.scan_done(true, &tree(&master));
+        machine.refresh_done(vec![file("f3", 99)]);
+        assert!(!machine.awaits_summary());
+        let sent = drain(&mut machine);
+        let paths = described(&sent);
+        assert_eq!(paths.len(), master.len() + 1);
+        assert_eq!(
+            paths.last().map(String::as_str),
+            Some("f3"),
+            "the change comes after the pass"
+        );
+        // The late answer is dropped; one never asked for is a protocol error.
+        machine
+            .handle(summary_of(1, &master))
+            .expect("stale answers are ignored");
+        assert!(drain(&mut machine).is_empty());
+        assert!(machine.handle(summary_of(2, &master)).is_err());
+    }
+
+    #[test]
+    fn without_summaries_a_full_pass_describes_everything_at_once() {
+        let master = forty_files();
+        let mut machine = machine();
+        machine.tree_summaries = false;
+        machine.full_scan_started();
+        machine.scan_done(true, &tree(&master));
+        let sent = drain(&mut machine);
+        assert!(matches!(sent[0], Message::PassBegin { full: true, .. }));
+        assert_eq!(described(&sent).len(), master.len());
+    }
 }
