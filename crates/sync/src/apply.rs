@@ -31,9 +31,12 @@ const STAGING_REL: &str = ".swrepl/staging";
 /// A file being assembled in the staging area.
 pub struct PendingFile {
     entry: FileEntry,
-    /// Opened only while being written: thousands of files may wait for data at once, more than a
+    /// Created on the first write and open only while being written (a few recent ones stay in
+    /// [`Applier`]'s handle cache): thousands of files may wait for data at once, more than a
     /// process may hold open.
     staging_name: String,
+    /// Whether the staging file exists yet.
+    staged: bool,
     offsets: Vec<u64>,
     /// Chunk hash → indices still waiting for the peer's bytes.
     awaiting: HashMap<Hash, Vec<u32>>,
@@ -41,6 +44,8 @@ pub struct PendingFile {
     local: Vec<u32>,
     /// Bytes of chunk data received from the peer for this file.
     received_bytes: u64,
+    /// The whole-file hash of the staged prefix, fed as chunks are written.
+    digest: PrefixDigest,
 }
 
 impl PendingContent for PendingFile {
@@ -66,7 +71,16 @@ pub struct Applier {
     scanner: Scanner,
     excludes: Excludes,
     staging_counter: u64,
+    /// Staging files opened recently, most recent last: a file's chunks usually arrive together
+    /// and its completion follows, so one open serves them all.
+    open_staging: Vec<(String, File)>,
 }
+
+/// How many staging files [`Applier`] keeps open between writes.
+const OPEN_STAGING_MAX: usize = 8;
+
+/// Largest run of a previous version's chunks read (and written) in one go while rebuilding.
+const LOCAL_RUN_MAX: usize = 4 * 1024 * 1024;
 
 impl Applier {
     /// Opens the receiver's root (which must exist), its state directory, index and archive, and
@@ -128,6 +142,7 @@ impl Applier {
             scanner,
             excludes,
             staging_counter: 0,
+            open_staging: Vec::new(),
         })
     }
 
@@ -203,26 +218,19 @@ impl Applier {
     ) -> Result<(PendingFile, Vec<u32>), SyncError> {
         self.staging_counter += 1;
         let staging_name = format!("{}.part", self.staging_counter);
-        let file = self
-            .staging
-            .open_with(
-                &staging_name,
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true),
-            )
-            .map_err(|e| self.io_err(&entry.path, e))?
-            .into_std();
-        file.set_len(entry.size)
-            .map_err(|e| self.io_err(&entry.path, e))?;
-        drop(file);
         let mut offsets = Vec::with_capacity(entry.chunks.len());
         let mut offset = 0u64;
         for chunk in &entry.chunks {
             offsets.push(offset);
             offset += u64::from(chunk.len);
+        }
+        if offset != entry.size {
+            // The session validates this; the whole-file hash covers the chunks only, so a file
+            // longer than its chunks must never get this far.
+            return Err(SyncError::Protocol(format!(
+                "chunk lengths of {:?} sum to {offset} bytes but its size is {}",
+                entry.path, entry.size
+            )));
         }
         let mut awaiting: HashMap<Hash, Vec<u32>> = HashMap::new();
         let mut local = Vec::new();
@@ -241,13 +249,16 @@ impl Applier {
                 need.push(i);
             }
         }
+        let digest = PrefixDigest::new(entry.chunks.len());
         let pending = PendingFile {
             entry,
             staging_name,
+            staged: false,
             offsets,
             awaiting,
             local,
             received_bytes: 0,
+            digest,
         };
         Ok((pending, need))
     }
@@ -667,12 +678,19 @@ impl Applier {
             // Every bucket was equal: there is nothing the pass did not cover.
             return Ok(PruneOutcome::default());
         }
-        let outcome = self.scanner.scan()?;
-        let total = outcome.entries.len() as u64;
-        let extras: Vec<&str> = outcome
-            .entries
+        let present = if skipped.is_some() {
+            // The pass was cut by this session's summary, whose rescan brought the index up to
+            // date with the disk; since then only this session changed the tree, recording each
+            // change. The index lists the tree without a second walk.
+            self.scanner.index().paths()?
+        } else {
+            let outcome = self.scanner.scan()?;
+            outcome.entries.into_iter().map(|e| e.entry.path).collect()
+        };
+        let total = present.len() as u64;
+        let extras: Vec<&str> = present
             .iter()
-            .map(|e| e.entry.path.as_str())
+            .map(String::as_str)
             .filter(|p| !seen.contains(*p))
             .filter(|p| !skipped.is_some_and(|s| s.contains_path(p)))
             .collect();

@@ -361,6 +361,13 @@ impl Index {
         Ok(all)
     }
 
+    /// The path of every recorded entry, in no particular order.
+    pub fn paths(&self) -> Result<Vec<String>, TreeError> {
+        let mut stmt = self.conn.prepare_cached("SELECT path FROM entries")?;
+        let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// How many entries are recorded.
     pub fn len(&self) -> Result<u64, TreeError> {
         let n: i64 = self
