@@ -8,13 +8,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io;
+#[cfg(not(unix))]
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use cap_std::fs::{Dir, OpenOptions};
 use swrepl_proto::summary::{summary_bits, BucketSet, TreeDigest};
-use swrepl_proto::{EntryKind, FileEntry, Hash, Prune};
+use swrepl_proto::{ChunkRef, EntryKind, FileEntry, Hash, Prune};
 use swrepl_tree::{Excludes, Index, ScannedEntry, Scanner, STATE_DIR_NAME};
 
 use crate::archive::Archive;
@@ -46,6 +48,87 @@ pub struct PendingFile {
     received_bytes: u64,
     /// The whole-file hash of the staged prefix, fed as chunks are written.
     digest: PrefixDigest,
+}
+
+impl PendingFile {
+    /// Writes `data`, already checked against chunk `index`'s hash, into the staging file.
+    fn put_chunk(&mut self, file: &mut File, index: u32, data: &[u8]) -> io::Result<()> {
+        let i = index as usize;
+        write_at(file, self.offsets[i], data)?;
+        self.digest
+            .written(file, &self.offsets, &self.entry.chunks, i, data)
+    }
+
+    /// Copies the chunks `run` (consecutive here, and consecutive in `previous`) from the
+    /// previous version with one read and one write. Each chunk is checked against its hash,
+    /// since the Slave's copy may have changed since it was indexed; a large run is checked (and
+    /// fed to the whole-file hash) on a second thread while the main one writes it: the staging
+    /// file is not visible, and a chunk that does not match is neither counted as written nor
+    /// hashed. Returns the chunks that did not match (or could not be read).
+    fn copy_run(
+        &mut self,
+        file: &mut File,
+        previous: &mut PreviousVersion,
+        run: &[u32],
+        buf: &mut Vec<u8>,
+    ) -> io::Result<Vec<u32>> {
+        let chunks: Vec<ChunkRef> = run.iter().map(|&i| self.entry.chunks[i as usize]).collect();
+        let total: usize = chunks.iter().map(|c| c.len as usize).sum();
+        let Some(&(source, _)) = previous.chunks.get(&chunks[0].hash) else {
+            return Ok(run.to_vec());
+        };
+        buf.resize(total, 0);
+        if read_exact_at(&mut previous.file, source, buf).is_err() {
+            return Ok(run.to_vec()); // shorter than indexed: every chunk is found elsewhere
+        }
+        self.digest
+            .catch_up(file, &self.offsets, &self.entry.chunks)?;
+        let mut hasher = self.digest.continuing_at(run[0] as usize);
+        let data = &buf[..];
+        let check = |hasher: Option<&mut blake3::Hasher>| -> Vec<bool> {
+            let mut pos = 0;
+            let matches = chunks
+                .iter()
+                .map(|chunk| {
+                    let bytes = &data[pos..pos + chunk.len as usize];
+                    pos += bytes.len();
+                    *blake3::hash(bytes).as_bytes() == chunk.hash
+                })
+                .collect();
+            if let Some(hasher) = hasher {
+                hasher.update(data);
+            }
+            matches
+        };
+        let offset = self.offsets[run[0] as usize];
+        let (written, matches) = if total >= PARALLEL_RUN_MIN {
+            std::thread::scope(|scope| {
+                let checker = scope.spawn(|| check(hasher.as_deref_mut()));
+                let written = write_at(file, offset, data);
+                // The checker does not panic; should it, no chunk counts as matching.
+                (written, checker.join().unwrap_or_default())
+            })
+        } else {
+            let matches = check(hasher.as_deref_mut());
+            (write_at(file, offset, data), matches)
+        };
+        written?;
+        let all_match = matches.len() == run.len() && matches.iter().all(|&m| m);
+        if all_match {
+            if let Some(hasher) = hasher {
+                self.digest.adopt(hasher, run.len());
+            }
+        }
+        let mut unfilled = Vec::new();
+        for (k, &i) in run.iter().enumerate() {
+            if matches.get(k) == Some(&true) {
+                self.digest.filled[i as usize] = true;
+            } else {
+                unfilled.push(i);
+            }
+        }
+        Ok(unfilled)
+    }
 }
 
 impl PendingContent for PendingFile {
@@ -81,6 +164,9 @@ const OPEN_STAGING_MAX: usize = 8;
 
 /// Largest run of a previous version's chunks read (and written) in one go while rebuilding.
 const LOCAL_RUN_MAX: usize = 4 * 1024 * 1024;
+
+/// Runs at least this long are checked on a second thread while the first writes them.
+const PARALLEL_RUN_MIN: usize = 1024 * 1024;
 
 impl Applier {
     /// Opens the receiver's root (which must exist), its state directory, index and archive, and
@@ -127,6 +213,8 @@ impl Applier {
         // `start_file` asks about every chunk of every announced file; on an initial sync the
         // answer is always "not here", which the in-memory filter gives without a query.
         index.track_chunks()?;
+        // One index commit per acknowledgement (`checkpoint`), not one per applied file.
+        index.defer_commits();
         let mut scanner = Scanner::new(root, excludes.clone(), index);
         let outcome = scanner.scan()?;
         tracing::info!(
@@ -286,14 +374,15 @@ impl Applier {
             tracing::debug!(path = %pending.entry.path, index, "chunk not awaited; ignored");
             return Ok(());
         };
-        let path = pending.entry.path.clone();
         let mut file = self
-            .open_staging(pending)
-            .map_err(|e| self.io_err(&path, e))?;
+            .take_staging(pending)
+            .map_err(|e| self.io_err(&pending.entry.path, e))?;
         for i in indices {
-            write_at(&mut file, pending.offsets[i as usize], data)
-                .map_err(|e| self.io_err(&path, e))?;
+            pending
+                .put_chunk(&mut file, i, data)
+                .map_err(|e| self.io_err(&pending.entry.path, e))?;
         }
+        self.keep_staging(&pending.staging_name, file);
         pending.received_bytes += data.len() as u64;
         Ok(())
     }
@@ -301,58 +390,132 @@ impl Applier {
     /// Fills local chunks, verifies the whole file, and installs it. Call when
     /// [`PendingFile::has_all_remote`].
     pub fn complete(&mut self, pending: &mut PendingFile) -> Result<Completion, SyncError> {
-        let mut late = Vec::new();
         let path = pending.entry.path.clone();
         let mut file = self
-            .open_staging(pending)
+            .take_staging(pending)
             .map_err(|e| self.io_err(&path, e))?;
-        let mut sources = LocalSources::default();
-        let local = std::mem::take(&mut pending.local);
-        if !local.is_empty() {
-            // An edited file mostly consists of its own previous version's chunks: look there
-            // first (one open, no index query per chunk).
-            sources.previous = self.previous_version(&pending.entry.path)?;
-        }
-        for i in local {
-            let chunk = pending.entry.chunks[i as usize];
-            match self.read_local_chunk(&mut sources, &chunk.hash, chunk.len)? {
-                Some(data) => write_at(&mut file, pending.offsets[i as usize], &data)
-                    .map_err(|e| self.io_err(&pending.entry.path, e))?,
-                None => {
-                    pending.awaiting.entry(chunk.hash).or_default().push(i);
-                    late.push(i);
-                }
-            }
-        }
+        let late = self.fill_local(pending, &mut file)?;
         if !late.is_empty() {
+            self.keep_staging(&pending.staging_name, file);
             return Ok(Completion::NeedMore(late));
         }
-        let actual = hash_file(&mut file).map_err(|e| self.io_err(&path, e))?;
-        if actual != pending.entry.file_hash {
-            return Err(SyncError::Protocol(format!(
-                "assembled {path:?} does not match its whole-file hash"
-            )));
+        let actual = pending
+            .digest
+            .finish(&mut file, &pending.offsets, &pending.entry.chunks)
+            .map_err(|e| self.io_err(&path, e))?;
+        match actual {
+            Some(actual) if actual == pending.entry.file_hash => {}
+            Some(_) => {
+                return Err(SyncError::Protocol(format!(
+                    "assembled {path:?} does not match its whole-file hash"
+                )))
+            }
+            None => {
+                return Err(SyncError::Protocol(format!(
+                    "{path:?} was completed before all of its chunks arrived"
+                )))
+            }
         }
-        file.sync_all().map_err(|e| self.io_err(&path, e))?;
+        // Times and permissions before the fsync, which then makes them durable with the data.
         set_file_metadata(&file, &pending.entry).map_err(|e| self.io_err(&path, e))?;
+        file.sync_all().map_err(|e| self.io_err(&path, e))?;
         drop(file);
         self.install(&pending.staging_name, &pending.entry)?;
         Ok(Completion::Installed)
     }
 
-    /// Opens a pending file's staging copy for writing.
-    fn open_staging(&self, pending: &PendingFile) -> io::Result<File> {
-        self.staging
-            .open_with(
-                &pending.staging_name,
-                OpenOptions::new().read(true).write(true),
-            )
-            .map(cap_std::fs::File::into_std)
+    /// Fills the chunks this machine already holds. Returns those it could not find (or whose
+    /// copy no longer matches its hash), now awaited from the peer.
+    fn fill_local(
+        &self,
+        pending: &mut PendingFile,
+        file: &mut File,
+    ) -> Result<Vec<u32>, SyncError> {
+        let local = std::mem::take(&mut pending.local);
+        if local.is_empty() {
+            return Ok(Vec::new());
+        }
+        // An edited file mostly consists of its own previous version's chunks, in the same order:
+        // look there first, a run of neighbours at a time (one read, one write, no index query).
+        let mut sources = LocalSources {
+            previous: self.previous_version(&pending.entry.path)?,
+            ..LocalSources::default()
+        };
+        let mut buf = Vec::new();
+        let mut late = Vec::new();
+        let mut rest = &local[..];
+        while !rest.is_empty() {
+            let run = sources
+                .previous
+                .as_ref()
+                .map_or(0, |previous| previous.run_len(&pending.entry.chunks, rest));
+            let (unfilled, taken) = if run > 0 {
+                let previous = sources
+                    .previous
+                    .as_mut()
+                    .expect("a run implies a previous version");
+                let unfilled = pending
+                    .copy_run(file, previous, &rest[..run], &mut buf)
+                    .map_err(|e| self.io_err(&pending.entry.path, e))?;
+                (unfilled, run)
+            } else {
+                (vec![rest[0]], 1)
+            };
+            rest = &rest[taken..];
+            for i in unfilled {
+                let chunk = pending.entry.chunks[i as usize];
+                match self.read_local_chunk(&mut sources, &chunk.hash, chunk.len)? {
+                    Some(data) => pending
+                        .put_chunk(file, i, &data)
+                        .map_err(|e| self.io_err(&pending.entry.path, e))?,
+                    None => {
+                        pending.awaiting.entry(chunk.hash).or_default().push(i);
+                        late.push(i);
+                    }
+                }
+            }
+        }
+        Ok(late)
+    }
+
+    /// A pending file's staging copy, open for reading and writing: from the handle cache, else
+    /// opened, or created on its first use.
+    fn take_staging(&mut self, pending: &mut PendingFile) -> io::Result<File> {
+        if let Some(at) = self
+            .open_staging
+            .iter()
+            .position(|(name, _)| *name == pending.staging_name)
+        {
+            return Ok(self.open_staging.remove(at).1);
+        }
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if !pending.staged {
+            options.create(true).truncate(true);
+        }
+        let file = self
+            .staging
+            .open_with(&pending.staging_name, &options)?
+            .into_std();
+        pending.staged = true;
+        Ok(file)
+    }
+
+    /// Keeps a staging file open for its next write (closing the least recently used one).
+    fn keep_staging(&mut self, name: &str, file: File) {
+        if self.open_staging.len() >= OPEN_STAGING_MAX {
+            self.open_staging.remove(0);
+        }
+        self.open_staging.push((name.to_string(), file));
     }
 
     /// Drops a pending file's staging copy (the change was withdrawn or the session ended).
     pub fn discard(&mut self, pending: PendingFile) {
-        let _ = self.staging.remove_file(&pending.staging_name);
+        self.open_staging
+            .retain(|(name, _)| *name != pending.staging_name);
+        if pending.staged {
+            let _ = self.staging.remove_file(&pending.staging_name);
+        }
     }
 
     /// The file now at `rel` with its chunk offsets by hash, when the index knows it.
@@ -600,6 +763,7 @@ impl Applier {
     /// Removes every staging file (none is in use between sessions): a file whose session
     /// failed half way, e.g. on a full disk, must not keep holding space.
     pub fn clear_staging(&mut self) {
+        self.open_staging.clear();
         let Ok(entries) = self.staging.entries() else {
             return;
         };
@@ -857,6 +1021,13 @@ impl ReceiverStore for Applier {
         Applier::summary(self)
     }
 
+    fn checkpoint(&mut self) {
+        if let Err(e) = self.scanner.index_mut().commit() {
+            // Only a cache: the next scan compares with the disk and rehashes what it lost.
+            tracing::warn!("receiver index not saved ({e}); the next scan rehashes what it missed");
+        }
+    }
+
     fn clear_staging(&mut self) {
         Applier::clear_staging(self)
     }
@@ -884,11 +1055,150 @@ struct PreviousVersion {
     chunks: HashMap<Hash, (u64, u32)>,
 }
 
+impl PreviousVersion {
+    /// How many of `wanted` (ascending chunk indices of `chunks`, the new version) form a run
+    /// that sits unbroken in this version too, starting with `wanted[0]`: 0 when this version
+    /// does not hold `wanted[0]`. A run stays under [`LOCAL_RUN_MAX`] bytes (one chunk at least).
+    fn run_len(&self, chunks: &[ChunkRef], wanted: &[u32]) -> usize {
+        let Some(&first) = wanted.first() else {
+            return 0;
+        };
+        let chunk = chunks[first as usize];
+        let Some(&(start, len)) = self.chunks.get(&chunk.hash) else {
+            return 0;
+        };
+        if len != chunk.len {
+            return 0;
+        }
+        let mut end = start + u64::from(len);
+        let mut taken = 1;
+        while let Some(&next) = wanted.get(taken) {
+            if next != wanted[taken - 1] + 1 {
+                break;
+            }
+            let chunk = chunks[next as usize];
+            match self.chunks.get(&chunk.hash) {
+                Some(&(at, len))
+                    if at == end
+                        && len == chunk.len
+                        && end + u64::from(len) - start <= LOCAL_RUN_MAX as u64 =>
+                {
+                    end += u64::from(len);
+                    taken += 1;
+                }
+                _ => break,
+            }
+        }
+        taken
+    }
+}
+
+/// The whole-file hash of a staging file's leading chunks, fed as chunks are written, so that a
+/// file whose chunks arrive (or are filled) in order is never read back; a chunk written ahead of
+/// its turn is read back from the staging file when its turn comes.
+struct PrefixDigest {
+    /// Created on first use: thousands of announced files may be waiting for data.
+    hasher: Option<Box<blake3::Hasher>>,
+    /// Chunks `0..hashed` are in `hasher`.
+    hashed: usize,
+    /// Which chunks are in the staging file.
+    filled: Vec<bool>,
+}
+
+impl PrefixDigest {
+    fn new(chunks: usize) -> PrefixDigest {
+        PrefixDigest {
+            hasher: None,
+            hashed: 0,
+            filled: vec![false; chunks],
+        }
+    }
+
+    /// Chunk `index`, with bytes `data` (checked against its hash), is now in the staging file.
+    fn written(
+        &mut self,
+        file: &mut File,
+        offsets: &[u64],
+        chunks: &[ChunkRef],
+        index: usize,
+        data: &[u8],
+    ) -> io::Result<()> {
+        self.catch_up(file, offsets, chunks)?;
+        if self.hashed == index {
+            self.feed(data);
+        }
+        self.filled[index] = true;
+        Ok(())
+    }
+
+    /// Feeds the chunks already in the staging file that follow the hashed prefix.
+    fn catch_up(
+        &mut self,
+        file: &mut File,
+        offsets: &[u64],
+        chunks: &[ChunkRef],
+    ) -> io::Result<()> {
+        let mut buf = Vec::new();
+        while self.filled.get(self.hashed) == Some(&true) {
+            buf.resize(chunks[self.hashed].len as usize, 0);
+            read_exact_at(file, offsets[self.hashed], &mut buf)?;
+            self.feed(&buf);
+        }
+        Ok(())
+    }
+
+    /// A copy of the whole-file hash to go on with from chunk `index`, when the hashed prefix
+    /// ends right before it (and the file has more than one chunk).
+    fn continuing_at(&self, index: usize) -> Option<Box<blake3::Hasher>> {
+        if self.hashed != index || self.filled.len() <= 1 {
+            return None;
+        }
+        Some(
+            self.hasher
+                .clone()
+                .unwrap_or_else(|| Box::new(blake3::Hasher::new())),
+        )
+    }
+
+    /// Takes `hasher`, a copy from [`PrefixDigest::continuing_at`] fed `chunks` more chunks.
+    fn adopt(&mut self, hasher: Box<blake3::Hasher>, chunks: usize) {
+        self.hasher = Some(hasher);
+        self.hashed += chunks;
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        // A file of one chunk is that chunk: its hash is the chunk's, already checked.
+        if self.filled.len() > 1 {
+            self.hasher
+                .get_or_insert_with(|| Box::new(blake3::Hasher::new()))
+                .update(data);
+        }
+        self.hashed += 1;
+    }
+
+    /// The whole-file hash, or `None` while chunks are missing.
+    fn finish(
+        &mut self,
+        file: &mut File,
+        offsets: &[u64],
+        chunks: &[ChunkRef],
+    ) -> io::Result<Option<Hash>> {
+        self.catch_up(file, offsets, chunks)?;
+        if self.hashed < self.filled.len() {
+            return Ok(None);
+        }
+        Ok(Some(match (chunks, &self.hasher) {
+            ([only], _) => only.hash,
+            (_, Some(hasher)) => *hasher.finalize().as_bytes(),
+            (_, None) => *blake3::hash(&[]).as_bytes(),
+        }))
+    }
+}
+
 /// `len` bytes at `offset`, if they hash to `hash` (a local copy may have changed since indexed).
 fn read_verified(file: &mut File, offset: u64, len: u32, hash: &Hash) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; len as usize];
-    file.seek(SeekFrom::Start(offset)).ok()?;
-    file.read_exact(&mut buf).ok()?;
+    read_exact_at(file, offset, &mut buf).ok()?;
     (blake3::hash(&buf).as_bytes() == hash).then_some(buf)
 }
 
@@ -912,22 +1222,27 @@ fn top_most_paths<'a>(paths: &[&'a str]) -> Vec<&'a str> {
 }
 
 fn write_at(file: &mut File, offset: u64, data: &[u8]) -> io::Result<()> {
-    file.seek(SeekFrom::Start(offset))?;
-    file.write_all(data)
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::write_all_at(file, data, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        file.seek(SeekFrom::Start(offset))?;
+        file.write_all(data)
+    }
 }
 
-fn hash_file(file: &mut File) -> io::Result<Hash> {
-    file.seek(SeekFrom::Start(0))?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
+fn read_exact_at(file: &mut File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
     }
-    Ok(*hasher.finalize().as_bytes())
+    #[cfg(not(unix))]
+    {
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(buf)
+    }
 }
 
 fn set_file_metadata(file: &File, entry: &FileEntry) -> io::Result<()> {
@@ -952,6 +1267,251 @@ mod tests {
     fn top_most_keeps_only_roots_of_subtrees() {
         let paths = ["a", "a/b", "a/b/c", "ab", "x/y", "x/y/z"];
         assert_eq!(top_most_paths(&paths), vec!["a", "ab", "x/y"]);
+    }
+
+    /// Deterministic, incompressible bytes (splitmix64).
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut state = seed;
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// The entry a sender would announce for `data` at `path`.
+    fn entry_for(path: &str, data: &[u8]) -> FileEntry {
+        let chunked = swrepl_tree::chunk_reader(data).expect("chunking from memory cannot fail");
+        entry_with(path, data, chunked.chunks)
+    }
+
+    /// An entry for `data` cut into `chunks` (any cut: the receiver does not re-cut).
+    fn entry_with(path: &str, data: &[u8], chunks: Vec<ChunkRef>) -> FileEntry {
+        FileEntry {
+            path: path.to_string(),
+            kind: EntryKind::File,
+            size: data.len() as u64,
+            mtime_ns: 1_700_000_000_000_000_000,
+            attributes: swrepl_proto::Attributes {
+                unix_mode: 0o644,
+                windows: 0,
+            },
+            chunks,
+            file_hash: *blake3::hash(data).as_bytes(),
+        }
+    }
+
+    /// The bytes of chunk `index` of `entry`, cut from `data`.
+    fn chunk_bytes<'a>(entry: &FileEntry, data: &'a [u8], index: u32) -> &'a [u8] {
+        let start: usize = entry.chunks[..index as usize]
+            .iter()
+            .map(|c| c.len as usize)
+            .sum();
+        &data[start..start + entry.chunks[index as usize].len as usize]
+    }
+
+    struct Slave {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        archive: PathBuf,
+        applier: Applier,
+    }
+
+    /// A Slave root holding `files`, opened (and so indexed) by an [`Applier`].
+    fn slave_with(files: &[(&str, &[u8])]) -> Slave {
+        let dir = tempfile::tempdir().expect("cannot create a temporary directory");
+        let root = dir.path().join("slave");
+        for (rel, data) in files {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().expect("a file has a parent"))
+                .expect("cannot create a folder");
+            std::fs::write(&path, data).expect("cannot write a file");
+        }
+        std::fs::create_dir_all(&root).expect("cannot create the root");
+        let archive = dir.path().join("archive");
+        let excludes = Excludes::new(&[], true).expect("default excludes are valid");
+        let applier = Applier::open(&root, &archive, None, excludes).expect("cannot open the root");
+        Slave {
+            _dir: dir,
+            root,
+            archive,
+            applier,
+        }
+    }
+
+    /// Announces `entry`; returns its pending file and the chunks asked of the peer.
+    fn announce(applier: &mut Applier, entry: &FileEntry) -> (Box<PendingFile>, Vec<u32>) {
+        match applier
+            .prepare_upsert(entry.clone(), &mut HashSet::new())
+            .expect("prepare_upsert failed")
+        {
+            Prepared::File { pending, need } => (pending, need),
+            _ => panic!("{:?} must need content", entry.path),
+        }
+    }
+
+    /// Plays the peer: sends what is asked until the file is installed (or an error).
+    fn deliver(
+        applier: &mut Applier,
+        pending: &mut PendingFile,
+        mut need: Vec<u32>,
+        data: &[u8],
+    ) -> Result<Vec<Vec<u32>>, SyncError> {
+        let entry = pending.entry.clone();
+        let mut asked = vec![need.clone()];
+        loop {
+            for &i in &need {
+                applier.write_chunk(pending, i, chunk_bytes(&entry, data, i))?;
+            }
+            match applier.complete(pending)? {
+                Completion::Installed => return Ok(asked),
+                Completion::NeedMore(more) => {
+                    assert!(asked.len() < 4, "the receiver keeps asking: {asked:?}");
+                    asked.push(more.clone());
+                    need = more;
+                }
+            }
+        }
+    }
+
+    /// Every regular file under `dir`, read.
+    fn files_under(dir: &Path) -> Vec<Vec<u8>> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(files_under(&path));
+            } else {
+                found.push(std::fs::read(&path).expect("cannot read an archived file"));
+            }
+        }
+        found
+    }
+
+    /// 10 MiB with 4 KiB overwritten and 100 bytes inserted: chunks far apart, runs longer than
+    /// [`LOCAL_RUN_MAX`].
+    fn edited(old: &[u8]) -> Vec<u8> {
+        let mut new = old.to_vec();
+        new[3_000_000..3_004_096].copy_from_slice(&noise(2, 4096));
+        new.splice(7_000_000..7_000_000, noise(3, 100));
+        new
+    }
+
+    #[test]
+    fn an_edited_file_is_rebuilt_from_its_previous_version_and_the_old_one_archived() {
+        let old = noise(1, 10 << 20);
+        let new = edited(&old);
+        let mut slave = slave_with(&[("data/big.bin", &old)]);
+        let entry = entry_for("data/big.bin", &new);
+        let (mut pending, need) = announce(&mut slave.applier, &entry);
+        assert!(
+            !need.is_empty() && need.len() <= 6,
+            "only the edited chunks are asked for, not {} of {}",
+            need.len(),
+            entry.chunks.len()
+        );
+        let asked = deliver(&mut slave.applier, &mut pending, need, &new).expect("install failed");
+        assert_eq!(
+            asked.len(),
+            1,
+            "nothing beyond the edit is asked for: {asked:?}"
+        );
+        assert!(std::fs::read(slave.root.join("data/big.bin")).unwrap() == new);
+        assert!(files_under(&slave.archive).contains(&old));
+        assert!(files_under(&slave.root.join(STAGING_REL)).is_empty());
+    }
+
+    #[test]
+    fn a_previous_version_altered_since_indexed_has_its_altered_chunks_asked_for() {
+        let old = noise(4, 10 << 20);
+        let new = edited(&old);
+        let mut slave = slave_with(&[("big.bin", &old)]);
+        // Someone on the Slave alters the old version without changing its size or time, so
+        // the index still vouches for it.
+        let path = slave.root.join("big.bin");
+        let mtime = filetime::FileTime::from_last_modification_time(&path.metadata().unwrap());
+        let mut altered = old.clone();
+        altered[5_000_000..5_000_010].copy_from_slice(b"tampered!!");
+        std::fs::write(&path, &altered).unwrap();
+        filetime::set_file_mtime(&path, mtime).unwrap();
+
+        let entry = entry_for("big.bin", &new);
+        let (mut pending, need) = announce(&mut slave.applier, &entry);
+        let asked = deliver(&mut slave.applier, &mut pending, need, &new).expect("install failed");
+        assert_eq!(
+            asked.len(),
+            2,
+            "the altered chunk is asked for late: {asked:?}"
+        );
+        assert_eq!(asked[1].len(), 1, "only the altered chunk: {asked:?}");
+        assert!(std::fs::read(&path).unwrap() == new);
+    }
+
+    #[test]
+    fn chunks_arriving_out_of_order_or_twice_in_a_file_still_make_the_right_file() {
+        let block = noise(5, 40_000);
+        let other = noise(6, 50_000);
+        let data = [&block[..], &other[..], &block[..], &other[..30_000]].concat();
+        let cut = |bytes: &[u8]| ChunkRef {
+            hash: *blake3::hash(bytes).as_bytes(),
+            len: bytes.len() as u32,
+        };
+        let chunks = vec![cut(&block), cut(&other), cut(&block), cut(&other[..30_000])];
+        let entry = entry_with("mail/a.eml", &data, chunks);
+        let mut slave = slave_with(&[]);
+        let (mut pending, need) = announce(&mut slave.applier, &entry);
+        assert_eq!(need, vec![0, 1, 3], "a repeated chunk is asked for once");
+        for i in [3, 1, 0] {
+            let bytes = chunk_bytes(&entry, &data, i);
+            slave.applier.write_chunk(&mut pending, i, bytes).unwrap();
+        }
+        assert!(matches!(
+            slave.applier.complete(&mut pending),
+            Ok(Completion::Installed)
+        ));
+        assert!(std::fs::read(slave.root.join("mail/a.eml")).unwrap() == data);
+    }
+
+    #[test]
+    fn a_file_whose_chunks_do_not_make_its_whole_file_hash_is_never_installed() {
+        let mut slave = slave_with(&[("keep.txt", b"the old version")]);
+        for data in [noise(7, 300_000), b"one small chunk".to_vec()] {
+            let mut entry = entry_for("keep.txt", &data);
+            entry.file_hash = *blake3::hash(b"something else").as_bytes();
+            let (mut pending, need) = announce(&mut slave.applier, &entry);
+            let outcome = deliver(&mut slave.applier, &mut pending, need, &data);
+            assert!(
+                matches!(outcome, Err(SyncError::Protocol(_))),
+                "{outcome:?}"
+            );
+            slave.applier.discard(*pending);
+            assert_eq!(
+                std::fs::read(slave.root.join("keep.txt")).unwrap(),
+                b"the old version"
+            );
+            assert!(files_under(&slave.root.join(STAGING_REL)).is_empty());
+        }
+    }
+
+    #[test]
+    fn an_empty_file_and_a_copy_of_a_local_file_are_installed_without_data() {
+        let content = noise(8, 200_000);
+        let mut slave = slave_with(&[("a/original.bin", &content)]);
+        for (rel, data) in [("a/empty", Vec::new()), ("b/copy.bin", content.clone())] {
+            let entry = entry_for(rel, &data);
+            let (mut pending, need) = announce(&mut slave.applier, &entry);
+            assert!(need.is_empty(), "{rel}: nothing to ask for, not {need:?}");
+            assert!(matches!(
+                slave.applier.complete(&mut pending),
+                Ok(Completion::Installed)
+            ));
+            assert!(std::fs::read(slave.root.join(rel)).unwrap() == data);
+        }
     }
 }
 

@@ -115,4 +115,7 @@ pub trait ReceiverStore {
     fn summary(&mut self) -> Result<TreeDigest, SyncError>;
     /// Removes whatever a failed or abandoned file left in the staging area.
     fn clear_staging(&mut self);
+    /// Saves bookkeeping that may lag behind the files (the receiver's index): called with each
+    /// acknowledgement. The files themselves are durable before this, whatever it does.
+    fn checkpoint(&mut self) {}
 }

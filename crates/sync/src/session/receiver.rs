@@ -221,6 +221,7 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
     /// Acknowledges everything applied so far (cumulative).
     pub fn acknowledge(&mut self) {
         if self.applied_seq > self.acked_seq {
+            self.store.checkpoint();
             self.acked_seq = self.applied_seq;
             self.send(Message::Ack {
                 seq: self.acked_seq,
