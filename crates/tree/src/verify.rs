@@ -1,9 +1,10 @@
 //! Verification: hash whole trees (no index, every byte read) and compare them.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::fsmeta::is_same_or_below;
-use crate::parallel::parallel_map;
+use crate::parallel::parallel_map_costliest_first;
 use crate::walk::{hash_stable, read_stable, walk, ItemKind, ReadFailure, Walk, WalkItem};
 use crate::{compare_paths, Chunked, EntryKind, Excludes, FileEntry, Hash, ScanProblem, TreeError};
 
@@ -87,28 +88,46 @@ pub fn list_tree(
     }))
 }
 
-/// Hashes both trees (all files of both in one parallel pool) and compares them.
+/// Hashes both trees (the files of both in one parallel pool) and compares them.
 ///
 /// Only whole-file hashes are computed (no chunking: the comparison looks at sizes and hashes
-/// alone), reading each file in large blocks and checking it did not change while read.
+/// alone), reading each file in blocks that stay in cache and checking it did not change while
+/// read. Both trees are walked at once, and only files that have a file of the same size at the
+/// same path in the other tree are read: any other file differs whatever its content. Largest
+/// files go first, each on all cores (see `chunk.rs`), so that no large file runs alone at the end.
 pub fn verify_trees(
     a: &Path,
     b: &Path,
     excludes: &Excludes,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<VerifySummary, TreeError> {
-    let walked_a = walk(a, excludes, false)?;
-    let walked_b = walk(b, excludes, false)?;
-    let files: Vec<&WalkItem> = walked_a
-        .items
-        .iter()
-        .chain(&walked_b.items)
-        .filter(|i| i.kind == ItemKind::File)
-        .collect();
-    let mut hashes = hash_files(&files, progress).into_iter();
-    let hashed_entry = |item: &WalkItem, hash: &Hash| item.hashed_entry(*hash);
-    let listing_a = assemble(&walked_a, &mut hashes, hashed_entry);
-    let listing_b = assemble(&walked_b, &mut hashes, hashed_entry);
+    let (walked_a, walked_b) = std::thread::scope(|scope| {
+        let other = scope.spawn(|| walk(b, excludes, false));
+        let walked_a = walk(a, excludes, false);
+        let walked_b = other
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (walked_a, walked_b)
+    });
+    let (walked_a, walked_b) = (walked_a?, walked_b?);
+    let walks = [&walked_a, &walked_b];
+    let files = files_to_compare(&walked_a, &walked_b);
+    let hashes = parallel_map_costliest_first(
+        &files,
+        |&(tree, i)| walks[tree].items[i].size,
+        |&(tree, i)| hash_stable(&walks[tree].items[i], &mut |n| progress(n)),
+    );
+    let mut hashed: [Vec<Option<Result<Hash, ReadFailure>>>; 2] = walks.map(|w| {
+        std::iter::repeat_with(|| None)
+            .take(w.items.len())
+            .collect()
+    });
+    for ((tree, i), hash) in files.into_iter().zip(hashes) {
+        hashed[tree][i] = Some(hash);
+    }
+    let [hashed_a, hashed_b] = hashed;
+    let listing_a = assemble_hashed(&walked_a, hashed_a);
+    let listing_b = assemble_hashed(&walked_b, hashed_b);
 
     let problems: Vec<ScanProblem> = listing_a
         .problems
@@ -132,20 +151,71 @@ pub fn verify_trees(
     })
 }
 
+/// The files of both walks whose content decides the comparison, as (0 for `a` or 1 for `b`,
+/// index in that walk's items): those with a file of the same size at the same path in the
+/// other tree.
+fn files_to_compare(a: &Walk, b: &Walk) -> Vec<(usize, usize)> {
+    let files_b: HashMap<&str, (usize, &WalkItem)> = b
+        .items
+        .iter()
+        .enumerate()
+        .filter(|(_, item)| item.kind == ItemKind::File)
+        .map(|(i, item)| (item.rel.as_str(), (i, item)))
+        .collect();
+    let mut pairs = Vec::new();
+    for (i, item) in a.items.iter().enumerate() {
+        if item.kind != ItemKind::File {
+            continue;
+        }
+        match files_b.get(item.rel.as_str()) {
+            Some(&(j, other)) if other.size == item.size => {
+                pairs.push((0, i));
+                pairs.push((1, j));
+            }
+            _ => {}
+        }
+    }
+    pairs
+}
+
 /// Chunks and hashes `files` in parallel: full entries, as a peer needs them.
 fn chunk_files(
     files: &[&WalkItem],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Vec<Result<Chunked, ReadFailure>> {
-    parallel_map(files, |item| read_stable(item, None, &mut |n| progress(n)))
+    parallel_map_costliest_first(
+        files,
+        |item| item.size,
+        |item| read_stable(item, None, &mut |n| progress(n)),
+    )
 }
 
-/// Whole-file hashes of `files`, in parallel, without chunking.
-fn hash_files(
-    files: &[&WalkItem],
-    progress: &(dyn Fn(u64) + Sync),
-) -> Vec<Result<Hash, ReadFailure>> {
-    parallel_map(files, |item| hash_stable(item, &mut |n| progress(n)))
+/// The listing of `walked` for [`compare`]: files carry their whole-file hash (`hashes` has one
+/// slot per item) and no chunks. A file without a hash was not read (it differs from the other
+/// tree by its presence or size alone, all that `compare` looks at then): its hash stays empty.
+fn assemble_hashed(walked: &Walk, hashes: Vec<Option<Result<Hash, ReadFailure>>>) -> TreeListing {
+    let mut listing = TreeListing {
+        entries: Vec::with_capacity(walked.items.len()),
+        problems: walked.problems.clone(),
+    };
+    for (item, hash) in walked.items.iter().zip(hashes) {
+        if item.kind != ItemKind::File {
+            listing.entries.push(item.entry(None));
+            continue;
+        }
+        match hash {
+            Some(Ok(hash)) => listing.entries.push(item.hashed_entry(hash)),
+            Some(Err(failure)) => listing.problems.push(ScanProblem {
+                path: item.rel.clone(),
+                reason: failure.reason(),
+            }),
+            None => listing.entries.push(item.entry(None)),
+        }
+    }
+    listing
+        .entries
+        .sort_by(|x, y| compare_paths(&x.path, &y.path));
+    listing
 }
 
 /// The listing of `walked`, taking the content of its files, in order, from `contents`, and
@@ -236,5 +306,85 @@ fn compare_entries(a: &FileEntry, b: &FileEntry) -> Option<Difference> {
             (a.file_hash != b.file_hash).then_some(Difference::Content { path })
         }
         _ => Some(Difference::Kind { path }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn write(root: &Path, rel: &str, data: &[u8]) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+
+    #[test]
+    fn only_files_of_equal_size_on_both_sides_are_read() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write(a.path(), "same", b"0123456789");
+        write(b.path(), "same", b"0123456789");
+        write(a.path(), "d/edited", b"abcdefghij");
+        write(b.path(), "d/edited", b"abcdefghiX");
+        write(a.path(), "d/grown", b"12345");
+        write(b.path(), "d/grown", b"123456");
+        write(a.path(), "only_a", b"aaaaaaa");
+        write(b.path(), "only_b", b"bbb");
+        write(a.path(), "file_or_dir", b"ff");
+        write(b.path(), "file_or_dir/inner", b"ii");
+        let read = AtomicU64::new(0);
+        let summary = verify_trees(
+            a.path(),
+            b.path(),
+            &Excludes::new(&[], true).unwrap(),
+            &|n| {
+                read.fetch_add(n, Ordering::SeqCst);
+            },
+        )
+        .unwrap();
+        assert!(summary.problems.is_empty(), "{:?}", summary.problems);
+        let found: Vec<String> = summary.differences.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            found,
+            [
+                "content: d/edited",
+                "size: d/grown (a 5, b 6)",
+                "kind: file_or_dir",
+                "extra: file_or_dir/inner",
+                "missing: only_a",
+                "extra: only_b",
+            ]
+        );
+        // `same` and `d/edited`, on both sides; nothing else decides anything.
+        assert_eq!(read.load(Ordering::SeqCst), 2 * (10 + 10));
+        assert_eq!((summary.files, summary.bytes), (5, 10 + 10 + 5 + 7 + 2));
+    }
+
+    #[test]
+    fn a_large_file_is_hashed_in_segments_and_compared() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let len = crate::chunk::PARALLEL_MIN_LEN as usize + 4097;
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4099) as u8).collect();
+        write(a.path(), "big", &data);
+        write(b.path(), "big", &data);
+        write(a.path(), "big2", &data);
+        let mut edited = data.clone();
+        edited[len / 2] ^= 1;
+        write(b.path(), "big2", &edited);
+        let summary = verify_trees(
+            a.path(),
+            b.path(),
+            &Excludes::new(&[], true).unwrap(),
+            &|_| {},
+        )
+        .unwrap();
+        assert!(summary.problems.is_empty(), "{:?}", summary.problems);
+        assert_eq!(
+            summary.differences,
+            [Difference::Content {
+                path: "big2".to_string()
+            }]
+        );
     }
 }
