@@ -166,6 +166,9 @@ fn chunk_stream<R: Read>(
     let mut buffer = vec![0u8; first_len];
     let mut filled = 0;
     let mut whole = blake3::Hasher::new();
+    // A file that is one chunk has that chunk's hash as its whole-file hash: most files are
+    // small, and this spares hashing them twice.
+    let mut only_chunk = None;
     let mut chunks = Vec::new();
     let mut size = 0u64;
     loop {
@@ -179,8 +182,13 @@ fn chunk_stream<R: Read>(
         while start < filled && (at_end || filled - start >= CHUNK_MAX as usize) {
             let len = cutter.chunk_len(&buffer[start..filled]);
             let data = &buffer[start..start + len];
-            chunks.push(chunk_ref(data));
-            whole.update(data);
+            let chunk = chunk_ref(data);
+            if at_end && size == 0 && len == filled {
+                only_chunk = Some(chunk.hash);
+            } else {
+                whole.update(data);
+            }
+            chunks.push(chunk);
             size += len as u64;
             progress(len as u64);
             start += len;
@@ -193,7 +201,7 @@ fn chunk_stream<R: Read>(
     }
     Ok(Chunked {
         chunks,
-        file_hash: *whole.finalize().as_bytes(),
+        file_hash: only_chunk.unwrap_or_else(|| *whole.finalize().as_bytes()),
         size,
     })
 }
