@@ -236,8 +236,9 @@ impl Index {
 
     /// From now on single writes ([`Index::put`], [`Index::remove_tree`],
     /// [`Index::rename_tree`]) share one transaction until [`Index::commit`]: a commit per
-    /// applied file was a sixth of the receiver's CPU on an initial sync. What a crash loses
-    /// before the commit only costs rehashing (a rescan compares with the disk), never data.
+    /// applied file was a sixth of the receiver's CPU on an initial sync. What a crash (or a
+    /// failed write, which rolls the batch back) loses only costs rehashing: a rescan compares
+    /// the index with the disk. Never data.
     pub fn defer_commits(&mut self) {
         self.defer = true;
     }
@@ -266,17 +267,17 @@ impl Index {
             self.conn.execute_batch("BEGIN")?;
         }
         self.deferred_writes += 1;
-        // A savepoint keeps each write all-or-nothing inside the shared transaction.
-        self.conn.execute_batch("SAVEPOINT write")?;
         let out = match work(&self.conn) {
             Ok(out) => out,
             Err(e) => {
-                self.conn
-                    .execute_batch("ROLLBACK TO write; RELEASE write")?;
+                // A write that failed halfway must not be committed with the rest: the whole
+                // batch goes (a savepoint per write would cost more than the batch saves; what
+                // is lost is only recomputed by the next scan, which compares with the disk).
+                self.deferred_writes = 0;
+                let _ = self.conn.execute_batch("ROLLBACK");
                 return Err(e);
             }
         };
-        self.conn.execute_batch("RELEASE write")?;
         if self.deferred_writes >= MAX_DEFERRED_WRITES {
             self.commit()?;
         }
