@@ -1,14 +1,20 @@
-//! Receiver-side cost of an announced file before any data is asked for:
-//! `Applier::prepare_upsert` of a new entry with many chunks, none of which the receiver holds
-//! (the initial sync of a large file). The receiver's index knows a small tree (1 000 files of
-//! 16 KiB), so its chunk table is not empty. The staging file is sparse and discarded after each
-//! call; only `prepare_upsert` is timed.
+//! Receiver-side costs, in process (no network):
 //!
-//! `SWREPL_BENCH_CHUNKS=N` changes the number of chunks (default 100 000; the protocol allows
-//! 400 000). Trees live in tmpfs (`/dev/shm`) when there is one (`SWREPL_BENCH_DIR` picks another
-//! place).
+//! - `prepare_upsert`: an announced file before any data is asked for, a new entry with many
+//!   chunks, none of which the receiver holds (the initial sync of a large file). The receiver's
+//!   index knows a small tree (1 000 files of 16 KiB), so its chunk table is not empty. The
+//!   staging file is discarded after each call; only `prepare_upsert` is timed.
+//!   `SWREPL_BENCH_CHUNKS=N` changes the number of chunks (default 100 000; the protocol allows
+//!   400 000).
+//! - `rebuild`: a 4 KiB overwrite in a large file (default 256 MiB, `SWREPL_BENCH_EDIT_MIB`),
+//!   from announcement to installed: the changed chunks come "from the peer", the rest is copied
+//!   from the previous version (checked chunk by chunk), the whole-file hash checked, the file
+//!   fsynced, the old version archived. Each iteration flips the file between two versions; the
+//!   archive is emptied outside the timed part.
 //!
-//! Run: `cargo bench --bench apply` (under a minute).
+//! Trees live in tmpfs (`/dev/shm`) when there is one (`SWREPL_BENCH_DIR` picks another place).
+//!
+//! Run: `cargo bench --bench apply` (about a minute).
 
 mod common;
 
@@ -20,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use swrepl_proto::{Attributes, ChunkRef, EntryKind, FileEntry};
-use swrepl_sync::apply::{Applier, Prepared};
+use swrepl_sync::apply::{Applier, Completion, Prepared};
 use swrepl_tree::Excludes;
 
 const KNOWN_FILES: u64 = 1_000;
@@ -99,5 +105,100 @@ fn prepare_upsert(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, prepare_upsert);
+/// An entry for `data` as a sender would announce it.
+fn entry_of(path: &str, data: &[u8]) -> FileEntry {
+    let chunked = swrepl_tree::chunk_reader(data).expect("chunking from memory cannot fail");
+    FileEntry {
+        path: path.to_string(),
+        kind: EntryKind::File,
+        size: chunked.size,
+        mtime_ns: 1_700_000_000_000_000_000,
+        attributes: Attributes {
+            unix_mode: 0o644,
+            windows: 0x20,
+        },
+        chunks: chunked.chunks,
+        file_hash: chunked.file_hash,
+    }
+}
+
+/// Announces `entry`, hands over the chunks asked for (cut from `data`) and installs it.
+fn install(applier: &mut Applier, entry: &FileEntry, data: &[u8]) {
+    let (mut pending, mut need) = match applier
+        .prepare_upsert(entry.clone(), &mut HashSet::new())
+        .expect("prepare_upsert failed")
+    {
+        Prepared::File { pending, need } => (pending, need),
+        _ => panic!("an edited file must need content"),
+    };
+    loop {
+        for &i in &need {
+            let start: usize = entry.chunks[..i as usize]
+                .iter()
+                .map(|c| c.len as usize)
+                .sum();
+            let end = start + entry.chunks[i as usize].len as usize;
+            applier
+                .write_chunk(&mut pending, i, &data[start..end])
+                .expect("write_chunk failed");
+        }
+        match applier.complete(&mut pending).expect("complete failed") {
+            Completion::Installed => return,
+            Completion::NeedMore(more) => need = more,
+        }
+    }
+}
+
+fn rebuild(c: &mut Criterion) {
+    let mib: usize = std::env::var("SWREPL_BENCH_EDIT_MIB")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(256);
+    let scratch = scratch_dir("apply-rebuild");
+    let root = scratch.path().join("slave");
+    let archive = scratch.path().join("archive");
+    std::fs::create_dir_all(root.join("Big")).expect("cannot create the Slave root");
+    let one = noise(11, mib << 20);
+    let mut two = one.clone();
+    let middle = one.len() / 2;
+    two[middle..middle + 4096].copy_from_slice(&noise(12, 4096));
+    std::fs::write(root.join("Big/calls.idx"), &one).expect("cannot write the large file");
+    let versions = [
+        entry_of("Big/calls.idx", &two),
+        entry_of("Big/calls.idx", &one),
+    ];
+    let excludes = Excludes::new(&[], true).expect("default excludes are valid");
+    let mut applier =
+        Applier::open(&root, &archive, None, excludes).expect("cannot open the receiver's root");
+
+    let mut group = c.benchmark_group("apply");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    group.throughput(Throughput::Bytes(one.len() as u64));
+    let mut flip = 0usize;
+    group.bench_function(format!("rebuild {mib} MiB file after a 4 KiB edit"), |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                let (entry, data) = if flip % 2 == 0 {
+                    (&versions[0], &two)
+                } else {
+                    (&versions[1], &one)
+                };
+                flip += 1;
+                let started = Instant::now();
+                install(&mut applier, entry, data);
+                total += started.elapsed();
+                // The archive's folder stays (the receiver holds it open); its generations go.
+                for generation in std::fs::read_dir(&archive).into_iter().flatten().flatten() {
+                    let _ = std::fs::remove_dir_all(generation.path());
+                }
+            }
+            total
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, prepare_upsert, rebuild);
 criterion_main!(benches);
