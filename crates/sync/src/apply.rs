@@ -6,7 +6,7 @@
 //! directory (same volume), verified against the whole-file hash, fsynced, and only then renamed
 //! over the target: a crash at any instant leaves each file either old or new.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io;
 #[cfg(not(unix))]
@@ -154,6 +154,9 @@ pub struct Applier {
     scanner: Scanner,
     excludes: Excludes,
     staging_counter: u64,
+    /// Directories whose entries changed since the last [`Applier::sync_dirs`]: fsynced once
+    /// each before the next acknowledgement rather than once per file installed in them.
+    unsynced_dirs: BTreeSet<String>,
     /// Staging files opened recently, most recent last: a file's chunks usually arrive together
     /// and its completion follows, so one open serves them all.
     open_staging: Vec<(String, File)>,
@@ -230,6 +233,7 @@ impl Applier {
             scanner,
             excludes,
             staging_counter: 0,
+            unsynced_dirs: BTreeSet::new(),
             open_staging: Vec::new(),
         })
     }
@@ -938,17 +942,24 @@ impl Applier {
         Ok(swrepl_tree::list_tree(&self.root_path, &self.excludes, &|_| {})?.entries)
     }
 
-    /// Makes a rename or creation in `rel`'s directory durable.
-    fn sync_parent(&self, rel: &str) {
-        #[cfg(unix)]
-        {
+    /// Notes that a rename or creation in `rel`'s directory must be made durable (by
+    /// [`Applier::sync_dirs`], before the change is acknowledged).
+    fn sync_parent(&mut self, rel: &str) {
+        if cfg!(unix) {
             let parent = rel.rsplit_once('/').map_or(".", |(p, _)| p);
-            if let Ok(dir) = self.root.open_dir(parent) {
+            self.unsynced_dirs.insert(parent.to_string());
+        }
+    }
+
+    /// Makes the renames and creations since the last call durable: each directory they touched
+    /// is fsynced once (a file installed is fsynced by `complete` itself). Best effort, as a
+    /// directory may be gone again (deleted, renamed: its parent is in the set then).
+    pub fn sync_dirs(&mut self) {
+        for dir in std::mem::take(&mut self.unsynced_dirs) {
+            if let Ok(dir) = self.root.open_dir(&dir) {
                 let _ = dir.into_std_file().sync_all();
             }
         }
-        #[cfg(not(unix))]
-        let _ = rel;
     }
 
     fn io_err(&self, rel: &str, source: io::Error) -> SyncError {
@@ -1022,6 +1033,7 @@ impl ReceiverStore for Applier {
     }
 
     fn checkpoint(&mut self) {
+        self.sync_dirs();
         if let Err(e) = self.scanner.index_mut().commit() {
             // Only a cache: the next scan compares with the disk and rehashes what it lost.
             tracing::warn!("receiver index not saved ({e}); the next scan rehashes what it missed");
