@@ -575,10 +575,14 @@ pub fn read_chunk<R: Read + Seek>(
         .get(index as usize)
         .zip(offsets.get(index as usize))
         .ok_or_else(|| format!("receiver asked for chunk {index} of {}", entry.chunks.len()))?;
-    let mut data = vec![0u8; chunk.len as usize];
+    // Read into spare capacity: zeroing a buffer first would touch every byte once more.
+    let mut data = Vec::with_capacity(chunk.len as usize);
     file.seek(SeekFrom::Start(*offset))
-        .and_then(|_| file.read_exact(&mut data))
+        .and_then(|_| file.take(u64::from(chunk.len)).read_to_end(&mut data))
         .map_err(|e| format!("read failed: {e}"))?;
+    if data.len() != chunk.len as usize {
+        return Err("the file is shorter than when it was scanned".to_string());
+    }
     if *blake3::hash(&data).as_bytes() != chunk.hash {
         return Err("content changed since it was scanned".to_string());
     }
