@@ -301,6 +301,258 @@ fn add_missing_parents(virt: &mut Virtual, new: &TreeMap, path: &str, changes: &
     }
 }
 
+/// How the walk found one recorded entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// Not at its path (deleted, renamed, or not looked at this time).
+    Absent,
+    /// Exactly as recorded.
+    Same,
+    /// At its path, but not as recorded: an [`Edit`] says how it is now.
+    Edited,
+}
+
+/// A walked entry that is not exactly what is recorded at its path.
+#[derive(Clone, Debug)]
+pub(crate) struct Edit {
+    /// Index of the recorded entry at the same path, if any.
+    pub at: Option<usize>,
+    pub scanned: ScannedEntry,
+}
+
+/// The outcome of [`settle`].
+#[derive(Debug)]
+pub(crate) struct Settled {
+    pub changes: Vec<Change>,
+    /// The recorded entries the index must be brought from, to `after`: only those that may
+    /// differ, so that writing them back costs nothing when little changed.
+    pub before: TreeMap,
+    /// The current entries that may differ from what is recorded.
+    pub after: TreeMap,
+    /// The current entries that are exactly as recorded and not in `after`, in path order.
+    kept: Vec<ScannedEntry>,
+}
+
+impl Settled {
+    /// The whole current tree, in path order.
+    pub fn into_entries(self) -> Vec<ScannedEntry> {
+        let mut entries = self.kept;
+        merge_sorted(&mut entries, self.after.into_values().collect());
+        entries
+    }
+}
+
+/// Computes the changes from the recorded tree `prev` (in [`compare_paths`] order) to the walked
+/// one, given as how each recorded entry was `found` and the walked entries that differ
+/// (`edits`, in path order): the same changes as [`detect`] on both whole trees, with the
+/// same unseen entries kept.
+///
+/// Only the region a change can touch is handed to [`detect`]: the subtree of every path that
+/// is absent or not [`equivalent`] (with the same file id) and the directories above them.
+/// Outside it every entry is in both trees alike, so no rename, upsert or delete can involve it,
+/// and it is neither copied nor compared again: on a rescan that finds little or nothing
+/// changed, no second copy of the tree is made.
+pub(crate) fn settle(
+    mut prev: Vec<ScannedEntry>,
+    found: &[Found],
+    edits: Vec<Edit>,
+    unseen: &Unseen,
+) -> Settled {
+    debug_assert_eq!(prev.len(), found.len());
+    let clean = |edit: &Edit| {
+        edit.at.is_some_and(|i| {
+            equivalent(&prev[i].entry, &edit.scanned.entry)
+                && prev[i].file_id == edit.scanned.file_id
+        })
+    };
+    let mut dirty: Vec<&str> = prev
+        .iter()
+        .zip(found)
+        .filter(|(_, f)| **f == Found::Absent)
+        .map(|(e, _)| e.entry.path.as_str())
+        .chain(
+            edits
+                .iter()
+                .filter(|e| !clean(e))
+                .map(|e| e.scanned.entry.path.as_str()),
+        )
+        .collect();
+    dirty.sort_unstable_by(|a, b| compare_paths(a, b));
+    let region = Region::new(&dirty);
+    let in_region: Vec<bool> = edits
+        .iter()
+        .map(|e| region.covers(&e.scanned.entry.path))
+        .collect();
+    let prev_in_region = region.mark(&prev);
+    let any_dirty = !dirty.is_empty();
+    drop(region);
+
+    // The region on both sides, and outside it the entries that differ but are equivalent
+    // (which the index records, with no change for the peer).
+    let mut before = TreeMap::new();
+    let mut after = TreeMap::new();
+    for (i, scanned) in prev.iter().enumerate() {
+        if prev_in_region[i] {
+            before.insert(TreeKey(scanned.entry.path.clone()), scanned.clone());
+            if found[i] == Found::Same {
+                after.insert(TreeKey(scanned.entry.path.clone()), scanned.clone());
+            }
+        }
+    }
+    let mut clean_outside = Vec::new();
+    for (edit, in_region) in edits.into_iter().zip(in_region) {
+        if !in_region {
+            if let Some(i) = edit.at {
+                clean_outside.push((i, edit.scanned));
+                continue;
+            }
+        }
+        after.insert(TreeKey(edit.scanned.entry.path.clone()), edit.scanned);
+    }
+    let changes = if !any_dirty {
+        Vec::new()
+    } else {
+        detect(&before, &mut after, unseen)
+    };
+    for (i, scanned) in clean_outside {
+        before.insert(TreeKey(prev[i].entry.path.clone()), prev[i].clone());
+        after.insert(TreeKey(scanned.entry.path.clone()), scanned);
+    }
+
+    let mut position = 0;
+    let must_go = |i: usize| found[i] != Found::Same || prev_in_region[i];
+    if (0..prev.len()).any(must_go) {
+        prev.retain(|_| {
+            position += 1;
+            !must_go(position - 1)
+        });
+    }
+    Settled {
+        changes,
+        before,
+        after,
+        kept: prev,
+    }
+}
+
+/// The paths a change can touch: the subtrees of the changed paths and the directories above
+/// them.
+struct Region<'a> {
+    /// Changed paths, in path order.
+    changed: &'a [&'a str],
+    changed_set: HashSet<&'a str>,
+    ancestors: HashSet<&'a str>,
+}
+
+impl<'a> Region<'a> {
+    fn new(changed: &'a [&'a str]) -> Region<'a> {
+        let mut ancestors = HashSet::new();
+        for path in changed {
+            for (cut, _) in path.match_indices('/') {
+                ancestors.insert(&path[..cut]);
+            }
+        }
+        Region {
+            changed,
+            changed_set: changed.iter().copied().collect(),
+            ancestors,
+        }
+    }
+
+    /// True when `path` is in the region.
+    fn covers(&self, path: &str) -> bool {
+        if self.changed.is_empty() {
+            return false;
+        }
+        if self.ancestors.contains(path) {
+            return true;
+        }
+        let mut prefix = path;
+        loop {
+            if self.changed_set.contains(prefix) {
+                return true;
+            }
+            match prefix.rfind('/') {
+                Some(cut) => prefix = &prefix[..cut],
+                None => return false,
+            }
+        }
+    }
+
+    /// Which of `sorted` (in path order) are in the region: a search per changed subtree and
+    /// per ancestor, not a look at every entry.
+    fn mark(&self, sorted: &[ScannedEntry]) -> Vec<bool> {
+        let mut marked = vec![false; sorted.len()];
+        let position =
+            |path: &str| sorted.partition_point(|e| compare_paths(&e.entry.path, path).is_lt());
+        let mut covered_by: Option<&str> = None;
+        for &path in self.changed {
+            // A subtree inside the one marked last is marked already.
+            if covered_by.is_some_and(|top| is_same_or_below(path, top)) {
+                continue;
+            }
+            covered_by = Some(path);
+            let start = position(path);
+            for (i, e) in sorted.iter().enumerate().skip(start) {
+                if !is_same_or_below(&e.entry.path, path) {
+                    break;
+                }
+                marked[i] = true;
+            }
+        }
+        for &ancestor in &self.ancestors {
+            let i = position(ancestor);
+            if sorted.get(i).is_some_and(|e| e.entry.path == ancestor) {
+                marked[i] = true;
+            }
+        }
+        marked
+    }
+}
+
+/// Merges `extra` into `base`, both in path order with no path in both, in place: the entries
+/// of `base` after the first insertion point move once, and no second copy of `base` is made.
+pub(crate) fn merge_sorted(base: &mut Vec<ScannedEntry>, mut extra: Vec<ScannedEntry>) {
+    if extra.is_empty() {
+        return;
+    }
+    if base.is_empty() {
+        *base = extra;
+        return;
+    }
+    let mut unplaced = base.len();
+    base.resize_with(base.len() + extra.len(), placeholder);
+    let mut free = base.len();
+    // Fill from the end: the largest of what is left goes to the last free slot.
+    while let Some(next) = extra.pop() {
+        while unplaced > 0
+            && compare_paths(&base[unplaced - 1].entry.path, &next.entry.path).is_gt()
+        {
+            unplaced -= 1;
+            free -= 1;
+            base.swap(unplaced, free);
+        }
+        free -= 1;
+        base[free] = next;
+    }
+}
+
+/// An entry that owns no memory, for slots about to be overwritten.
+fn placeholder() -> ScannedEntry {
+    ScannedEntry {
+        entry: FileEntry {
+            path: String::new(),
+            kind: EntryKind::Dir,
+            size: 0,
+            mtime_ns: 0,
+            attributes: crate::Attributes::default(),
+            chunks: Vec::new(),
+            file_hash: [0; 32],
+        },
+        file_id: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,5 +688,198 @@ mod tests {
         let changes = detect(&prev, &mut new, &unseen);
         assert_eq!(describe(&changes), ["delete x"]);
         assert!(new.contains_key(&TreeKey("d/f".into())));
+    }
+
+    /// How the scanner reports a walk of `new` against the recorded `prev`.
+    fn observe(prev: &[ScannedEntry], new: &TreeMap) -> (Vec<Found>, Vec<Edit>) {
+        let mut found = vec![Found::Absent; prev.len()];
+        let mut edits = Vec::new();
+        for scanned in new.values() {
+            let at = prev
+                .binary_search_by(|e| compare_paths(&e.entry.path, &scanned.entry.path))
+                .ok();
+            match at {
+                Some(i) if prev[i] == *scanned => found[i] = Found::Same,
+                _ => {
+                    if let Some(i) = at {
+                        found[i] = Found::Edited;
+                    }
+                    edits.push(Edit {
+                        at,
+                        scanned: scanned.clone(),
+                    });
+                }
+            }
+        }
+        (found, edits)
+    }
+
+    /// Settles `new` against `prev` and checks it against [`detect`] on the whole trees: the
+    /// same changes, the same resulting tree, and an index write that gives that tree.
+    fn check_settle_agrees(prev: &TreeMap, new: &TreeMap, unseen: &Unseen) {
+        let mut whole = new.clone();
+        let expected = detect(prev, &mut whole, unseen);
+        let recorded: Vec<ScannedEntry> = prev.values().cloned().collect();
+        let (found, edits) = observe(&recorded, new);
+        let settled = settle(recorded, &found, edits, unseen);
+        assert_eq!(describe(&settled.changes), describe(&expected));
+        assert_eq!(settled.changes, expected);
+        let mut index = prev.clone();
+        index.retain(|k, _| !settled.before.contains_key(k) || settled.after.contains_key(k));
+        index.extend(settled.after.clone());
+        assert_eq!(index, whole, "the index write-back");
+        let entries = settled.into_entries();
+        let wanted: Vec<ScannedEntry> = whole.into_values().collect();
+        assert_eq!(entries, wanted);
+    }
+
+    /// A tree over a small universe of names: every parent a directory, ids from a small range
+    /// (so that renames happen), contents from a few.
+    fn arbitrary_tree() -> impl proptest::strategy::Strategy<Value = TreeMap> {
+        use proptest::prelude::*;
+        let leaf = (
+            proptest::sample::select(vec![
+                "a", "b", "a b", "c/d", "a/x", "a/y", "b/x", "a/x/z", "e",
+            ]),
+            0u8..3,
+            1u128..6,
+            proptest::sample::select(vec!["", "one", "two"]),
+        );
+        proptest::collection::vec(leaf, 0..8).prop_map(|leaves| {
+            let mut map = TreeMap::new();
+            for (path, kind, id, content) in leaves {
+                for (cut, _) in path.match_indices('/') {
+                    let parent = &path[..cut];
+                    map.insert(TreeKey(parent.to_string()), dir(parent, 100 + id));
+                }
+                let below = map
+                    .keys()
+                    .any(|k| k.0.len() > path.len() && is_same_or_below(&k.0, path));
+                let scanned = match kind {
+                    _ if below => dir(path, id + 10),
+                    0 => file(path, id, content),
+                    1 => dir(path, id),
+                    _ => entry(
+                        path,
+                        EntryKind::Symlink {
+                            target: content.to_string(),
+                        },
+                        id,
+                        "",
+                    ),
+                };
+                map.insert(TreeKey(path.to_string()), scanned);
+            }
+            map
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn settling_agrees_with_detect_on_whole_trees(
+            prev in arbitrary_tree(),
+            new in arbitrary_tree(),
+            unseen_paths in proptest::collection::hash_set(
+                proptest::sample::select(vec!["a", "a/x", "b", "c/d", "e"]), 0..2),
+            unseen_trees in proptest::collection::hash_set(
+                proptest::sample::select(vec!["a", "c", "b/x"]), 0..2),
+            keep_some in proptest::bool::ANY,
+        ) {
+            let unseen = Unseen {
+                paths: unseen_paths.into_iter().map(String::from).collect(),
+                trees: unseen_trees.into_iter().map(String::from).collect(),
+            };
+            // Half the time, a new tree that mostly matches the old one (few changes).
+            let new = if keep_some {
+                let mut mostly = prev.clone();
+                mostly.extend(new.into_iter().take(2));
+                mostly
+            } else {
+                new
+            };
+            check_settle_agrees(&prev, &new, &unseen);
+        }
+    }
+
+    #[test]
+    fn settling_an_unchanged_tree_writes_nothing_and_keeps_the_recorded_entries() {
+        let prev = tree(vec![dir("d", 1), file("d/f", 2, "f"), file("x", 3, "x")]);
+        let recorded: Vec<ScannedEntry> = prev.values().cloned().collect();
+        let settled = settle(
+            recorded.clone(),
+            &[Found::Same; 3],
+            vec![],
+            &Unseen::default(),
+        );
+        assert!(settled.changes.is_empty());
+        assert!(settled.before.is_empty() && settled.after.is_empty());
+        assert_eq!(settled.into_entries(), recorded);
+    }
+
+    #[test]
+    fn a_directory_whose_time_moved_is_written_back_without_a_change() {
+        let prev = tree(vec![dir("d", 1), file("d/f", 2, "f"), file("x", 3, "x")]);
+        let mut new = prev.clone();
+        new.get_mut(&TreeKey("d".into())).unwrap().entry.mtime_ns = 99;
+        check_settle_agrees(&prev, &new, &Unseen::default());
+        let recorded: Vec<ScannedEntry> = prev.values().cloned().collect();
+        let (found, edits) = observe(&recorded, &new);
+        let settled = settle(recorded, &found, edits, &Unseen::default());
+        assert!(settled.changes.is_empty());
+        assert_eq!(
+            settled
+                .after
+                .keys()
+                .map(|k| k.0.as_str())
+                .collect::<Vec<_>>(),
+            ["d"]
+        );
+    }
+
+    #[test]
+    fn only_the_region_of_a_change_is_compared() {
+        // One file changed deep in a large tree: its directories are in the region, the rest
+        // of the tree is not.
+        let mut entries = vec![dir("a", 1), dir("a/b", 2), dir("z", 3)];
+        for i in 0..50 {
+            entries.push(file(&format!("a/b/f{i:02}"), 10 + i, "f"));
+            entries.push(file(&format!("z/g{i:02}"), 100 + i, "g"));
+        }
+        let prev = tree(entries);
+        let mut new = prev.clone();
+        new.insert(TreeKey("a/b/f07".into()), file("a/b/f07", 17, "changed"));
+        let changed = ["a/b/f07"];
+        let region = Region::new(&changed);
+        assert!(region.covers("a") && region.covers("a/b") && region.covers("a/b/f07"));
+        assert!(!region.covers("a/b/f08") && !region.covers("z") && !region.covers("z/g07"));
+        let recorded: Vec<ScannedEntry> = prev.values().cloned().collect();
+        let marked = region.mark(&recorded);
+        assert_eq!(marked.iter().filter(|m| **m).count(), 3);
+        check_settle_agrees(&prev, &new, &Unseen::default());
+    }
+
+    #[test]
+    fn merging_sorted_entries_in_place() {
+        let all = tree(vec![
+            dir("a", 1),
+            file("a/b", 2, ""),
+            file("a b", 3, ""),
+            dir("c", 4),
+            file("c/d", 5, ""),
+            file("e", 6, ""),
+        ]);
+        let entries: Vec<ScannedEntry> = all.values().cloned().collect();
+        for mask in 0u32..64 {
+            let (mut base, mut extra) = (Vec::new(), Vec::new());
+            for (i, e) in entries.iter().enumerate() {
+                if mask & (1 << i) == 0 {
+                    base.push(e.clone());
+                } else {
+                    extra.push(e.clone());
+                }
+            }
+            merge_sorted(&mut base, extra);
+            assert_eq!(base, entries, "mask {mask:b}");
+        }
     }
 }

@@ -23,6 +23,20 @@ pub(crate) fn file_id_from(path: &Path, meta: &Metadata) -> Option<FileId> {
     platform::file_id_from(path, meta)
 }
 
+/// Like [`file_id_from`] where building the entry's path costs something: `path` is called only
+/// where the identity is not in `meta` (Windows).
+pub(crate) fn file_id_with(meta: &Metadata, path: impl FnOnce() -> PathBuf) -> Option<FileId> {
+    #[cfg(unix)]
+    {
+        let _ = path;
+        platform::file_id_from(Path::new(""), meta)
+    }
+    #[cfg(not(unix))]
+    {
+        platform::file_id_from(&path(), meta)
+    }
+}
+
 /// The attributes swrepl carries: `mode & 0o7777` on Unix; READONLY, HIDDEN, SYSTEM and ARCHIVE
 /// on Windows.
 pub fn attributes_of(meta: &Metadata) -> Attributes {

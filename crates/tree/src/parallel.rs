@@ -88,7 +88,7 @@ pub(crate) fn segment_workers() -> usize {
 
 /// The cores this process may use, asked once: `available_parallelism` reads cgroup files on
 /// Linux, far too slow to ask for every file.
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }

@@ -4,13 +4,17 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::diff::{detect, TreeKey, TreeMap, Unseen};
+use crate::diff::{settle, Edit, Found, Unseen};
 use crate::locked::{LockedFile, LockedSet};
 use crate::parallel::parallel_map_costliest_first;
 use crate::walk::{
-    check_root, read_stable, stat_item, walk, AfterReadHook, ItemKind, ReadFailure, WalkItem,
+    check_root, read_stable, stat_item, walk_each, AfterReadHook, ItemKind, ReadFailure, Stat,
+    Walked,
 };
-use crate::{compare_paths, to_os_path, EntryKind, Excludes, FileEntry, FileId, Index, TreeError};
+use crate::{
+    compare_paths, hash_bytes, to_os_path, EntryKind, Excludes, FileEntry, FileId, Hash, Index,
+    TreeError,
+};
 
 /// An entry of the tree together with the local identity of the file it describes.
 #[derive(Clone, Debug, PartialEq)]
@@ -146,66 +150,74 @@ impl Scanner {
     /// files, same content) belonged to a path that no longer holds it. A renamed directory is
     /// one [`Change::Rename`]; what moved along unchanged is not listed again.
     pub fn scan(&mut self) -> Result<ScanOutcome, TreeError> {
-        let walked = walk(&self.root, &self.excludes, true)?;
-        let prev: TreeMap = self
-            .index
-            .all()?
-            .into_iter()
-            .map(|e| (TreeKey(e.entry.path.clone()), e))
-            .collect();
-        let mut known = KnownState::new(&prev);
-
+        let now = Instant::now();
+        let Scanner {
+            root,
+            excludes,
+            index,
+            after_read,
+            locked,
+        } = self;
+        let (prev, observed) = walk_each(root, excludes, true, |walked| {
+            // Loaded while the other cores start the walk.
+            let prev = recorded_tree(index)?;
+            let mut observed = Observed::new(prev.len());
+            for next in walked {
+                observed.add(next, &prev, locked);
+            }
+            Ok::<_, TreeError>((prev, observed))
+        })??;
+        let Observed {
+            mut found,
+            mut edits,
+            unknown,
+            problems,
+            mut unseen,
+            locked_seen,
+            ..
+        } = observed;
         let mut outcome = ScanOutcome {
-            problems: walked.problems,
+            problems,
             ..ScanOutcome::default()
         };
-        let mut unseen = Unseen::default();
-        unseen.trees.extend(walked.unseen);
-        // Collected first and turned into a map at once: the walk lists entries (almost always)
-        // in map order, so that is one cheap sort instead of an ordered insert per entry.
-        let mut described = Vec::with_capacity(walked.items.len());
+
+        let reusable = reusable_by_id(&prev, &unknown);
         let mut to_read = Vec::new();
-        let now = Instant::now();
-        // Locked files still there as files: the others are forgotten after the walk.
-        let mut locked_seen = HashSet::new();
-        for item in walked.items {
-            if item.kind == ItemKind::File {
-                if self.locked.contains(&item.rel) {
-                    locked_seen.insert(item.rel.clone());
+        for ((stat, at), source) in unknown.into_iter().zip(reusable) {
+            match source {
+                Some(i) => {
+                    locked.resolved(&stat.rel);
+                    record_edit(&mut found, &mut edits, at, reuse(&stat, &prev[i]));
                 }
-                match known.reusable_content(&item) {
-                    Some(entry) => {
-                        self.locked.resolved(&item.rel);
-                        described.push(keyed(entry, item.file_id));
-                    }
-                    None if self.locked.waiting(&item.rel, now) => {
-                        unseen.paths.insert(item.rel.clone());
-                    }
-                    None => to_read.push(item),
+                None if locked.waiting(&stat.rel, now) => {
+                    unseen.paths.insert(stat.rel);
                 }
-            } else {
-                described.push(keyed(item.entry(None), item.file_id));
+                None => to_read.push((stat.located(root), at)),
             }
         }
 
-        let hook = self.after_read.as_ref();
+        let hook = after_read.as_ref();
         // Largest first: a big file late in walk order would otherwise be hashed alone at the end.
         let results = parallel_map_costliest_first(
             &to_read,
-            |item| item.size,
-            |item| read_stable(item, hook, &mut |_| {}),
+            |(item, _)| item.size,
+            |(item, _)| read_stable(item, hook, &mut |_| {}),
         );
-        for (item, result) in to_read.iter().zip(results) {
+        for ((item, at), result) in to_read.into_iter().zip(results) {
             match result {
                 Ok(content) => {
                     outcome.files_hashed += 1;
                     outcome.bytes_hashed += content.size;
-                    self.locked.resolved(&item.rel);
-                    described.push(keyed(item.entry(Some(&content)), item.file_id));
+                    locked.resolved(&item.rel);
+                    let scanned = ScannedEntry {
+                        entry: item.entry(Some(&content)),
+                        file_id: item.file_id,
+                    };
+                    record_edit(&mut found, &mut edits, at, scanned);
                 }
                 Err(ReadFailure::Locked(e)) => {
-                    self.locked.failed(&item.rel, &e, now);
-                    unseen.paths.insert(item.rel.clone());
+                    locked.failed(&item.rel, &e, now);
+                    unseen.paths.insert(item.stat.rel);
                 }
                 Err(failure) => {
                     tracing::debug!(path = %item.rel, reason = %failure.reason(), "file not described");
@@ -213,22 +225,23 @@ impl Scanner {
                         path: item.rel.clone(),
                         reason: failure.reason(),
                     });
-                    unseen.paths.insert(item.rel.clone());
+                    unseen.paths.insert(item.stat.rel);
                 }
             }
         }
 
         // A locked file below a directory that could not be listed is still there, unseen.
-        self.locked
-            .retain(|rel| locked_seen.contains(rel) || unseen.covers(rel));
-        outcome.locked = self.locked.snapshot();
+        locked.retain(|rel| locked_seen.contains(rel) || unseen.covers(rel));
+        outcome.locked = locked.snapshot();
 
-        let mut current: TreeMap = described.into_iter().collect();
-        outcome.changes = detect(&prev, &mut current, &unseen);
-        self.index.replace_state(&prev, &current)?;
+        edits.sort_unstable_by(|a, b| compare_paths(&a.scanned.entry.path, &b.scanned.entry.path));
+        let mut settled = settle(prev, &found, edits, &unseen);
+        index.replace_state(&settled.before, &settled.after)?;
+        outcome.changes = std::mem::take(&mut settled.changes);
+        outcome.entries = settled.into_entries();
         tracing::debug!(
-            root = %self.root.display(),
-            entries = current.len(),
+            root = %root.display(),
+            entries = outcome.entries.len(),
             changes = outcome.changes.len(),
             problems = outcome.problems.len(),
             locked = outcome.locked.len(),
@@ -236,7 +249,6 @@ impl Scanner {
             bytes_hashed = outcome.bytes_hashed,
             "scan done"
         );
-        outcome.entries = current.into_values().collect();
         Ok(outcome)
     }
 
@@ -307,93 +319,205 @@ impl Scanner {
     }
 }
 
-fn keyed(entry: FileEntry, file_id: Option<FileId>) -> (TreeKey, ScannedEntry) {
-    (TreeKey(entry.path.clone()), ScannedEntry { entry, file_id })
+/// The index's entries in path order.
+fn recorded_tree(index: &Index) -> Result<Vec<ScannedEntry>, TreeError> {
+    let mut prev = index.all()?;
+    let in_order = |a: &ScannedEntry, b: &ScannedEntry| compare_paths(&a.entry.path, &b.entry.path);
+    // sqlite returns them in byte order, which differs from path order only where a name holds
+    // a byte below '/' (a space, '-', '.'): usually in order already, which one pass confirms.
+    if !prev.is_sorted_by(|a, b| in_order(a, b).is_lt()) {
+        prev.sort_unstable_by(in_order);
+    }
+    Ok(prev)
 }
 
-/// The index's state at the start of a scan, looked up by the walk's items.
-struct KnownState<'a> {
-    prev: &'a TreeMap,
-    /// Walks `prev` once alongside the walk, which asks for paths in map order: no allocation and
-    /// no tree search per item. `None` once a path came out of order (then lookups search).
-    cursor:
-        Option<std::iter::Peekable<std::collections::btree_map::Iter<'a, TreeKey, ScannedEntry>>>,
-    /// The path asked last (a reused buffer).
-    last_asked: String,
-    /// Previous files by file id, built on first need (a path whose entry cannot be reused).
-    files_by_id: Option<HashMap<FileId, Vec<&'a ScannedEntry>>>,
+/// What the walk found, compared entry by entry with the recorded tree as it comes.
+struct Observed {
+    /// How each recorded entry was found (by index in the recorded tree).
+    found: Vec<Found>,
+    /// Entries that are not exactly as recorded at their path.
+    edits: Vec<Edit>,
+    /// Files whose content is not recorded at their path, with the index of the recorded entry
+    /// there: their content is reused from another path or read.
+    unknown: Vec<(Stat, Option<usize>)>,
+    problems: Vec<ScanProblem>,
+    unseen: Unseen,
+    /// Locked files still there as files: the others are forgotten after the walk.
+    locked_seen: HashSet<String>,
+    cursor: Cursor,
+    /// The hash recorded for directories and links.
+    empty_hash: Hash,
 }
 
-impl<'a> KnownState<'a> {
-    fn new(prev: &'a TreeMap) -> KnownState<'a> {
-        KnownState {
-            prev,
-            cursor: Some(prev.iter().peekable()),
-            last_asked: String::new(),
-            files_by_id: None,
+impl Observed {
+    fn new(recorded: usize) -> Observed {
+        Observed {
+            found: vec![Found::Absent; recorded],
+            edits: Vec::new(),
+            unknown: Vec::new(),
+            problems: Vec::new(),
+            unseen: Unseen::default(),
+            locked_seen: HashSet::new(),
+            cursor: Cursor::default(),
+            empty_hash: hash_bytes(b""),
         }
     }
 
-    /// The previous entry at `rel`.
-    fn at_path(&mut self, rel: &str) -> Option<&'a ScannedEntry> {
-        let first = self.last_asked.is_empty();
-        if !first && compare_paths(&self.last_asked, rel).is_ge() {
-            self.cursor = None;
+    fn add(&mut self, walked: Walked, prev: &[ScannedEntry], locked: &LockedSet) {
+        match walked {
+            Walked::Item(stat) => self.add_item(stat, prev, locked),
+            Walked::Problem(problem) => self.problems.push(problem),
+            Walked::Unseen(problem) => {
+                self.unseen.trees.insert(problem.path.clone());
+                self.problems.push(problem);
+            }
+        }
+    }
+
+    fn add_item(&mut self, stat: Stat, prev: &[ScannedEntry], locked: &LockedSet) {
+        let at = self.cursor.find(prev, &stat.rel);
+        let known = at.map(|i| (i, &prev[i]));
+        if stat.kind != ItemKind::File {
+            match known {
+                Some((i, known)) if self.is_recorded(&stat, known) => self.found[i] = Found::Same,
+                _ => {
+                    let scanned = ScannedEntry {
+                        entry: stat.entry(None),
+                        file_id: stat.file_id,
+                    };
+                    record_edit(&mut self.found, &mut self.edits, at, scanned);
+                }
+            }
+            return;
+        }
+        if locked.contains(&stat.rel) {
+            self.locked_seen.insert(stat.rel.clone());
+        }
+        match known {
+            Some((i, known)) if content_unchanged(&stat, known) => {
+                if stat.attributes == known.entry.attributes {
+                    self.found[i] = Found::Same;
+                } else {
+                    record_edit(&mut self.found, &mut self.edits, at, reuse(&stat, known));
+                }
+            }
+            _ => self.unknown.push((stat, at)),
+        }
+    }
+
+    /// True when the directory or link `stat` is exactly the recorded `known`.
+    fn is_recorded(&self, stat: &Stat, known: &ScannedEntry) -> bool {
+        let entry = &known.entry;
+        let same_kind = match (&stat.kind, &entry.kind) {
+            (ItemKind::Dir, EntryKind::Dir) => true,
+            (ItemKind::Symlink { target }, EntryKind::Symlink { target: was }) => target == was,
+            _ => false,
+        };
+        same_kind
+            && entry.size == 0
+            && entry.mtime_ns == stat.mtime_ns
+            && entry.attributes == stat.attributes
+            && entry.chunks.is_empty()
+            && entry.file_hash == self.empty_hash
+            && known.file_id == stat.file_id
+    }
+}
+
+fn record_edit(
+    found: &mut [Found],
+    edits: &mut Vec<Edit>,
+    at: Option<usize>,
+    scanned: ScannedEntry,
+) {
+    if let Some(i) = at {
+        found[i] = Found::Edited;
+    }
+    edits.push(Edit { at, scanned });
+}
+
+/// True when size, time and file id show that the file `stat` still has the recorded
+/// content of `known`.
+fn content_unchanged(stat: &Stat, known: &ScannedEntry) -> bool {
+    known.entry.kind == EntryKind::File
+        && known.entry.size == stat.size
+        && known.entry.mtime_ns == stat.mtime_ns
+        && known.file_id == stat.file_id
+}
+
+/// The entry for file `stat` with the content recorded for `known`.
+fn reuse(stat: &Stat, known: &ScannedEntry) -> ScannedEntry {
+    let mut entry = stat.entry(None);
+    entry.chunks = known.entry.chunks.clone();
+    entry.file_hash = known.entry.file_hash;
+    ScannedEntry {
+        entry,
+        file_id: stat.file_id,
+    }
+}
+
+/// For each file of `unknown`, a recorded file (by index in `prev`) with the same file id whose
+/// size and time show the same content: a rename, or a hard link, which is not read again. The
+/// first such file in path order; one pass over `prev`, and none when no file needs it.
+fn reusable_by_id(prev: &[ScannedEntry], unknown: &[(Stat, Option<usize>)]) -> Vec<Option<usize>> {
+    let mut sources = vec![None; unknown.len()];
+    let mut wanted: HashMap<FileId, Vec<usize>> = HashMap::new();
+    for (k, (stat, _)) in unknown.iter().enumerate() {
+        if let Some(id) = stat.file_id {
+            wanted.entry(id).or_default().push(k);
+        }
+    }
+    if wanted.is_empty() {
+        return sources;
+    }
+    for (i, known) in prev.iter().enumerate() {
+        let Some(ks) = known.file_id.and_then(|id| wanted.get(&id)) else {
+            continue;
+        };
+        for &k in ks {
+            if sources[k].is_none() && content_unchanged(&unknown[k].0, known) {
+                sources[k] = Some(i);
+            }
+        }
+    }
+    sources
+}
+
+/// Finds walked paths in the recorded tree, which the walk asks for in path order: one step
+/// forward per path, no search and no allocation. Searches once a path came out of order.
+#[derive(Default)]
+struct Cursor {
+    next: usize,
+    out_of_order: bool,
+    /// The path asked last (a reused buffer).
+    last_asked: String,
+}
+
+impl Cursor {
+    /// The index in `prev` (in path order) of the entry at `rel`.
+    fn find(&mut self, prev: &[ScannedEntry], rel: &str) -> Option<usize> {
+        if !self.last_asked.is_empty() && compare_paths(&self.last_asked, rel).is_ge() {
+            self.out_of_order = true;
         }
         self.last_asked.clear();
         self.last_asked.push_str(rel);
-        let Some(cursor) = self.cursor.as_mut() else {
-            return self.prev.get(&TreeKey(rel.to_string()));
-        };
-        while cursor
-            .next_if(|(key, _)| compare_paths(&key.0, rel).is_lt())
-            .is_some()
-        {}
-        cursor
-            .next_if(|(key, _)| key.0 == rel)
-            .map(|(_, scanned)| scanned)
-    }
-
-    fn files_with_id(&mut self, id: FileId) -> &[&'a ScannedEntry] {
-        let prev = self.prev;
-        self.files_by_id
-            .get_or_insert_with(|| files_by_id(prev))
-            .get(&id)
-            .map_or(&[], Vec::as_slice)
-    }
-
-    /// The entry for file `item` built from what the index knows, when size, time and file id
-    /// show the content cannot have changed: at the same path, or at another path with the same
-    /// file id (a rename, or a hard link).
-    fn reusable_content(&mut self, item: &WalkItem) -> Option<FileEntry> {
-        let unchanged = |old: &ScannedEntry| {
-            old.entry.kind == EntryKind::File
-                && old.entry.size == item.size
-                && old.entry.mtime_ns == item.mtime_ns
-                && old.file_id == item.file_id
-        };
-        let known = match self.at_path(&item.rel).filter(|old| unchanged(old)) {
-            Some(old) => old,
-            None => {
-                let id = item.file_id?;
-                *self.files_with_id(id).iter().find(|old| unchanged(old))?
-            }
-        };
-        let mut entry = item.entry(None);
-        entry.chunks = known.entry.chunks.clone();
-        entry.file_hash = known.entry.file_hash;
-        Some(entry)
-    }
-}
-
-fn files_by_id(prev: &TreeMap) -> HashMap<FileId, Vec<&ScannedEntry>> {
-    let mut by_id: HashMap<FileId, Vec<&ScannedEntry>> = HashMap::new();
-    for scanned in prev.values().filter(|s| s.entry.kind == EntryKind::File) {
-        if let Some(id) = scanned.file_id {
-            by_id.entry(id).or_default().push(scanned);
+        if self.out_of_order {
+            return prev
+                .binary_search_by(|e| compare_paths(&e.entry.path, rel))
+                .ok();
         }
+        while prev
+            .get(self.next)
+            .is_some_and(|e| compare_paths(&e.entry.path, rel).is_lt())
+        {
+            self.next += 1;
+        }
+        let found = prev.get(self.next).is_some_and(|e| e.entry.path == rel);
+        if found {
+            self.next += 1;
+            return Some(self.next - 1);
+        }
+        None
     }
-    by_id
 }
 
 /// False when a directory above `rel` is a link or not a directory: following it could leave the
@@ -421,11 +545,11 @@ mod tests {
     use super::*;
     use crate::{hash_bytes, Attributes};
 
-    fn known(paths: &[&str]) -> TreeMap {
+    fn known(paths: &[&str]) -> Vec<ScannedEntry> {
         paths
             .iter()
-            .map(|path| {
-                let entry = FileEntry {
+            .map(|path| ScannedEntry {
+                entry: FileEntry {
                     path: path.to_string(),
                     kind: EntryKind::File,
                     size: 0,
@@ -433,8 +557,8 @@ mod tests {
                     attributes: Attributes::default(),
                     chunks: vec![],
                     file_hash: hash_bytes(b""),
-                };
-                keyed(entry, None)
+                },
+                file_id: None,
             })
             .collect()
     }
@@ -442,17 +566,17 @@ mod tests {
     #[test]
     fn lookups_find_entries_in_and_out_of_walk_order() {
         let prev = known(&["a", "a/b", "a/c", "a b", "z"]);
-        let mut state = KnownState::new(&prev);
-        let found = |s: &mut KnownState, rel: &str| s.at_path(rel).map(|e| e.entry.path.clone());
+        let mut cursor = Cursor::default();
+        let mut found = |rel: &str| cursor.find(&prev, rel).map(|i| prev[i].entry.path.clone());
         // In walk order, with paths the index does not know in between.
-        assert_eq!(found(&mut state, "a").as_deref(), Some("a"));
-        assert_eq!(found(&mut state, "a/a"), None);
-        assert_eq!(found(&mut state, "a/c").as_deref(), Some("a/c"));
-        assert_eq!(found(&mut state, "a b").as_deref(), Some("a b"));
-        // Out of order: falls back to searching the map, still right.
-        assert_eq!(found(&mut state, "a/b").as_deref(), Some("a/b"));
-        assert_eq!(found(&mut state, "z").as_deref(), Some("z"));
-        assert_eq!(found(&mut state, "a").as_deref(), Some("a"));
-        assert_eq!(found(&mut state, "y"), None);
+        assert_eq!(found("a").as_deref(), Some("a"));
+        assert_eq!(found("a/a"), None);
+        assert_eq!(found("a/c").as_deref(), Some("a/c"));
+        assert_eq!(found("a b").as_deref(), Some("a b"));
+        // Out of order: falls back to searching, still right.
+        assert_eq!(found("a/b").as_deref(), Some("a/b"));
+        assert_eq!(found("z").as_deref(), Some("z"));
+        assert_eq!(found("a").as_deref(), Some("a"));
+        assert_eq!(found("y"), None);
     }
 }
