@@ -318,7 +318,12 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
                         "PassSkips for pass {pass} outside the start of that full pass"
                     )));
                 }
-                self.skipped = BucketSet::from_wire(bits, unchanged);
+                let skipped = BucketSet::from_wire(bits, unchanged).ok_or_else(|| {
+                    SyncError::Protocol(format!(
+                        "PassSkips of {bits} bits with a bitmap of the wrong length"
+                    ))
+                })?;
+                self.skipped = Some(skipped);
             }
             Message::PassEnd { pass, prune, .. } => {
                 let (seen, skipped) = match self.pass.take() {
@@ -334,7 +339,12 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
                     skipped,
                 })
             }
-            Message::SummaryRequest { id } => self.queue.push_back(Op::Summary { id }),
+            Message::SummaryRequest { id } => {
+                // Only the latest request matters to the sender (it drops older answers): one
+                // summary, hence one rescan, waits at a time however often it is asked.
+                self.queue.retain(|op| !matches!(op, Op::Summary { .. }));
+                self.queue.push_back(Op::Summary { id });
+            }
             Message::RegistryChanges { seq, changes } => {
                 self.next_seq(seq)?;
                 let op = match self.registry.check(&changes) {
@@ -700,6 +710,84 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn applier_with(files: &[(&str, &[u8])]) -> (tempfile::TempDir, Applier) {
+        let dir = tempfile::tempdir().unwrap();
+        for (rel, content) in files {
+            std::fs::write(dir.path().join(rel), content).unwrap();
+        }
+        let excludes = swrepl_tree::Excludes::new(&[], true).unwrap();
+        let archive = dir.path().join(".swrepl/archive");
+        let applier = Applier::open(dir.path(), &archive, None, excludes).unwrap();
+        (dir, applier)
+    }
+
+    #[test]
+    fn summary_requests_waiting_together_get_one_answer_for_the_latest() {
+        let (_dir, applier) = applier_with(&[("a.txt", b"a")]);
+        let mut machine = ReceiverMachine::new(applier);
+        for id in 1..=3 {
+            machine.receive(Message::SummaryRequest { id }).unwrap();
+        }
+        machine.apply_ready().unwrap();
+        let answers: Vec<u64> = sent(&mut machine)
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::TreeSummary { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(answers, [3]);
+    }
+
+    #[test]
+    fn a_skipped_bucket_is_not_pruned_and_a_bad_bitmap_is_refused() {
+        let (dir, applier) = applier_with(&[("kept.txt", b"kept"), ("extra.txt", b"extra")]);
+        let mut machine = ReceiverMachine::new(applier);
+        let mut unchanged = swrepl_proto::summary::BucketSet::empty(4);
+        unchanged.insert(swrepl_proto::summary::bucket_of("kept.txt", 4));
+        assert!(
+            !unchanged.contains_path("extra.txt"),
+            "names in different buckets"
+        );
+        for msg in [
+            Message::PassBegin {
+                pass: 1,
+                full: true,
+            },
+            Message::PassSkips {
+                pass: 1,
+                bits: 4,
+                unchanged: unchanged.as_wire().to_vec(),
+            },
+            Message::PassEnd {
+                pass: 1,
+                entries: 0,
+                prune: Prune::All,
+            },
+        ] {
+            machine.receive(msg).unwrap();
+        }
+        machine.apply_ready().unwrap();
+        assert!(dir.path().join("kept.txt").exists(), "in a skipped bucket");
+        assert!(
+            !dir.path().join("extra.txt").exists(),
+            "an extra in a described bucket"
+        );
+
+        machine
+            .receive(Message::PassBegin {
+                pass: 2,
+                full: true,
+            })
+            .unwrap();
+        let bad = Message::PassSkips {
+            pass: 2,
+            bits: 4,
+            unchanged: vec![0; 1],
+        };
+        assert!(machine.receive(bad).is_err());
     }
 
     /// Found by the simulation (seed 6): a full pass whose end waited for a file's data while
