@@ -8,6 +8,8 @@
 //! digest independent of the order entries are visited in, so either side can build it while
 //! walking its tree in any order. SPEC.md section 6.3 gives the byte-exact definition.
 
+use std::sync::LazyLock;
+
 use crate::{EntryKind, FileEntry};
 
 /// Bytes of one bucket digest on the wire.
@@ -19,6 +21,13 @@ const ENTRIES_PER_BUCKET: u64 = 4;
 
 const BUCKET_CONTEXT: &str = "swrepl 2026-11-26 tree summary bucket";
 const ENTRY_CONTEXT: &str = "swrepl 2026-11-26 tree summary entry";
+
+// Hashers with their derive-key context already absorbed: cloning one is cheaper than deriving
+// the context key again for every entry, and gives the same output.
+static BUCKET_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key(BUCKET_CONTEXT));
+static ENTRY_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key(ENTRY_CONTEXT));
 
 /// The bucket bits a receiver with `entries` entries uses: about four entries per bucket, at
 /// most [`MAX_SUMMARY_BITS`].
@@ -34,7 +43,7 @@ pub fn bucket_of(path: &str, bits: u8) -> usize {
     if bits == 0 {
         return 0;
     }
-    let mut hasher = blake3::Hasher::new_derive_key(BUCKET_CONTEXT);
+    let mut hasher = BUCKET_HASHER.clone();
     hasher.update(path.to_ascii_lowercase().as_bytes());
     let hash = hasher.finalize();
     let head = u32::from_le_bytes(hash.as_bytes()[..4].try_into().expect("4 bytes"));
@@ -49,7 +58,7 @@ pub fn bucket_of(path: &str, bits: u8) -> usize {
 /// directory's or link's modification time (the receiver does not reproduce them) and Windows
 /// attribute bits (which the file system may change on its own, e.g. ARCHIVE).
 pub fn entry_digest(entry: &FileEntry) -> u128 {
-    let mut hasher = blake3::Hasher::new_derive_key(ENTRY_CONTEXT);
+    let mut hasher = ENTRY_HASHER.clone();
     hasher.update(&(entry.path.len() as u64).to_le_bytes());
     hasher.update(entry.path.as_bytes());
     match &entry.kind {
@@ -110,7 +119,12 @@ impl TreeDigest {
 
     /// Adds one entry to its bucket.
     pub fn add(&mut self, entry: &FileEntry) {
-        let bucket = bucket_of(&entry.path, self.bits);
+        self.add_to(bucket_of(&entry.path, self.bits), entry);
+    }
+
+    /// Adds one entry to `bucket`, which must be `bucket_of(&entry.path, self.bits())` (for a
+    /// caller that needs the bucket itself too).
+    pub fn add_to(&mut self, bucket: usize, entry: &FileEntry) {
         self.sums[bucket] = self.sums[bucket].wrapping_add(entry_digest(entry));
     }
 

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
 
 use swrepl_proto::registry::{RegistryChangeSet, RegistrySnapshot};
-use swrepl_proto::summary::TreeDigest;
+use swrepl_proto::summary::{bucket_of, TreeDigest};
 use swrepl_proto::{EntryKind, FileEntry, Message, Prune, Seq};
 use swrepl_tree::{Change, ScanOutcome};
 
@@ -435,12 +435,26 @@ impl SenderMachine {
     /// Queues a full pass. With the receiver's summary, buckets equal on both sides are left
     /// out (`PassSkips`), and the receiver keeps them whole at the pass's end.
     fn queue_full_pass(&mut self, plan: FullPassPlan, theirs: Option<&TreeDigest>) {
-        let skipped = theirs.and_then(|theirs| {
-            let mut ours = TreeDigest::new(theirs.bits());
-            plan.renames.iter().for_each(|(_, entry)| ours.add(entry));
-            plan.entries.iter().for_each(|entry| ours.add(entry));
-            ours.unchanged_buckets(theirs)
-        });
+        // Each entry's bucket, renames first (computed once: it decides both the digest and
+        // whether the entry is described).
+        let described_entries = plan.renames.iter().map(|(_, e)| e).chain(&plan.entries);
+        let (skipped, buckets) = match theirs {
+            Some(theirs) => {
+                let mut ours = TreeDigest::new(theirs.bits());
+                let buckets: Vec<usize> = described_entries
+                    .map(|entry| {
+                        let bucket = bucket_of(&entry.path, ours.bits());
+                        ours.add_to(bucket, entry);
+                        bucket
+                    })
+                    .collect();
+                (ours.unchanged_buckets(theirs), buckets)
+            }
+            None => (None, Vec::new()),
+        };
+        let mut is_skipped = buckets
+            .into_iter()
+            .map(|bucket| skipped.as_ref().is_some_and(|s| s.contains(bucket)));
         let pass = self.begin_pass(true);
         if let Some(skipped) = &skipped {
             self.queue.push_back(Message::PassSkips {
@@ -449,17 +463,16 @@ impl SenderMachine {
                 unchanged: skipped.as_wire().to_vec(),
             });
         }
-        let is_skipped = |path: &str| skipped.as_ref().is_some_and(|s| s.contains_path(path));
         let total = plan.renames.len() + plan.entries.len();
         let mut described = 0u64;
         for (from, entry) in plan.renames {
-            if !is_skipped(&entry.path) {
+            if !is_skipped.next().unwrap_or(false) {
                 described += 1;
                 self.queue_change(Change::Rename { from, entry });
             }
         }
         for entry in plan.entries {
-            if !is_skipped(&entry.path) {
+            if !is_skipped.next().unwrap_or(false) {
                 described += 1;
                 self.queue_change(Change::Upsert(entry));
             }
