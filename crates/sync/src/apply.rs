@@ -157,6 +157,9 @@ pub struct Applier {
     /// Directories whose entries changed since the last [`Applier::sync_dirs`]: fsynced once
     /// each before the next acknowledgement rather than once per file installed in them.
     unsynced_dirs: BTreeSet<String>,
+    /// Files verified and complete in the staging area, waiting to be made durable together and
+    /// renamed into place (see [`Applier::install_staged`]).
+    staged: Vec<StagedFile>,
     /// Staging files opened recently, most recent last: a file's chunks usually arrive together
     /// and its completion follows, so one open serves them all.
     open_staging: Vec<(String, File)>,
@@ -234,6 +237,7 @@ impl Applier {
             excludes,
             staging_counter: 0,
             unsynced_dirs: BTreeSet::new(),
+            staged: Vec::new(),
             open_staging: Vec::new(),
         })
     }
@@ -284,6 +288,13 @@ impl Applier {
         entry: FileEntry,
         requested: &mut HashSet<Hash>,
     ) -> Result<Prepared, SyncError> {
+        if self
+            .staged
+            .iter()
+            .any(|s| overlaps(&s.entry.path, &entry.path))
+        {
+            self.install_staged()?;
+        }
         if !matches!(entry.kind, EntryKind::File) {
             return Ok(Prepared::Structural(entry));
         }
@@ -398,6 +409,10 @@ impl Applier {
         let mut file = self
             .take_staging(pending)
             .map_err(|e| self.io_err(&path, e))?;
+        if !pending.local.is_empty() {
+            // Local copies may come from a staged file: it must be in place (and indexed) first.
+            self.install_staged()?;
+        }
         let late = self.fill_local(pending, &mut file)?;
         if !late.is_empty() {
             self.keep_staging(&pending.staging_name, file);
@@ -422,10 +437,42 @@ impl Applier {
         }
         // Times and permissions before the fsync, which then makes them durable with the data.
         set_file_metadata(&file, &pending.entry).map_err(|e| self.io_err(&path, e))?;
-        file.sync_all().map_err(|e| self.io_err(&path, e))?;
-        drop(file);
-        self.install(&pending.staging_name, &pending.entry)?;
+        if self.staged.iter().any(|s| overlaps(&s.entry.path, &path)) {
+            self.install_staged()?; // two versions of one path go in in order
+        }
+        self.staged.push(StagedFile {
+            staging_name: pending.staging_name.clone(),
+            entry: pending.entry.clone(),
+            file,
+        });
+        if self.staged.len() >= STAGED_MAX {
+            self.install_staged()?;
+        }
         Ok(Completion::Installed)
+    }
+
+    /// Makes the staged files durable and renames them into place: all of them fsynced first,
+    /// on several threads (a file system commits concurrent fsyncs together; one after another,
+    /// each waits for its own), then each renamed over its target in order. Every operation that
+    /// looks at the tree calls this first, so a staged file is, to the session, already installed;
+    /// the acknowledgement waits for it ([`ReceiverStore::checkpoint`]).
+    pub fn install_staged(&mut self) -> Result<(), SyncError> {
+        let staged = std::mem::take(&mut self.staged);
+        if staged.is_empty() {
+            return Ok(());
+        }
+        let synced = fsync_all(&staged);
+        for (staged, synced) in staged.into_iter().zip(synced) {
+            let StagedFile {
+                staging_name,
+                entry,
+                file,
+            } = staged;
+            synced.map_err(|e| self.io_err(&entry.path, e))?;
+            drop(file);
+            self.install(&staging_name, &entry)?;
+        }
+        Ok(())
     }
 
     /// Fills the chunks this machine already holds. Returns those it could not find (or whose
@@ -651,6 +698,7 @@ impl Applier {
 
     /// Applies a directory or link entry.
     pub fn apply_structural(&mut self, entry: FileEntry) -> Result<(), SyncError> {
+        self.install_staged()?;
         let rel = entry.path.clone();
         match &entry.kind {
             EntryKind::Dir => {
@@ -708,6 +756,7 @@ impl Applier {
     /// Removes `rel` (a file, link or whole tree) into the archive. Returns false when there was
     /// nothing to remove.
     pub fn delete(&mut self, rel: &str) -> Result<bool, SyncError> {
+        self.install_staged()?;
         if self.under_link(rel)
             || self.root.symlink_metadata(rel).is_err()
             || !self.has_exact_name(rel)
@@ -767,6 +816,8 @@ impl Applier {
     /// Removes every staging file (none is in use between sessions): a file whose session
     /// failed half way, e.g. on a full disk, must not keep holding space.
     pub fn clear_staging(&mut self) {
+        // Staged files were never acknowledged: the sender describes them again.
+        self.staged.clear();
         self.open_staging.clear();
         let Ok(entries) = self.staging.entries() else {
             return;
@@ -798,6 +849,7 @@ impl Applier {
     /// a directory, as a directory). Returns false when it cannot, and the caller falls back to
     /// an upsert of `entry`.
     pub fn rename(&mut self, from: &str, entry: &FileEntry) -> Result<bool, SyncError> {
+        self.install_staged()?;
         let to = entry.path.as_str();
         let Some(source) = self.current(from)? else {
             return Ok(false);
@@ -842,6 +894,7 @@ impl Applier {
         skipped: Option<&BucketSet>,
         policy: Prune,
     ) -> Result<PruneOutcome, SyncError> {
+        self.install_staged()?;
         if seen.is_empty() && skipped.is_some_and(|s| s.len() == s.capacity()) {
             // Every bucket was equal: there is nothing the pass did not cover.
             return Ok(PruneOutcome::default());
@@ -889,6 +942,7 @@ impl Applier {
 
     /// The tree as it is on disk now (a stat-only rescan), as bucket digests for the sender.
     pub fn summary(&mut self) -> Result<TreeDigest, SyncError> {
+        self.install_staged()?;
         let outcome = self.scanner.scan()?;
         let mut digest = TreeDigest::new(summary_bits(outcome.entries.len() as u64));
         for scanned in &outcome.entries {
@@ -939,6 +993,7 @@ impl Applier {
 
     /// The whole tree, every file hashed afresh (not from the index), for remote verify.
     pub fn listing(&mut self) -> Result<Vec<FileEntry>, SyncError> {
+        self.install_staged()?;
         Ok(swrepl_tree::list_tree(&self.root_path, &self.excludes, &|_| {})?.entries)
     }
 
@@ -1032,17 +1087,68 @@ impl ReceiverStore for Applier {
         Applier::summary(self)
     }
 
-    fn checkpoint(&mut self) {
+    fn checkpoint(&mut self) -> Result<(), SyncError> {
+        self.install_staged()?;
         self.sync_dirs();
         if let Err(e) = self.scanner.index_mut().commit() {
             // Only a cache: the next scan compares with the disk and rehashes what it lost.
             tracing::warn!("receiver index not saved ({e}); the next scan rehashes what it missed");
         }
+        Ok(())
     }
 
     fn clear_staging(&mut self) {
         Applier::clear_staging(self)
     }
+}
+
+/// A complete, verified file in the staging area, not yet durable nor in place.
+struct StagedFile {
+    staging_name: String,
+    entry: FileEntry,
+    file: File,
+}
+
+/// Staged files installed together, at most (a batch also ends at every acknowledgement).
+const STAGED_MAX: usize = 256;
+/// Threads that fsync a batch of staged files.
+const FSYNC_THREADS: usize = 8;
+
+/// fsyncs every staged file, a share of them on each of up to [`FSYNC_THREADS`] threads; one
+/// result per file, in order.
+fn fsync_all(staged: &[StagedFile]) -> Vec<io::Result<()>> {
+    if staged.len() == 1 {
+        return vec![staged[0].file.sync_all()];
+    }
+    let per_thread = staged.len().div_ceil(FSYNC_THREADS);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = staged
+            .chunks(per_thread)
+            .map(|share| {
+                let worker = scope
+                    .spawn(move || share.iter().map(|s| s.file.sync_all()).collect::<Vec<_>>());
+                (share.len(), worker)
+            })
+            .collect();
+        let mut results = Vec::with_capacity(staged.len());
+        for (len, worker) in workers {
+            match worker.join() {
+                Ok(synced) => results.extend(synced),
+                Err(_) => results.extend((0..len).map(|_| Err(io::Error::other("fsync failed")))),
+            }
+        }
+        results
+    })
+}
+
+/// Whether one of two paths is the other or lies below it.
+fn overlaps(a: &str, b: &str) -> bool {
+    let below = |inner: &str, outer: &str| {
+        inner.len() > outer.len()
+            && inner.starts_with(outer)
+            && inner.as_bytes()[outer.len()] == b'/'
+    };
+    a == b || below(a, b) || below(b, a)
 }
 
 fn kind_matches(kind: &EntryKind, meta: &std::fs::Metadata) -> bool {
@@ -1381,7 +1487,10 @@ mod tests {
                 applier.write_chunk(pending, i, chunk_bytes(&entry, data, i))?;
             }
             match applier.complete(pending)? {
-                Completion::Installed => return Ok(asked),
+                Completion::Installed => {
+                    applier.install_staged()?;
+                    return Ok(asked);
+                }
                 Completion::NeedMore(more) => {
                     assert!(asked.len() < 4, "the receiver keeps asking: {asked:?}");
                     asked.push(more.clone());
@@ -1486,7 +1595,44 @@ mod tests {
             slave.applier.complete(&mut pending),
             Ok(Completion::Installed)
         ));
+        slave.applier.install_staged().unwrap();
         assert!(std::fs::read(slave.root.join("mail/a.eml")).unwrap() == data);
+    }
+
+    #[test]
+    fn completed_files_are_in_place_by_the_checkpoint_and_in_order_for_one_path() {
+        let mut slave = slave_with(&[("a.txt", b"old")]);
+        for content in [&b"first"[..], &b"second"[..]] {
+            let entry = entry_for("a.txt", content);
+            let (mut pending, need) = announce(&mut slave.applier, &entry);
+            for i in need {
+                let bytes = chunk_bytes(&entry, content, i);
+                slave.applier.write_chunk(&mut pending, i, bytes).unwrap();
+            }
+            assert!(matches!(
+                slave.applier.complete(&mut pending),
+                Ok(Completion::Installed)
+            ));
+        }
+        let b = entry_for("b.txt", b"b");
+        let (mut pending, need) = announce(&mut slave.applier, &b);
+        slave
+            .applier
+            .write_chunk(&mut pending, need[0], b"b")
+            .unwrap();
+        slave.applier.complete(&mut pending).unwrap();
+        assert!(
+            !slave.root.join("b.txt").exists(),
+            "staged, not yet durable nor in place"
+        );
+        ReceiverStore::checkpoint(&mut slave.applier).unwrap();
+        assert_eq!(std::fs::read(slave.root.join("a.txt")).unwrap(), b"second");
+        assert_eq!(std::fs::read(slave.root.join("b.txt")).unwrap(), b"b");
+        assert_eq!(files_under(&slave.root.join(STAGING_REL)).len(), 0);
+        // Both replaced versions are archived.
+        let mut archived = files_under(&slave.archive);
+        archived.sort();
+        assert_eq!(archived, [b"first".to_vec(), b"old".to_vec()]);
     }
 
     #[test]
@@ -1522,6 +1668,7 @@ mod tests {
                 slave.applier.complete(&mut pending),
                 Ok(Completion::Installed)
             ));
+            slave.applier.install_staged().unwrap();
             assert!(std::fs::read(slave.root.join(rel)).unwrap() == data);
         }
     }

@@ -365,8 +365,8 @@ fn apply_loop(
         }
         let applied = machine.apply_ready();
         step(machine, applied)?;
-        machine.acknowledge();
-        step(machine, Ok(()))?;
+        let acked = machine.acknowledge();
+        step(machine, acked)?;
     }
     Ok(())
 }

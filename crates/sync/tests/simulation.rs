@@ -1159,7 +1159,9 @@ impl World {
             }
         }
         if !failed {
-            session.receiver.acknowledge();
+            if let Err(e) = session.receiver.acknowledge() {
+                return Err(format!("receiver acknowledgement: {e}"));
+            }
         }
         while let Some(output) = session.receiver.poll_output() {
             if let ReceiverOutput::Send(msg) = output {

@@ -91,7 +91,9 @@ pub trait ReceiverStore {
         index: u32,
         data: &[u8],
     ) -> Result<(), SyncError>;
-    /// Fills local chunks, verifies the whole file and installs it durably.
+    /// Fills local chunks, verifies the whole file and installs it, durably by the next
+    /// [`ReceiverStore::checkpoint`] (a store may batch installs until then, provided every
+    /// other operation sees the file installed).
     fn complete(&mut self, pending: &mut Self::Pending) -> Result<Completion, SyncError>;
     /// Forgets a file that will not be completed.
     fn discard(&mut self, pending: Self::Pending);
@@ -115,7 +117,9 @@ pub trait ReceiverStore {
     fn summary(&mut self) -> Result<TreeDigest, SyncError>;
     /// Removes whatever a failed or abandoned file left in the staging area.
     fn clear_staging(&mut self);
-    /// Saves bookkeeping that may lag behind the files (the receiver's index): called with each
-    /// acknowledgement. The files themselves are durable before this, whatever it does.
-    fn checkpoint(&mut self) {}
+    /// Makes everything applied so far durable (and saves bookkeeping that may lag behind, such
+    /// as an index): called before each acknowledgement, which it must not let through on error.
+    fn checkpoint(&mut self) -> Result<(), SyncError> {
+        Ok(())
+    }
 }

@@ -218,10 +218,13 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
         result
     }
 
-    /// Acknowledges everything applied so far (cumulative).
-    pub fn acknowledge(&mut self) {
+    /// Acknowledges everything applied so far (cumulative), once the store made it durable; on
+    /// error nothing is acknowledged and the session must end (the peer is told why).
+    pub fn acknowledge(&mut self) -> Result<(), SyncError> {
         if self.applied_seq > self.acked_seq {
-            self.store.checkpoint();
+            let durable = self.store.checkpoint();
+            self.tell_peer(&durable);
+            durable?;
             self.acked_seq = self.applied_seq;
             self.send(Message::Ack {
                 seq: self.acked_seq,
@@ -231,6 +234,7 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
                 idle: self.queue.is_empty(),
             });
         }
+        Ok(())
     }
 
     fn send(&mut self, msg: Message) {
@@ -841,7 +845,7 @@ mod tests {
             })
             .unwrap();
         machine.apply_ready().unwrap();
-        machine.acknowledge();
+        machine.acknowledge().unwrap();
         assert!(
             !root.join("extra.txt").exists(),
             "the full pass pruned the extra"
@@ -910,7 +914,7 @@ mod tests {
             })
             .unwrap();
         machine.apply_ready().unwrap();
-        machine.acknowledge();
+        machine.acknowledge().unwrap();
         assert_eq!(std::fs::read(root.join("same.txt")).unwrap(), same);
         assert_eq!(std::fs::read(root.join("waiting.txt")).unwrap(), waiting);
         assert!(sent(&mut machine).contains(&Message::Ack { seq: 3 }));
@@ -949,7 +953,7 @@ mod tests {
             })
             .unwrap();
         machine.apply_ready().unwrap();
-        machine.acknowledge();
+        machine.acknowledge().unwrap();
         assert!(!root.join("a").exists(), "the rename's source survived");
         assert!(!root.join("c").exists());
         assert!(sent(&mut machine).contains(&Message::Ack { seq: 1 }));
