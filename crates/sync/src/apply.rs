@@ -37,8 +37,9 @@ pub struct PendingFile {
     /// [`Applier`]'s handle cache): thousands of files may wait for data at once, more than a
     /// process may hold open.
     staging_name: String,
-    /// Whether the staging file exists yet.
-    staged: bool,
+    /// Whether the staging file exists yet (not to be confused with [`Applier`]'s staged files,
+    /// which are complete and wait to be installed).
+    staging_created: bool,
     offsets: Vec<u64>,
     /// Chunk hash → indices still waiting for the peer's bytes.
     awaiting: HashMap<Hash, Vec<u32>>,
@@ -356,7 +357,7 @@ impl Applier {
         let pending = PendingFile {
             entry,
             staging_name,
-            staged: false,
+            staging_created: false,
             offsets,
             awaiting,
             local,
@@ -541,14 +542,14 @@ impl Applier {
         }
         let mut options = OpenOptions::new();
         options.read(true).write(true);
-        if !pending.staged {
+        if !pending.staging_created {
             options.create(true).truncate(true);
         }
         let file = self
             .staging
             .open_with(&pending.staging_name, &options)?
             .into_std();
-        pending.staged = true;
+        pending.staging_created = true;
         Ok(file)
     }
 
@@ -564,7 +565,7 @@ impl Applier {
     pub fn discard(&mut self, pending: PendingFile) {
         self.open_staging
             .retain(|(name, _)| *name != pending.staging_name);
-        if pending.staged {
+        if pending.staging_created {
             let _ = self.staging.remove_file(&pending.staging_name);
         }
     }

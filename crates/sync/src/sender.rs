@@ -81,8 +81,6 @@ pub struct SendSummary {
     pub wire_bytes_received: u64,
     /// Changes sent and acknowledged.
     pub changes: u64,
-    /// Entries full passes described (the receiver's tree summary showed the rest equal).
-    pub entries_described: u64,
     /// Paths the receiver refused, with its reason.
     pub refused: Vec<(String, String)>,
     /// Files that could not be read cleanly, with the reason.

@@ -247,7 +247,12 @@ impl Index {
     pub fn commit(&mut self) -> Result<(), TreeError> {
         if self.deferred_writes > 0 {
             self.deferred_writes = 0;
-            self.conn.execute_batch("COMMIT")?;
+            if let Err(e) = self.conn.execute_batch("COMMIT") {
+                // Leave no transaction open behind a failed commit, or every later write fails
+                // to begin one; what is lost is redone by the next scan.
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(e.into());
+            }
         }
         Ok(())
     }

@@ -437,11 +437,11 @@ impl SenderMachine {
     fn queue_full_pass(&mut self, plan: FullPassPlan, theirs: Option<&TreeDigest>) {
         // Each entry's bucket, renames first (computed once: it decides both the digest and
         // whether the entry is described).
-        let described_entries = plan.renames.iter().map(|(_, e)| e).chain(&plan.entries);
+        let all_entries = plan.renames.iter().map(|(_, e)| e).chain(&plan.entries);
         let (skipped, buckets) = match theirs {
             Some(theirs) => {
                 let mut ours = TreeDigest::new(theirs.bits());
-                let buckets: Vec<usize> = described_entries
+                let buckets: Vec<usize> = all_entries
                     .map(|entry| {
                         let bucket = bucket_of(&entry.path, ours.bits());
                         ours.add_to(bucket, entry);
@@ -487,7 +487,6 @@ impl SenderMachine {
                 described
             );
         }
-        self.summary.entries_described += described;
         let prune = if self.config.allow_mass_delete {
             Prune::All
         } else {
