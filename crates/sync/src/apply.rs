@@ -259,6 +259,13 @@ impl Applier {
 
     /// The index's view of `rel`, re-checked against the disk (a stale entry is rehashed).
     fn current(&mut self, rel: &str) -> Result<Option<ScannedEntry>, SyncError> {
+        // Most often, on an initial sync above all, nothing is there yet.
+        #[cfg(target_os = "linux")]
+        if let Some((parent, name)) = self.open_parent(rel) {
+            if is_free(&parent, name) {
+                return self.forget_if_indexed(rel);
+            }
+        }
         if self.under_link(rel) {
             // Not an entry of this tree: whatever sits behind the link is never read or touched.
             return Ok(None);
@@ -280,6 +287,14 @@ impl Applier {
             }
             (Ok(_), _) => Ok(self.scanner.refresh(rel)?),
         }
+    }
+
+    /// Nothing is at `rel`: the index forgets whatever it recorded there.
+    fn forget_if_indexed(&mut self, rel: &str) -> Result<Option<ScannedEntry>, SyncError> {
+        if self.scanner.index().get(rel)?.is_some() {
+            self.scanner.index_mut().remove_tree(rel)?;
+        }
+        Ok(None)
     }
 
     /// Decides what an upsert needs. `requested` holds chunk hashes already asked for in this
@@ -470,8 +485,11 @@ impl Applier {
                 file,
             } = staged;
             synced.map_err(|e| self.io_err(&entry.path, e))?;
+            // The index records the installed file as this stat shows it: a rename keeps the
+            // modification time and the file's identity, so no stat by path is needed after it.
+            let meta = file.metadata().map_err(|e| self.io_err(&entry.path, e))?;
             drop(file);
-            self.install(&staging_name, &entry)?;
+            self.install(&staging_name, entry, &meta)?;
         }
         Ok(())
     }
@@ -626,21 +644,74 @@ impl Applier {
         Ok(None)
     }
 
-    /// Renames a finished staging file over its target, archiving what was there.
-    fn install(&mut self, staging_name: &str, entry: &FileEntry) -> Result<(), SyncError> {
+    /// Renames a finished staging file over its target, archiving what was there. `meta` is the
+    /// staging file's own metadata, taken just before.
+    fn install(
+        &mut self,
+        staging_name: &str,
+        entry: FileEntry,
+        meta: &std::fs::Metadata,
+    ) -> Result<(), SyncError> {
         let rel = entry.path.as_str();
-        self.ensure_parent(rel)?;
-        self.archive_existing(rel, false)?;
-        #[cfg(windows)]
-        windows_attributes::clear_readonly(&self.root_path.join(rel));
-        self.staging
-            .rename(staging_name, &self.root, rel)
-            .map_err(|e| self.io_err(rel, e))?;
+        if !self.rename_into_free_slot(staging_name, rel) {
+            self.ensure_parent(rel)?;
+            self.archive_existing(rel, false)?;
+            #[cfg(windows)]
+            windows_attributes::clear_readonly(&self.root_path.join(rel));
+            self.staging
+                .rename(staging_name, &self.root, rel)
+                .map_err(|e| self.io_err(rel, e))?;
+        }
         #[cfg(windows)]
         windows_attributes::apply(&self.root_path.join(rel), entry.attributes.windows)
             .map_err(|e| self.io_err(rel, e))?;
         self.sync_parent(rel);
-        self.record(entry.clone())
+        let file_id = swrepl_tree::file_id_from(&self.root_path.join(rel), meta);
+        let mut entry = entry;
+        entry.mtime_ns = swrepl_tree::mtime_ns(meta);
+        self.scanner
+            .index_mut()
+            .put(&ScannedEntry { entry, file_id })?;
+        Ok(())
+    }
+
+    /// The common case of [`Applier::install`] made cheap: the target's parent is a real
+    /// directory and nothing is at the target yet, so there is nothing to create, replace or
+    /// archive: one open, one stat and the rename. False when the general path must run, which
+    /// then also reports any error.
+    #[cfg(target_os = "linux")]
+    fn rename_into_free_slot(&self, staging_name: &str, rel: &str) -> bool {
+        use std::os::fd::AsFd;
+        let Some((parent, name)) = self.open_parent(rel) else {
+            return false;
+        };
+        is_free(&parent, name)
+            && rustix::fs::renameat(self.staging.as_fd(), staging_name, &parent, name).is_ok()
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn rename_into_free_slot(&self, _staging_name: &str, _rel: &str) -> bool {
+        false
+    }
+
+    /// Opens the directory holding `rel` when every component on the way is a real directory:
+    /// the kernel refuses links while resolving it, confined to the root, in one call (the
+    /// general paths check one component at a time). None when a component is missing, a link
+    /// or not a directory, or without openat2 (Linux < 5.6): the general path decides then.
+    #[cfg(target_os = "linux")]
+    fn open_parent<'r>(&self, rel: &'r str) -> Option<(std::os::fd::OwnedFd, &'r str)> {
+        use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+        use std::os::fd::AsFd;
+        let (parent, name) = rel.rsplit_once('/').unwrap_or((".", rel));
+        let dir = openat2(
+            self.root.as_fd(),
+            parent,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+        .ok()?;
+        Some((dir, name))
     }
 
     /// Moves whatever sits at `rel` out of the way: a file being replaced is kept as a copy
@@ -782,6 +853,10 @@ impl Applier {
         let Some((parents, _)) = rel.rsplit_once('/') else {
             return false;
         };
+        #[cfg(target_os = "linux")]
+        if self.open_parent(rel).is_some() {
+            return false;
+        }
         for component in parents.split('/') {
             if !prefix.is_empty() {
                 prefix.push('/');
@@ -1140,6 +1215,15 @@ fn fsync_all(staged: &[StagedFile]) -> Vec<io::Result<()>> {
         }
         results
     })
+}
+
+/// Whether nothing at all (not even a dangling link) is at `name` in `dir`.
+#[cfg(target_os = "linux")]
+fn is_free(dir: &std::os::fd::OwnedFd, name: &str) -> bool {
+    matches!(
+        rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW),
+        Err(rustix::io::Errno::NOENT)
+    )
 }
 
 /// Whether one of two paths is the other or lies below it.

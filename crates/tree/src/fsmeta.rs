@@ -19,7 +19,7 @@ pub fn file_id_of(path: &Path) -> Option<FileId> {
 
 /// The identity of the entry `meta` describes; `path` is where it was read (Windows needs to open
 /// it, Unix has it in `meta` already).
-pub(crate) fn file_id_from(path: &Path, meta: &Metadata) -> Option<FileId> {
+pub fn file_id_from(path: &Path, meta: &Metadata) -> Option<FileId> {
     platform::file_id_from(path, meta)
 }
 

@@ -22,7 +22,7 @@
 //!   [`Scanner::locked_files`]; [`is_locked_error`] says which OS errors mean "locked".
 //! - [`list_tree`], [`compare`], [`verify_trees`]: hash whole trees in parallel and compare them.
 //! - Helpers: [`to_os_path`], [`to_wire_path`], [`compare_paths`], [`file_id_of`],
-//!   [`attributes_of`], [`mtime_ns`].
+//!   [`file_id_from`], [`attributes_of`], [`mtime_ns`].
 //!
 //! Wire paths are relative, `/`-separated UTF-8 strings. Throughout the crate, trees are listed in
 //! [`compare_paths`] order, in which a directory always comes before everything below it.
@@ -43,8 +43,8 @@ use std::path::PathBuf;
 pub use chunk::{chunk_file, chunk_reader, hash_bytes, Chunked};
 pub use excludes::Excludes;
 pub use fsmeta::{
-    attributes_of, compare_paths, file_id_of, is_same_or_below, mtime_ns, to_os_path, to_wire_path,
-    FileId,
+    attributes_of, compare_paths, file_id_from, file_id_of, is_same_or_below, mtime_ns,
+    to_os_path, to_wire_path, FileId,
 };
 pub use index::{ChunkLocation, Index};
 pub use locked::{
