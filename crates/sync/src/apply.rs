@@ -49,6 +49,10 @@ pub struct PendingFile {
     received_bytes: u64,
     /// The whole-file hash of the staged prefix, fed as chunks are written.
     digest: PrefixDigest,
+    /// Chunks copied from the previous version without checking their hashes (it was as
+    /// indexed): the whole-file hash vouches for them, and only if it fails are they checked one
+    /// by one, so that just the altered ones are asked for.
+    unchecked: Vec<u32>,
 }
 
 impl PendingFile {
@@ -61,11 +65,13 @@ impl PendingFile {
     }
 
     /// Copies the chunks `run` (consecutive here, and consecutive in `previous`) from the
-    /// previous version with one read and one write. Each chunk is checked against its hash,
-    /// since the Slave's copy may have changed since it was indexed; a large run is checked (and
-    /// fed to the whole-file hash) on a second thread while the main one writes it: the staging
-    /// file is not visible, and a chunk that does not match is neither counted as written nor
-    /// hashed. Returns the chunks that did not match (or could not be read).
+    /// previous version with one read and one write. When the previous version is not as indexed
+    /// (or the file is a single chunk, whose hash is the whole-file hash), each chunk is checked
+    /// against its hash; otherwise the whole-file hash checks them all at the end
+    /// ([`PendingFile::unchecked`]). A large run is checked and fed to the whole-file hash on a
+    /// second thread while the main one writes it: the staging file is not visible, and a chunk
+    /// that does not match is neither counted as written nor hashed. Returns the chunks that did
+    /// not match (or could not be read).
     fn copy_run(
         &mut self,
         file: &mut File,
@@ -85,6 +91,7 @@ impl PendingFile {
         self.digest
             .catch_up(file, &self.offsets, &self.entry.chunks)?;
         let mut hasher = self.digest.continuing_at(run[0] as usize);
+        let each_chunk_checked = !previous.as_indexed || self.entry.chunks.len() == 1;
         let data = &buf[..];
         let check = |hasher: Option<&mut blake3::Hasher>| -> Vec<bool> {
             let mut pos = 0;
@@ -93,7 +100,7 @@ impl PendingFile {
                 .map(|chunk| {
                     let bytes = &data[pos..pos + chunk.len as usize];
                     pos += bytes.len();
-                    *blake3::hash(bytes).as_bytes() == chunk.hash
+                    !each_chunk_checked || *blake3::hash(bytes).as_bytes() == chunk.hash
                 })
                 .collect();
             if let Some(hasher) = hasher {
@@ -128,7 +135,32 @@ impl PendingFile {
                 unfilled.push(i);
             }
         }
+        if !each_chunk_checked {
+            self.unchecked.extend_from_slice(run);
+        }
         Ok(unfilled)
+    }
+
+    /// After the whole-file hash failed: checks each chunk copied unchecked, as it is in the
+    /// staging file. Those that do not match are awaited from the peer again (the previous
+    /// version had changed without its size or time showing it) and the whole-file hash starts
+    /// over. Returns them; empty when every copied chunk was right after all.
+    fn recheck_copied(&mut self, file: &mut File) -> io::Result<Vec<u32>> {
+        let mut altered = Vec::new();
+        let mut buf = Vec::new();
+        for i in std::mem::take(&mut self.unchecked) {
+            let chunk = self.entry.chunks[i as usize];
+            buf.resize(chunk.len as usize, 0);
+            read_exact_at(file, self.offsets[i as usize], &mut buf)?;
+            if *blake3::hash(&buf).as_bytes() != chunk.hash {
+                self.awaiting.entry(chunk.hash).or_default().push(i);
+                altered.push(i);
+            }
+        }
+        if !altered.is_empty() {
+            self.digest.restart_without(&altered);
+        }
+        Ok(altered)
     }
 }
 
@@ -370,6 +402,7 @@ impl Applier {
         }
         let digest = PrefixDigest::new(entry.chunks.len());
         let pending = PendingFile {
+            unchecked: Vec::new(),
             entry,
             staging_name,
             staging_created: false,
@@ -440,6 +473,23 @@ impl Applier {
             .map_err(|e| self.io_err(&path, e))?;
         match actual {
             Some(actual) if actual == pending.entry.file_hash => {}
+            Some(_) if !pending.unchecked.is_empty() => {
+                let altered = pending
+                    .recheck_copied(&mut file)
+                    .map_err(|e| self.io_err(&path, e))?;
+                if altered.is_empty() {
+                    return Err(SyncError::Protocol(format!(
+                        "assembled {path:?} does not match its whole-file hash"
+                    )));
+                }
+                tracing::info!(
+                    path = %path,
+                    chunks = altered.len(),
+                    "the Slave's previous version had changed since indexed: asking for its altered chunks"
+                );
+                self.keep_staging(&pending.staging_name, file);
+                return Ok(Completion::NeedMore(altered));
+            }
             Some(_) => {
                 return Err(SyncError::Protocol(format!(
                     "assembled {path:?} does not match its whole-file hash"
@@ -596,6 +646,10 @@ impl Applier {
         let Ok(file) = self.root.open(rel) else {
             return Ok(None);
         };
+        let file = file.into_std();
+        let as_indexed = file.metadata().is_ok_and(|meta| {
+            meta.len() == known.entry.size && swrepl_tree::mtime_ns(&meta) == known.entry.mtime_ns
+        });
         let mut chunks = HashMap::new();
         let mut offset = 0u64;
         for chunk in &known.entry.chunks {
@@ -603,8 +657,9 @@ impl Applier {
             offset += u64::from(chunk.len);
         }
         Ok(Some(PreviousVersion {
-            file: file.into_std(),
+            file,
             chunks,
+            as_indexed,
         }))
     }
 
@@ -1256,6 +1311,8 @@ struct LocalSources {
 struct PreviousVersion {
     file: File,
     chunks: HashMap<Hash, (u64, u32)>,
+    /// Whether its size and modification time are what the index recorded with its chunks.
+    as_indexed: bool,
 }
 
 impl PreviousVersion {
@@ -1361,6 +1418,15 @@ impl PrefixDigest {
                 .clone()
                 .unwrap_or_else(|| Box::new(blake3::Hasher::new())),
         )
+    }
+
+    /// Starts over, with the chunks `missing` no longer in the staging file.
+    fn restart_without(&mut self, missing: &[u32]) {
+        self.hasher = None;
+        self.hashed = 0;
+        for &i in missing {
+            self.filled[i as usize] = false;
+        }
     }
 
     /// Takes `hasher`, a copy from [`PrefixDigest::continuing_at`] fed `chunks` more chunks.
