@@ -9,6 +9,11 @@
 //! - `blake3 only 64MiB`: one thread, the bound for one core; `blake3 only file` the same file
 //!   hashed without chunking by a single reader (what hashing it cost before segments).
 //!
+//! - `rechunk <N>MiB after …`: the same file after a 4 KiB overwrite and after a 100-byte
+//!   insert in the middle, chunked in full (`full`) and from its previous chunk list
+//!   (`with previous chunks`, `rechunk_file`): what the scanner pays for a small edit in a large
+//!   file that the index knows.
+//!
 //! Run: `cargo bench --bench chunking` (a minute or two; the file is removed afterwards).
 
 mod common;
@@ -38,10 +43,7 @@ fn chunking(c: &mut Criterion) {
 }
 
 fn large_file(c: &mut Criterion) {
-    let mib: u64 = std::env::var("SWREPL_BENCH_FILE_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
+    let mib = bench_file_mib();
     let dir = scratch_dir("chunking");
     let path = dir.path().join("large.bin");
     {
@@ -72,5 +74,56 @@ fn large_file(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, chunking, large_file);
+fn rechunk_after_edit(c: &mut Criterion) {
+    let mib = bench_file_mib();
+    let dir = scratch_dir("rechunk");
+    let path = dir.path().join("large.bin");
+    let mut data = Vec::with_capacity((mib * 1024 * 1024) as usize);
+    for i in 0..mib {
+        data.extend_from_slice(&noise(i, 1024 * 1024));
+    }
+    std::fs::write(&path, &data).expect("cannot write the file");
+    let previous = swrepl_tree::chunk_file(&path)
+        .expect("cannot chunk the file")
+        .chunks;
+    let middle = data.len() / 2;
+    let mut overwritten = data.clone();
+    overwritten[middle..middle + 4096].copy_from_slice(&noise(u64::MAX, 4096));
+    let mut inserted = data;
+    inserted.splice(middle..middle, noise(u64::MAX - 1, 100));
+
+    let mut group = c.benchmark_group("chunking");
+    group.throughput(Throughput::Bytes(mib * 1024 * 1024));
+    group.sample_size(10);
+    for (edit, content) in [
+        ("4 KiB overwrite", overwritten),
+        ("100-byte insert", inserted),
+    ] {
+        std::fs::write(&path, &content).expect("cannot write the file");
+        drop(content);
+        group.bench_function(format!("rechunk {mib}MiB after {edit}: full"), |b| {
+            b.iter(|| swrepl_tree::chunk_file(black_box(&path)).expect("cannot chunk the file"))
+        });
+        group.bench_function(
+            format!("rechunk {mib}MiB after {edit}: with previous chunks"),
+            |b| {
+                b.iter(|| {
+                    swrepl_tree::rechunk_file(black_box(&path), black_box(&previous))
+                        .expect("cannot chunk the file")
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+/// `SWREPL_BENCH_FILE_MIB`, default 256.
+fn bench_file_mib() -> u64 {
+    std::env::var("SWREPL_BENCH_FILE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+criterion_group!(benches, chunking, large_file, rechunk_after_edit);
 criterion_main!(benches);

@@ -32,6 +32,8 @@ use fastcdc::v2020::{cut, select_masks, Normalization};
 use crate::parallel::{for_each_segment, segment_workers};
 use crate::{ChunkRef, Hash, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 
+mod rechunk;
+
 /// The result of chunking one stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chunked {
@@ -56,6 +58,51 @@ pub fn chunk_reader<R: Read>(reader: R) -> std::io::Result<Chunked> {
 /// Chunks and hashes the file at `path`; a large file on all cores.
 pub fn chunk_file(path: &Path) -> std::io::Result<Chunked> {
     chunk_reader_with_progress(std::fs::File::open(path)?, &mut |_| {})
+}
+
+/// Chunks and hashes the file at `path` exactly like [`chunk_file`], using `previous` (the
+/// file's chunk list from before it changed, e.g. from the index) to skip the content-defined
+/// scan wherever the old chunks are still there: each is taken only once its bytes hash to its
+/// recorded hash (see the `rechunk` module). A stale, damaged or unrelated list only costs the
+/// hashing of the candidates that fail.
+pub fn rechunk_file(path: &Path, previous: &[ChunkRef]) -> std::io::Result<Chunked> {
+    rechunk_reader_with_progress(std::fs::File::open(path)?, previous, &mut |_| {})
+}
+
+/// Files shorter than this are chunked in full even when their previous chunks are known: the
+/// scan costs well under a millisecond there.
+pub(crate) const RECHUNK_MIN_LEN: u64 = 1024 * 1024;
+
+/// [`chunk_reader_with_progress`] with the previous chunk list of the file, as [`rechunk_file`]
+/// uses it; large files on all cores.
+pub(crate) fn rechunk_reader_with_progress(
+    file: std::fs::File,
+    previous: &[ChunkRef],
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<Chunked> {
+    let len = file.metadata()?.len();
+    if len >= RECHUNK_MIN_LEN {
+        if let Some(previous) = rechunk::Previous::new(previous) {
+            let workers = if len >= PARALLEL_MIN_LEN {
+                segment_workers()
+            } else {
+                1
+            };
+            let rechunked = rechunk::rechunk_segments(
+                &file,
+                len,
+                &previous,
+                SEGMENT_LEN,
+                workers,
+                &mut *progress,
+            )?;
+            if let Some(chunked) = rechunked {
+                return Ok(chunked);
+            }
+            tracing::debug!("file changed length while rechunked; chunking it in one pass");
+        }
+    }
+    chunk_reader_with_progress(file, progress)
 }
 
 /// Files at least this long are chunked and hashed in segments on all cores.
@@ -606,7 +653,7 @@ mod tests {
 
     /// The contract: what fastcdc's sequential StreamCDC cuts, hashed chunk by chunk (the
     /// implementation before chunking went through one buffer and onto all cores).
-    fn reference(data: &[u8]) -> Chunked {
+    pub(super) fn reference(data: &[u8]) -> Chunked {
         let cdc = StreamCDC::new(
             data,
             CHUNK_MIN as usize,
@@ -630,7 +677,7 @@ mod tests {
     }
 
     /// Segments small enough that a few MiB make many of them.
-    const SMALL_SEGMENT: usize = CHUNK_MAX as usize;
+    pub(super) const SMALL_SEGMENT: usize = CHUNK_MAX as usize;
 
     fn chunk_in_segments(data: &[u8], segment_len: usize, workers: usize) -> Chunked {
         let mut progressed = 0;
@@ -643,7 +690,7 @@ mod tests {
         chunked
     }
 
-    fn assert_same_chunks(actual: &Chunked, expected: &Chunked, what: &str) {
+    pub(super) fn assert_same_chunks(actual: &Chunked, expected: &Chunked, what: &str) {
         assert_eq!(actual.size, expected.size, "{what}: size");
         assert_eq!(actual.file_hash, expected.file_hash, "{what}: file hash");
         let ends = |c: &Chunked| {

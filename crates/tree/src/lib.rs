@@ -8,7 +8,9 @@
 //!   default excludes ([`DEFAULT_EXCLUDES`]: the SwSQL data folder) and swrepl's own state
 //!   directory ([`STATE_DIR_NAME`], always excluded).
 //! - [`chunk_reader`] / [`chunk_file`] / [`hash_bytes`]: content-defined chunking (fastcdc v2020,
-//!   [`CHUNK_MIN`]/[`CHUNK_AVG`]/[`CHUNK_MAX`]) with blake3 hashes, streaming in bounded memory.
+//!   [`CHUNK_MIN`]/[`CHUNK_AVG`]/[`CHUNK_MAX`]) with blake3 hashes, streaming in bounded memory;
+//!   [`rechunk_file`] gives the same result for a changed file from its previous chunk list,
+//!   hashing the old chunks still there instead of scanning for cuts.
 //! - [`Index`]: the persistent sqlite index (path → entry, chunks, file id; chunk hash → where
 //!   those bytes live locally), so an unchanged file is never reread. A damaged index can be
 //!   recreated ([`Index::open_or_recreate`]): it is a cache, never the only copy of anything.
@@ -40,7 +42,7 @@ mod walk;
 
 use std::path::PathBuf;
 
-pub use chunk::{chunk_file, chunk_reader, hash_bytes, Chunked};
+pub use chunk::{chunk_file, chunk_reader, hash_bytes, rechunk_file, Chunked};
 pub use excludes::Excludes;
 pub use fsmeta::{
     attributes_of, compare_paths, file_id_from, file_id_of, is_same_or_below, mtime_ns,

@@ -4,16 +4,17 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::chunk::RECHUNK_MIN_LEN;
 use crate::diff::{settle, Edit, Found, Unseen};
 use crate::locked::{LockedFile, LockedSet};
 use crate::parallel::parallel_map_costliest_first;
 use crate::walk::{
-    check_root, read_stable, stat_item, walk_each, AfterReadHook, ItemKind, ReadFailure, Stat,
-    Walked,
+    check_root, read_stable_reusing, stat_item, walk_each, AfterReadHook, ItemKind, ReadFailure,
+    Stat, Walked,
 };
 use crate::{
-    compare_paths, hash_bytes, to_os_path, EntryKind, Excludes, FileEntry, FileId, Hash, Index,
-    TreeError,
+    compare_paths, hash_bytes, to_os_path, ChunkRef, EntryKind, Excludes, FileEntry, FileId, Hash,
+    Index, TreeError,
 };
 
 /// An entry of the tree together with the local identity of the file it describes.
@@ -201,7 +202,11 @@ impl Scanner {
         let results = parallel_map_costliest_first(
             &to_read,
             |(item, _)| item.size,
-            |(item, _)| read_stable(item, hook, &mut |_| {}),
+            // A changed file's previous chunks spare most of the chunking of a small edit.
+            |(item, at)| {
+                let previous = at.map_or(&[][..], |i| &prev[i].entry.chunks[..]);
+                read_stable_reusing(item, previous, hook, &mut |_| {})
+            },
         );
         for ((item, at), result) in to_read.into_iter().zip(results) {
             match result {
@@ -286,7 +291,12 @@ impl Scanner {
                     path: rel.to_string(),
                 })
             }
-            ItemKind::File => match read_stable(&item, self.after_read.as_ref(), &mut |_| {}) {
+            ItemKind::File => match read_stable_reusing(
+                &item,
+                &previous_chunks(&self.index, rel, item.size),
+                self.after_read.as_ref(),
+                &mut |_| {},
+            ) {
                 Ok(content) => {
                     self.locked.resolved(rel);
                     item.entry(Some(&content))
@@ -316,6 +326,22 @@ impl Scanner {
         }
         self.index.put(&scanned)?;
         Ok(Some(scanned))
+    }
+}
+
+/// The chunks `index` records for the file at `rel` (nothing for a file too small to gain from
+/// them): a cache, so an index that cannot answer just means a full read.
+fn previous_chunks(index: &Index, rel: &str, size: u64) -> Vec<ChunkRef> {
+    if size < RECHUNK_MIN_LEN {
+        return Vec::new();
+    }
+    match index.get(rel) {
+        Ok(Some(known)) => known.entry.chunks,
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::debug!(path = rel, error = %e, "previous chunks unavailable; reading in full");
+            Vec::new()
+        }
     }
 }
 

@@ -12,12 +12,14 @@ use std::fs::Metadata;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use crate::chunk::{chunk_reader_with_progress, hash_reader_with_progress};
+use crate::chunk::{
+    chunk_reader_with_progress, hash_reader_with_progress, rechunk_reader_with_progress,
+};
 use crate::diff::TreeKey;
 use crate::fsmeta::{file_id_from, file_id_with, link_target_inside};
 use crate::{
-    attributes_of, hash_bytes, mtime_ns, to_os_path, Attributes, Chunked, EntryKind, Excludes,
-    FileEntry, FileId, Hash, ScanProblem, TreeError,
+    attributes_of, hash_bytes, mtime_ns, to_os_path, Attributes, ChunkRef, Chunked, EntryKind,
+    Excludes, FileEntry, FileId, Hash, ScanProblem, TreeError,
 };
 
 /// Called after a file's content was read and before it is stat'ed again (a testing aid).
@@ -634,6 +636,22 @@ pub(crate) fn read_stable(
 ) -> Result<Chunked, ReadFailure> {
     read_checked(item, after_read, |file| {
         let chunked = chunk_reader_with_progress(file, progress)?;
+        let size = chunked.size;
+        Ok((chunked, size))
+    })
+}
+
+/// Like [`read_stable`], for a file whose content changed since it was chunked into `previous`
+/// (its chunk list from the index): the old chunks still there are confirmed by their hashes
+/// instead of scanned for (see [`crate::rechunk_file`]); the result is the same.
+pub(crate) fn read_stable_reusing(
+    item: &WalkItem,
+    previous: &[ChunkRef],
+    after_read: Option<&AfterReadHook>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Chunked, ReadFailure> {
+    read_checked(item, after_read, |file| {
+        let chunked = rechunk_reader_with_progress(file, previous, progress)?;
         let size = chunked.size;
         Ok((chunked, size))
     })
