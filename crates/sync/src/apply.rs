@@ -291,12 +291,13 @@ impl Applier {
 
     /// The index's view of `rel`, re-checked against the disk (a stale entry is rehashed).
     fn current(&mut self, rel: &str) -> Result<Option<ScannedEntry>, SyncError> {
-        // Most often, on an initial sync above all, nothing is there yet.
+        // Most often, on an initial sync above all, nothing is there yet (often not even the
+        // directory, which is created when the changes before this one are applied).
         #[cfg(target_os = "linux")]
-        if let Some((parent, name)) = self.open_parent(rel) {
-            if is_free(&parent, name) {
-                return self.forget_if_indexed(rel);
-            }
+        match self.open_parent(rel) {
+            Ok((parent, name)) if is_free(&parent, name) => return self.forget_if_indexed(rel),
+            Err(rustix::io::Errno::NOENT) => return self.forget_if_indexed(rel),
+            _ => {}
         }
         if self.under_link(rel) {
             // Not an entry of this tree: whatever sits behind the link is never read or touched.
@@ -737,7 +738,7 @@ impl Applier {
     #[cfg(target_os = "linux")]
     fn rename_into_free_slot(&self, staging_name: &str, rel: &str) -> bool {
         use std::os::fd::AsFd;
-        let Some((parent, name)) = self.open_parent(rel) else {
+        let Ok((parent, name)) = self.open_parent(rel) else {
             return false;
         };
         is_free(&parent, name)
@@ -751,10 +752,14 @@ impl Applier {
 
     /// Opens the directory holding `rel` when every component on the way is a real directory:
     /// the kernel refuses links while resolving it, confined to the root, in one call (the
-    /// general paths check one component at a time). None when a component is missing, a link
-    /// or not a directory, or without openat2 (Linux < 5.6): the general path decides then.
+    /// general paths check one component at a time). An error when a component is missing
+    /// (`NOENT`: nothing is at `rel` then), a link or not a directory, or without openat2
+    /// (Linux < 5.6): the general path decides then.
     #[cfg(target_os = "linux")]
-    fn open_parent<'r>(&self, rel: &'r str) -> Option<(std::os::fd::OwnedFd, &'r str)> {
+    fn open_parent<'r>(
+        &self,
+        rel: &'r str,
+    ) -> Result<(std::os::fd::OwnedFd, &'r str), rustix::io::Errno> {
         use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
         use std::os::fd::AsFd;
         let (parent, name) = rel.rsplit_once('/').unwrap_or((".", rel));
@@ -764,9 +769,8 @@ impl Applier {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        )
-        .ok()?;
-        Some((dir, name))
+        )?;
+        Ok((dir, name))
     }
 
     /// Moves whatever sits at `rel` out of the way: a file being replaced is kept as a copy
@@ -909,8 +913,8 @@ impl Applier {
             return false;
         };
         #[cfg(target_os = "linux")]
-        if self.open_parent(rel).is_some() {
-            return false;
+        if let Ok(_) | Err(rustix::io::Errno::NOENT) = self.open_parent(rel) {
+            return false; // all real directories, or one missing: nothing behind a link
         }
         for component in parents.split('/') {
             if !prefix.is_empty() {
@@ -1075,11 +1079,17 @@ impl Applier {
     pub fn summary(&mut self) -> Result<TreeDigest, SyncError> {
         self.install_staged()?;
         let outcome = self.scanner.scan()?;
-        let mut digest = TreeDigest::new(summary_bits(outcome.entries.len() as u64));
-        for scanned in &outcome.entries {
-            digest.add(&scanned.entry);
-        }
-        Ok(digest)
+        // A few blake3 compressions per entry: spread over every core.
+        let keys = swrepl_proto::summary::entry_keys(&outcome.entries, |s| &s.entry);
+        // Freeing tens of thousands of entries takes a millisecond or more, which the sender
+        // would wait for: it is done on a thread of its own (inline if none can be started).
+        let _ = std::thread::Builder::new()
+            .name("free-scan".into())
+            .spawn(move || drop(outcome));
+        Ok(TreeDigest::from_keys(
+            summary_bits(keys.len() as u64),
+            &keys,
+        ))
     }
 
     /// Applies mtime and permissions of `wanted` to the file that already has its content.
@@ -1142,10 +1152,33 @@ impl Applier {
     /// directory may be gone again (deleted, renamed: its parent is in the set then).
     pub fn sync_dirs(&mut self) {
         for dir in std::mem::take(&mut self.unsynced_dirs) {
-            if let Ok(dir) = self.root.open_dir(&dir) {
-                let _ = dir.into_std_file().sync_all();
+            if let Some(dir) = self.open_dir_to_sync(&dir) {
+                let _ = dir.sync_all();
             }
         }
+    }
+
+    /// A directory opened so that it can be fsynced: cap-std opens directories with `O_PATH` on
+    /// Linux, a handle fsync refuses (EBADF), so there it is opened for reading instead, with
+    /// links refused and confined to the root like any other open.
+    #[cfg(target_os = "linux")]
+    fn open_dir_to_sync(&self, rel: &str) -> Option<File> {
+        use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+        use std::os::fd::AsFd;
+        let dir = openat2(
+            self.root.as_fd(),
+            rel,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+        .ok()?;
+        Some(File::from(dir))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn open_dir_to_sync(&self, rel: &str) -> Option<File> {
+        Some(self.root.open_dir(rel).ok()?.into_std_file())
     }
 
     fn io_err(&self, rel: &str, source: io::Error) -> SyncError {

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use swrepl_net::{FrameReader, FrameWriter, Identity, Listener};
 use swrepl_proto::{ErrorCode, Message, Role};
@@ -258,7 +258,7 @@ async fn run_sender_session(
     });
 
     let (in_tx, in_rx) = mpsc::channel::<Message>(256);
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<Message>>();
     // The reading half tells the peer about a message that breaks the protocol's limits.
     let violations = out_tx.clone();
     let events = ctx.events.clone();
@@ -276,9 +276,11 @@ async fn run_sender_session(
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
             tokio::select! {
-                msg = out_rx.recv() => match msg {
-                    Some(msg) => {
-                        writer.feed(&msg).await?;
+                batch = out_rx.recv() => match batch {
+                    Some(batch) => {
+                        for msg in &batch {
+                            writer.feed(msg).await?;
+                        }
                         if out_rx.is_empty() { writer.flush().await?; }
                     }
                     None => break,
@@ -310,10 +312,10 @@ async fn run_sender_session(
             };
             let Some(msg) = msg else { return Ok(()) };
             if let Err(e) = check_message(&msg) {
-                let _ = violations.send(Message::Error {
+                let _ = violations.send(vec![Message::Error {
                     code: ErrorCode::ProtocolViolation,
                     message: e.to_string(),
-                });
+                }]);
                 return Err(e);
             }
             if in_tx.send(msg).await.is_err() {
@@ -339,52 +341,125 @@ async fn run_sender_session(
     work_result.and(read_result)
 }
 
-/// The blocking half of a sender session: feeds the machine what the reading half received,
-/// applies what is ready and acknowledges, batching acknowledgements while messages keep coming.
+/// The blocking half of a sender session: feeds the machine what the reading half received and
+/// applies what is ready. A change is acknowledged as soon as it is applied when the last
+/// acknowledgement is [`ACK_INTERVAL`] old; otherwise (a burst of changes) it waits for the rest
+/// of that interval, so that one checkpoint (fsyncs, renames, index commit, status file) serves
+/// all the changes applied meanwhile rather than one each time the applier catches up.
 fn apply_loop(
     machine: &mut ReceiverMachine<Applier>,
     mut incoming: mpsc::Receiver<Message>,
-    out: &mpsc::UnboundedSender<Message>,
+    out: &mpsc::UnboundedSender<Vec<Message>>,
     events: &Events,
     status: &StatusFile,
 ) -> Result<(), SyncError> {
-    let step = |machine: &mut ReceiverMachine<Applier>, result: Result<(), SyncError>| {
-        carry_out(machine, out, events, status);
-        result
+    let runtime = tokio::runtime::Handle::current();
+    let mut carrier = Carrier {
+        out,
+        outbox: Vec::new(),
+        events,
+        status,
+        last_ack: None,
     };
     // With registry replication on, the machine opens with the keys' snapshot.
-    step(machine, Ok(()))?;
-    while let Some(msg) = incoming.blocking_recv() {
+    carrier.step(machine, Ok(()))?;
+    let mut next = incoming.blocking_recv();
+    while let Some(msg) = next {
         let received = machine.receive(msg);
-        step(machine, received)?;
-        while let Ok(msg) = incoming.try_recv() {
-            let received = machine.receive(msg);
-            step(machine, received)?;
+        carrier.step(machine, received)?;
+        loop {
             let applied = machine.apply_ready();
-            step(machine, applied)?;
+            carrier.step(machine, applied)?;
+            if machine.has_unacknowledged() && carrier.ack_due() {
+                carrier.acknowledge(machine)?;
+            }
+            let Ok(msg) = incoming.try_recv() else { break };
+            let received = machine.receive(msg);
+            carrier.step(machine, received)?;
         }
-        let applied = machine.apply_ready();
-        step(machine, applied)?;
-        let acked = machine.acknowledge();
-        step(machine, acked)?;
+        carrier.flush(); // the peer hears what was said (chunks needed) before any wait
+        if !machine.has_unacknowledged() {
+            next = incoming.blocking_recv();
+            continue;
+        }
+        // Acknowledged a moment ago: more changes may come before the interval is over.
+        let wait = carrier.until_ack_due();
+        next = match runtime.block_on(tokio::time::timeout(wait, incoming.recv())) {
+            Ok(Some(msg)) => Some(msg),
+            Ok(None) => None,
+            Err(_quiet) => {
+                carrier.acknowledge(machine)?;
+                incoming.blocking_recv()
+            }
+        };
     }
-    Ok(())
+    carrier.acknowledge(machine)
 }
 
-/// Does what the machine asked for: messages to the writing half, events, status updates.
-fn carry_out(
-    machine: &mut ReceiverMachine<Applier>,
-    out: &mpsc::UnboundedSender<Message>,
-    events: &Events,
-    status: &StatusFile,
-) {
-    while let Some(output) = machine.poll_output() {
-        match output {
-            ReceiverOutput::Send(msg) => {
-                let _ = out.send(msg);
+/// Acknowledgements in a burst of changes are this far apart at least (a lone change is
+/// acknowledged at once): the sender's window holds thousands of changes, so it never waits.
+const ACK_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Messages the writing half gets at once, at most (a batch costs one wake-up and one flush).
+const OUTBOX_MAX: usize = 64;
+
+/// Does what the machine asks for: messages to the writing half (in batches), events, status.
+struct Carrier<'a> {
+    out: &'a mpsc::UnboundedSender<Vec<Message>>,
+    outbox: Vec<Message>,
+    events: &'a Events,
+    status: &'a StatusFile,
+    /// When the machine last acknowledged (checkpointed).
+    last_ack: Option<Instant>,
+}
+
+impl Carrier<'_> {
+    /// Carries out what the machine asked for after a step whose outcome is `result`; an error
+    /// ends the session, and whatever the machine said before it (its error message) goes out.
+    fn step(
+        &mut self,
+        machine: &mut ReceiverMachine<Applier>,
+        result: Result<(), SyncError>,
+    ) -> Result<(), SyncError> {
+        while let Some(output) = machine.poll_output() {
+            match output {
+                ReceiverOutput::Send(msg) => {
+                    self.outbox.push(msg);
+                    if self.outbox.len() >= OUTBOX_MAX {
+                        self.flush();
+                    }
+                }
+                ReceiverOutput::Event(event) => emit(self.events, event),
+                ReceiverOutput::Status(change) => record_status(self.status, change),
             }
-            ReceiverOutput::Event(event) => emit(events, event),
-            ReceiverOutput::Status(change) => record_status(status, change),
+        }
+        if result.is_err() {
+            self.flush();
+        }
+        result
+    }
+
+    /// Acknowledges what was applied (a checkpoint first) and sends everything said so far.
+    fn acknowledge(&mut self, machine: &mut ReceiverMachine<Applier>) -> Result<(), SyncError> {
+        let acked = machine.acknowledge();
+        self.last_ack = Some(Instant::now());
+        self.step(machine, acked)?;
+        self.flush();
+        Ok(())
+    }
+
+    fn ack_due(&self) -> bool {
+        self.until_ack_due().is_zero()
+    }
+
+    fn until_ack_due(&self) -> Duration {
+        self.last_ack
+            .map_or(Duration::ZERO, |at| ACK_INTERVAL.saturating_sub(at.elapsed()))
+    }
+
+    fn flush(&mut self) {
+        if !self.outbox.is_empty() {
+            let _ = self.out.send(std::mem::take(&mut self.outbox));
         }
     }
 }

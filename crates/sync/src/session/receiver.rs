@@ -177,6 +177,11 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
         self.applied_seq
     }
 
+    /// Whether changes were applied since the last acknowledgement.
+    pub fn has_unacknowledged(&self) -> bool {
+        self.applied_seq > self.acked_seq
+    }
+
     /// Ends the session: pending files are discarded (their staging removed) and the store is
     /// handed back for the next session.
     pub fn into_store(mut self) -> S {
