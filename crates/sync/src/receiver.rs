@@ -342,10 +342,11 @@ async fn run_sender_session(
 }
 
 /// The blocking half of a sender session: feeds the machine what the reading half received and
-/// applies what is ready. A change is acknowledged as soon as it is applied when the last
-/// acknowledgement is [`ACK_INTERVAL`] old; otherwise (a burst of changes) it waits for the rest
-/// of that interval, so that one checkpoint (fsyncs, renames, index commit, status file) serves
-/// all the changes applied meanwhile rather than one each time the applier catches up.
+/// applies what is ready. Applied changes are acknowledged at once when nothing else waits to be
+/// applied (a lone change) or when the last acknowledgement is [`ACK_INTERVAL`] old; otherwise
+/// (files still waiting for their chunks: a burst) they wait for the rest of that interval, so
+/// that one checkpoint (fsyncs, renames, index commit, status file) serves all the changes
+/// applied meanwhile rather than one each time the applier catches up with the network.
 fn apply_loop(
     machine: &mut ReceiverMachine<Applier>,
     mut incoming: mpsc::Receiver<Message>,
@@ -370,7 +371,7 @@ fn apply_loop(
         loop {
             let applied = machine.apply_ready();
             carrier.step(machine, applied)?;
-            if machine.has_unacknowledged() && carrier.ack_due() {
+            if machine.has_unacknowledged() && (carrier.ack_due() || !machine.has_queued()) {
                 carrier.acknowledge(machine)?;
             }
             let Ok(msg) = incoming.try_recv() else { break };
@@ -396,8 +397,8 @@ fn apply_loop(
     carrier.acknowledge(machine)
 }
 
-/// Acknowledgements in a burst of changes are this far apart at least (a lone change is
-/// acknowledged at once): the sender's window holds thousands of changes, so it never waits.
+/// Acknowledgements in a burst of changes are this far apart at least: the sender's window
+/// holds thousands of changes, so it never waits for them.
 const ACK_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Messages the writing half gets at once, at most (a batch costs one wake-up and one flush).

@@ -182,6 +182,12 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
         self.applied_seq > self.acked_seq
     }
 
+    /// Whether changes wait to be applied (most often files waiting for the chunks asked for):
+    /// more messages are on their way then.
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
     /// Ends the session: pending files are discarded (their staging removed) and the store is
     /// handed back for the next session.
     pub fn into_store(mut self) -> S {
