@@ -40,13 +40,31 @@ pub fn summary_bits(entries: u64) -> u8 {
 /// The bucket of `path` among `2^bits`: the top `bits` bits of the first four bytes (little
 /// endian) of blake3 in derive-key mode over the ASCII-lowercased path.
 pub fn bucket_of(path: &str, bits: u8) -> usize {
+    bucket_in(bucket_head(path), bits)
+}
+
+/// The first four bytes (little endian) of the bucket hash of `path`: every bucket count's
+/// bucket is a prefix of it (see [`bucket_in`]).
+pub fn bucket_head(path: &str) -> u32 {
+    // Lowercased through a small buffer, not a new string: the hash is the same whatever
+    // pieces the input is fed in.
+    let mut hasher = BUCKET_HASHER.clone();
+    let mut buf = [0u8; 256];
+    for piece in path.as_bytes().chunks(buf.len()) {
+        let lower = &mut buf[..piece.len()];
+        lower.copy_from_slice(piece);
+        lower.make_ascii_lowercase();
+        hasher.update(lower);
+    }
+    let hash = hasher.finalize();
+    u32::from_le_bytes(hash.as_bytes()[..4].try_into().expect("4 bytes"))
+}
+
+/// The bucket among `2^bits` of a path whose [`bucket_head`] is `head`.
+pub fn bucket_in(head: u32, bits: u8) -> usize {
     if bits == 0 {
         return 0;
     }
-    let mut hasher = BUCKET_HASHER.clone();
-    hasher.update(path.to_ascii_lowercase().as_bytes());
-    let hash = hasher.finalize();
-    let head = u32::from_le_bytes(hash.as_bytes()[..4].try_into().expect("4 bytes"));
     (head >> (32 - u32::from(bits.min(MAX_SUMMARY_BITS)))) as usize
 }
 
@@ -58,29 +76,90 @@ pub fn bucket_of(path: &str, bits: u8) -> usize {
 /// directory's or link's modification time (the receiver does not reproduce them) and Windows
 /// attribute bits (which the file system may change on its own, e.g. ARCHIVE).
 pub fn entry_digest(entry: &FileEntry) -> u128 {
-    let mut hasher = ENTRY_HASHER.clone();
-    hasher.update(&(entry.path.len() as u64).to_le_bytes());
-    hasher.update(entry.path.as_bytes());
+    // The input is gathered in one buffer and hashed with as few calls as possible: a dozen
+    // small updates cost about as much as the compression itself.
+    let mut input = HashInput::new(ENTRY_HASHER.clone());
+    input.put(&(entry.path.len() as u64).to_le_bytes());
+    input.put(entry.path.as_bytes());
     match &entry.kind {
         EntryKind::File => {
-            hasher.update(&[0]);
-            hasher.update(&entry.size.to_le_bytes());
-            hasher.update(&entry.file_hash);
-            hasher.update(&entry.mtime_ns.to_le_bytes());
-            hasher.update(&entry.attributes.unix_mode.to_le_bytes());
+            input.put(&[0]);
+            input.put(&entry.size.to_le_bytes());
+            input.put(&entry.file_hash);
+            input.put(&entry.mtime_ns.to_le_bytes());
+            input.put(&entry.attributes.unix_mode.to_le_bytes());
         }
         EntryKind::Dir => {
-            hasher.update(&[1]);
-            hasher.update(&entry.attributes.unix_mode.to_le_bytes());
+            input.put(&[1]);
+            input.put(&entry.attributes.unix_mode.to_le_bytes());
         }
         EntryKind::Symlink { target } => {
-            hasher.update(&[2]);
-            hasher.update(&(target.len() as u64).to_le_bytes());
-            hasher.update(target.as_bytes());
+            input.put(&[2]);
+            input.put(&(target.len() as u64).to_le_bytes());
+            input.put(target.as_bytes());
         }
     }
-    let hash = hasher.finalize();
+    let hash = input.finish();
     u128::from_le_bytes(hash.as_bytes()[..16].try_into().expect("16 bytes"))
+}
+
+/// A hasher's input collected in a stack buffer and handed over in large pieces.
+struct HashInput {
+    hasher: blake3::Hasher,
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl HashInput {
+    fn new(hasher: blake3::Hasher) -> Self {
+        HashInput {
+            hasher,
+            buf: [0; 512],
+            len: 0,
+        }
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        if self.len + bytes.len() > self.buf.len() {
+            self.hasher.update(&self.buf[..self.len]);
+            self.len = 0;
+            if bytes.len() > self.buf.len() {
+                self.hasher.update(bytes);
+                return;
+            }
+        }
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn finish(mut self) -> blake3::Hash {
+        self.hasher.update(&self.buf[..self.len]);
+        self.hasher.finalize()
+    }
+}
+
+/// What a tree summary needs of one entry, whatever the number of buckets: computed once per
+/// scan (on every core, by the crate that walks trees), then summed for the bucket bits the receiver picks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryKey {
+    /// [`bucket_head`] of the entry's path.
+    pub bucket_head: u32,
+    /// [`entry_digest`] of the entry.
+    pub digest: u128,
+}
+
+impl EntryKey {
+    pub fn of(entry: &FileEntry) -> Self {
+        EntryKey {
+            bucket_head: bucket_head(&entry.path),
+            digest: entry_digest(entry),
+        }
+    }
+
+    /// The entry's bucket among `2^bits`.
+    pub fn bucket(&self, bits: u8) -> usize {
+        bucket_in(self.bucket_head, bits)
+    }
 }
 
 /// Bucket digests of a tree, built entry by entry in any order.
@@ -117,9 +196,24 @@ impl TreeDigest {
         self.bits
     }
 
+    /// The digests of the entries whose keys are `keys`.
+    pub fn from_keys(bits: u8, keys: &[EntryKey]) -> Self {
+        let mut digest = TreeDigest::new(bits);
+        for key in keys {
+            digest.add_key(key);
+        }
+        digest
+    }
+
     /// Adds one entry to its bucket.
     pub fn add(&mut self, entry: &FileEntry) {
         self.add_to(bucket_of(&entry.path, self.bits), entry);
+    }
+
+    /// Adds one entry, by its key, to its bucket.
+    pub fn add_key(&mut self, key: &EntryKey) {
+        let bucket = key.bucket(self.bits);
+        self.sums[bucket] = self.sums[bucket].wrapping_add(key.digest);
     }
 
     /// Adds one entry to `bucket`, which must be `bucket_of(&entry.path, self.bits())` (for a
@@ -233,6 +327,88 @@ mod tests {
                 len: 10,
             }],
             file_hash: [content; 32],
+        }
+    }
+
+    /// The definitions of SPEC.md section 6.3, written as plainly as possible: the faster
+    /// functions above must give exactly these.
+    fn spec_bucket(path: &str, bits: u8) -> usize {
+        if bits == 0 {
+            return 0;
+        }
+        let mut hasher = blake3::Hasher::new_derive_key(BUCKET_CONTEXT);
+        hasher.update(path.to_ascii_lowercase().as_bytes());
+        let head = u32::from_le_bytes(hasher.finalize().as_bytes()[..4].try_into().unwrap());
+        (head >> (32 - u32::from(bits))) as usize
+    }
+
+    fn spec_digest(entry: &FileEntry) -> u128 {
+        let mut input = Vec::new();
+        input.extend_from_slice(&(entry.path.len() as u64).to_le_bytes());
+        input.extend_from_slice(entry.path.as_bytes());
+        match &entry.kind {
+            EntryKind::File => {
+                input.push(0);
+                input.extend_from_slice(&entry.size.to_le_bytes());
+                input.extend_from_slice(&entry.file_hash);
+                input.extend_from_slice(&entry.mtime_ns.to_le_bytes());
+                input.extend_from_slice(&entry.attributes.unix_mode.to_le_bytes());
+            }
+            EntryKind::Dir => {
+                input.push(1);
+                input.extend_from_slice(&entry.attributes.unix_mode.to_le_bytes());
+            }
+            EntryKind::Symlink { target } => {
+                input.push(2);
+                input.extend_from_slice(&(target.len() as u64).to_le_bytes());
+                input.extend_from_slice(target.as_bytes());
+            }
+        }
+        let hash = blake3::derive_key(ENTRY_CONTEXT, &input);
+        u128::from_le_bytes(hash[..16].try_into().unwrap())
+    }
+
+    /// Entries of every kind with paths and targets of many lengths (around the buffer sizes
+    /// too), mixed case and non-ASCII names.
+    fn varied_entries() -> Vec<FileEntry> {
+        let mut entries = Vec::new();
+        for len in [
+            1, 2, 55, 63, 64, 65, 200, 255, 256, 257, 440, 511, 512, 513, 1500, 4000,
+        ] {
+            let name: String = "AbÇd/".chars().cycle().take(len).collect();
+            let mut f = file(&name, len as u8);
+            f.size = len as u64 * 1000;
+            f.mtime_ns = -(len as i64);
+            entries.push(f.clone());
+            let mut d = f.clone();
+            d.kind = EntryKind::Dir;
+            d.attributes.unix_mode = 0o40755;
+            entries.push(d);
+            let mut l = f;
+            l.kind = EntryKind::Symlink {
+                target: "../Tärget/".repeat(len / 5 + 1),
+            };
+            entries.push(l);
+        }
+        entries
+    }
+
+    #[test]
+    fn keys_and_digests_follow_the_spec_for_every_length_and_kind() {
+        for entry in varied_entries() {
+            assert_eq!(
+                entry_digest(&entry),
+                spec_digest(&entry),
+                "{:?}",
+                entry.path
+            );
+            let key = EntryKey::of(&entry);
+            assert_eq!(key.digest, spec_digest(&entry));
+            for bits in 0..=MAX_SUMMARY_BITS {
+                let bucket = spec_bucket(&entry.path, bits);
+                assert_eq!(bucket_of(&entry.path, bits), bucket, "{:?}", entry.path);
+                assert_eq!(key.bucket(bits), bucket);
+            }
         }
     }
 

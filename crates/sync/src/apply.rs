@@ -1080,12 +1080,7 @@ impl Applier {
         self.install_staged()?;
         let outcome = self.scanner.scan()?;
         // A few blake3 compressions per entry: spread over every core.
-        let keys = swrepl_proto::summary::entry_keys(&outcome.entries, |s| &s.entry);
-        // Freeing tens of thousands of entries takes a millisecond or more, which the sender
-        // would wait for: it is done on a thread of its own (inline if none can be started).
-        let _ = std::thread::Builder::new()
-            .name("free-scan".into())
-            .spawn(move || drop(outcome));
+        let keys = crate::summary_keys::entry_keys(&outcome.entries, |s| &s.entry);
         Ok(TreeDigest::from_keys(
             summary_bits(keys.len() as u64),
             &keys,

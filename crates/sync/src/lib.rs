@@ -31,6 +31,7 @@ mod registry;
 mod sender;
 pub mod session;
 pub mod status;
+mod summary_keys;
 mod verify;
 mod watch;
 

@@ -454,8 +454,9 @@ impl Carrier<'_> {
     }
 
     fn until_ack_due(&self) -> Duration {
-        self.last_ack
-            .map_or(Duration::ZERO, |at| ACK_INTERVAL.saturating_sub(at.elapsed()))
+        self.last_ack.map_or(Duration::ZERO, |at| {
+            ACK_INTERVAL.saturating_sub(at.elapsed())
+        })
     }
 
     fn flush(&mut self) {

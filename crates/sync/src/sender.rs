@@ -17,12 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use swrepl_net::{FrameReader, FrameWriter, Identity};
+use swrepl_proto::summary::EntryKey;
 use swrepl_proto::{EntryKind, FileEntry, Heartbeat, Message, Role, Seq, ServiceStatus};
 use swrepl_tree::{Excludes, Index, ScanOutcome, ScanProblem, Scanner, TreeError, STATE_DIR_NAME};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::session::{read_chunk, ChunkRequest, Reaction, SenderConfig, SenderMachine};
+use crate::summary_keys::entry_keys;
 use crate::{now_unix_ms, Fingerprint, SyncError, HEARTBEAT_INTERVAL, PEER_TIMEOUT, SOFTWARE};
 
 /// Quiet time after a file-system event before rescanning, so a burst becomes one pass.
@@ -192,11 +194,12 @@ pub async fn run_sender(
             _ = &mut shutdown => return Ok(session.summary(&counters)),
             result = session.run(&mut watch_rx) => result,
         };
-        last_paths = session.machine.take_last_paths();
         match result {
             Ok(()) => return Ok(session.summary(&counters)),
             Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
+                // Only a session that follows needs the tree this one saw.
+                last_paths = session.machine.take_last_paths();
                 if options.once && started.elapsed() >= options.connect_timeout * 4 {
                     return Err(e);
                 }
@@ -285,6 +288,9 @@ pub enum WatchSignal {
     Rescan,
 }
 
+/// A finished scan, with the summary keys of its entries when the machine wants them.
+type Scanned = (ScanOutcome, Option<Vec<EntryKey>>);
+
 /// One file reread after a content event: its path and what the refresh found.
 type Refreshed = (String, Result<Option<swrepl_tree::ScannedEntry>, TreeError>);
 
@@ -304,7 +310,7 @@ struct Session<'a> {
     _reader_task: AbortOnDrop,
     scan: Option<(
         ScanKind,
-        tokio::task::JoinHandle<Result<ScanOutcome, TreeError>>,
+        tokio::task::JoinHandle<Result<Scanned, TreeError>>,
     )>,
     dirty: Option<(Instant, Instant)>,
     want_full: bool,
@@ -672,22 +678,29 @@ impl<'a> Session<'a> {
     }
 
     fn start_scan(&mut self, kind: ScanKind) {
-        if matches!(kind, ScanKind::Full) {
+        let full = matches!(kind, ScanKind::Full);
+        if full {
             self.machine.full_scan_started();
         }
+        let want_keys = full && self.machine.wants_summary_keys();
         let scanner = self.scanner.clone();
-        let handle =
-            tokio::task::spawn_blocking(move || scanner.lock().expect("scanner lock").scan());
+        let handle = tokio::task::spawn_blocking(move || {
+            let outcome = scanner.lock().expect("scanner lock").scan()?;
+            // Right away and on every core, while the receiver works on its summary: when
+            // that arrives, comparing takes no more than adding these up.
+            let keys = want_keys.then(|| entry_keys(&outcome.entries, |s| &s.entry));
+            Ok((outcome, keys))
+        });
         self.scan = Some((kind, handle));
     }
 
     fn scan_done(
         &mut self,
         kind: ScanKind,
-        outcome: Result<ScanOutcome, TreeError>,
+        scanned: Result<Scanned, TreeError>,
     ) -> Result<(), SyncError> {
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
+        let (outcome, keys) = match scanned {
+            Ok(scanned) => scanned,
             Err(TreeError::RootMissing { .. }) if !self.options.once => {
                 tracing::error!(root = %self.options.root.display(), "the Master's root is missing: holding all changes (nothing is deleted on the Slave) until it is back");
                 return Ok(());
@@ -696,7 +709,7 @@ impl<'a> Session<'a> {
         };
         self.locked.after_scan(self.options, &outcome);
         let full = matches!(kind, ScanKind::Full);
-        if self.machine.scan_done(full, &outcome) {
+        if self.machine.take_scan(full, outcome, keys) {
             self.mark_dirty(false);
         }
         Ok(())

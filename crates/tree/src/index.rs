@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, Row};
 
 use crate::diff::TreeKey;
 use crate::fsmeta::is_same_or_below;
@@ -329,8 +330,8 @@ impl Index {
     pub fn get(&self, rel: &str) -> Result<Option<ScannedEntry>, TreeError> {
         let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE path = ?1");
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let row = stmt.query_row([rel], RawEntry::from_row).optional()?;
-        row.map(RawEntry::decode).transpose()
+        let mut rows = stmt.query([rel])?;
+        rows.next()?.map(entry_from_row).transpose()
     }
 
     /// Records `entry` (replacing what was recorded for its path).
@@ -423,10 +424,10 @@ impl Index {
     pub fn all(&self) -> Result<Vec<ScannedEntry>, TreeError> {
         let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries");
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map([], RawEntry::from_row)?;
+        let mut rows = stmt.query([])?;
         let mut all = Vec::new();
-        for row in rows {
-            all.push(row?.decode()?);
+        while let Some(row) = rows.next()? {
+            all.push(entry_from_row(row)?);
         }
         Ok(all)
     }
@@ -556,97 +557,69 @@ fn corrupt(reason: &str) -> TreeError {
     }
 }
 
-/// One `entries` row as stored, before its blobs are checked.
-struct RawEntry {
-    path: String,
-    kind: i64,
-    link_target: Option<String>,
-    size: i64,
-    mtime_ns: i64,
-    unix_mode: u32,
-    win_attr: u32,
-    file_hash: Vec<u8>,
-    file_id: Option<Vec<u8>>,
-    chunks: Vec<u8>,
+/// Decodes one `entries` row (columns in [`ENTRY_COLUMNS`] order), reading the blobs in place:
+/// only the path, a link's target and a non-empty chunk list are copied out of sqlite (a full
+/// load of the index decodes every row, so each copy saved counts).
+fn entry_from_row(row: &Row<'_>) -> Result<ScannedEntry, TreeError> {
+    let path: String = row.get(0)?;
+    let bad = |what: &str| corrupt(&format!("entry {path:?} has {what}"));
+    let kind = match row.get::<_, i64>(1)? {
+        KIND_FILE => EntryKind::File,
+        KIND_DIR => EntryKind::Dir,
+        KIND_SYMLINK => match row.get::<_, Option<String>>(2)? {
+            Some(target) => EntryKind::Symlink { target },
+            None => return Err(bad("a link without a target")),
+        },
+        _ => return Err(bad("an unknown kind")),
+    };
+    let size = u64::try_from(row.get::<_, i64>(3)?).map_err(|_| bad("a negative size"))?;
+    let file_hash: Hash = blob_at(row, 7)?
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("a bad file hash"))?;
+    let file_id = match row.get_ref(8)? {
+        ValueRef::Null => None,
+        ValueRef::Blob(bytes) => Some(u128::from_be_bytes(
+            bytes.try_into().map_err(|_| bad("a bad file id"))?,
+        )),
+        _ => return Err(bad("a bad file id")),
+    };
+    let chunk_blob = blob_at(row, 9)?.ok_or_else(|| bad("no chunk list"))?;
+    if chunk_blob.len() % CHUNK_RECORD != 0 {
+        return Err(bad("a truncated chunk list"));
+    }
+    let chunks = chunk_blob
+        .chunks_exact(CHUNK_RECORD)
+        .map(|record| {
+            let (hash, len) = record.split_at(32);
+            ChunkRef {
+                hash: hash.try_into().expect("32 bytes"),
+                len: u32::from_le_bytes(len.try_into().expect("4 bytes")),
+            }
+        })
+        .collect();
+    Ok(ScannedEntry {
+        entry: FileEntry {
+            kind,
+            size,
+            mtime_ns: row.get(4)?,
+            attributes: Attributes {
+                unix_mode: row.get(5)?,
+                windows: row.get(6)?,
+            },
+            chunks,
+            file_hash,
+            path,
+        },
+        file_id,
+    })
 }
 
-impl RawEntry {
-    fn from_row(row: &Row<'_>) -> rusqlite::Result<RawEntry> {
-        Ok(RawEntry {
-            path: row.get(0)?,
-            kind: row.get(1)?,
-            link_target: row.get(2)?,
-            size: row.get(3)?,
-            mtime_ns: row.get(4)?,
-            unix_mode: row.get(5)?,
-            win_attr: row.get(6)?,
-            file_hash: row.get(7)?,
-            file_id: row.get(8)?,
-            chunks: row.get(9)?,
-        })
-    }
-
-    fn decode(self) -> Result<ScannedEntry, TreeError> {
-        let kind = match (self.kind, self.link_target) {
-            (KIND_FILE, _) => EntryKind::File,
-            (KIND_DIR, _) => EntryKind::Dir,
-            (KIND_SYMLINK, Some(target)) => EntryKind::Symlink { target },
-            _ => {
-                return Err(corrupt(&format!(
-                    "entry {:?} has an unknown kind",
-                    self.path
-                )))
-            }
-        };
-        let file_hash: Hash = self
-            .file_hash
-            .as_slice()
-            .try_into()
-            .map_err(|_| corrupt(&format!("entry {:?} has a bad file hash", self.path)))?;
-        let file_id = match self.file_id {
-            None => None,
-            Some(bytes) => Some(u128::from_be_bytes(bytes.as_slice().try_into().map_err(
-                |_| corrupt(&format!("entry {:?} has a bad file id", self.path)),
-            )?)),
-        };
-        if self.chunks.len() % CHUNK_RECORD != 0 {
-            return Err(corrupt(&format!(
-                "entry {:?} has a truncated chunk list",
-                self.path
-            )));
-        }
-        let chunks = self
-            .chunks
-            .chunks_exact(CHUNK_RECORD)
-            .map(|record| {
-                let mut hash = [0u8; 32];
-                hash.copy_from_slice(&record[..32]);
-                let mut len = [0u8; 4];
-                len.copy_from_slice(&record[32..]);
-                ChunkRef {
-                    hash,
-                    len: u32::from_le_bytes(len),
-                }
-            })
-            .collect();
-        let size = u64::try_from(self.size)
-            .map_err(|_| corrupt(&format!("entry {:?} has a negative size", self.path)))?;
-        Ok(ScannedEntry {
-            entry: FileEntry {
-                path: self.path,
-                kind,
-                size,
-                mtime_ns: self.mtime_ns,
-                attributes: Attributes {
-                    unix_mode: self.unix_mode,
-                    windows: self.win_attr,
-                },
-                chunks,
-                file_hash,
-            },
-            file_id,
-        })
-    }
+/// The blob in column `column`, borrowed from sqlite; `None` when the value is not a blob.
+fn blob_at<'r>(row: &'r Row<'_>, column: usize) -> Result<Option<&'r [u8]>, TreeError> {
+    Ok(match row.get_ref(column)? {
+        ValueRef::Blob(bytes) => Some(bytes),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -724,6 +697,43 @@ mod tests {
                 len: 20
             }]
         );
+    }
+
+    #[test]
+    fn rows_that_do_not_decode_are_reported_as_corrupt() {
+        let insert = "INSERT INTO entries (path, kind, link_target, size, mtime_ns, unix_mode, win_attr, file_hash, file_id, chunks)";
+        let good_hash = "x'0000000000000000000000000000000000000000000000000000000000000000'";
+        for values in [
+            format!("('a', 7, NULL, 0, 0, 0, 0, {good_hash}, NULL, x'')"),
+            format!("('a', 2, NULL, 0, 0, 0, 0, {good_hash}, NULL, x'')"),
+            "('a', 0, NULL, 0, 0, 0, 0, x'00', NULL, x'')".to_string(),
+            format!("('a', 0, NULL, 0, 0, 0, 0, {good_hash}, x'0102', x'')"),
+            format!("('a', 0, NULL, 0, 0, 0, 0, {good_hash}, 'text', x'')"),
+            format!("('a', 0, NULL, 0, 0, 0, 0, {good_hash}, NULL, x'0102')"),
+            format!("('a', 0, NULL, -1, 0, 0, 0, {good_hash}, NULL, x'')"),
+        ] {
+            let index = Index::open_in_memory().unwrap();
+            index
+                .conn
+                .execute(&format!("{insert} VALUES {values}"), [])
+                .unwrap();
+            assert!(
+                matches!(index.all(), Err(TreeError::IndexCorrupt { .. })),
+                "{values}"
+            );
+            assert!(matches!(
+                index.get("a"),
+                Err(TreeError::IndexCorrupt { .. })
+            ));
+        }
+        let index = Index::open_in_memory().unwrap();
+        let values = format!("('a', 0, NULL, 3, 0, 0, 0, {good_hash}, NULL, x'')");
+        index
+            .conn
+            .execute(&format!("{insert} VALUES {values}"), [])
+            .unwrap();
+        let entry = index.get("a").unwrap().expect("a plain file without an id");
+        assert_eq!((entry.file_id, entry.entry.size), (None, 3));
     }
 
     #[test]

@@ -8,11 +8,14 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
 
 use swrepl_proto::registry::{RegistryChangeSet, RegistrySnapshot};
-use swrepl_proto::summary::{bucket_of, TreeDigest};
+use swrepl_proto::summary::{BucketSet, EntryKey, TreeDigest};
+
+use crate::summary_keys::entry_keys;
 use swrepl_proto::{EntryKind, FileEntry, Message, Prune, Seq};
-use swrepl_tree::{Change, ScanOutcome};
+use swrepl_tree::{Change, ScanOutcome, ScannedEntry};
 
 use crate::sender::SendSummary;
 use crate::SyncError;
@@ -78,8 +81,54 @@ enum SummaryState {
 
 /// A full pass, ready to queue once the receiver's summary says what it may leave out.
 struct FullPassPlan {
+    /// Renames found by the scan, described first.
     renames: Vec<(String, FileEntry)>,
-    entries: Vec<FileEntry>,
+    /// The scanned tree (shared with [`SenderMachine::last_tree`], not copied): every entry
+    /// except the renames' targets is described after them.
+    tree: Arc<Vec<ScannedEntry>>,
+    /// The summary key of each entry of `tree`, when the driver computed them ahead.
+    keys: Option<Vec<EntryKey>>,
+}
+
+impl FullPassPlan {
+    /// The summary keys of the renames' entries and of the tree's: the driver's keys when they
+    /// fit the tree, else computed now.
+    fn take_keys(&mut self) -> (Vec<EntryKey>, Vec<EntryKey>) {
+        let rename_keys = self
+            .renames
+            .iter()
+            .map(|(_, entry)| EntryKey::of(entry))
+            .collect();
+        let tree_keys = match self.keys.take() {
+            Some(keys) if keys.len() == self.tree.len() => keys,
+            _ => entry_keys(&self.tree, |scanned| &scanned.entry),
+        };
+        (rename_keys, tree_keys)
+    }
+}
+
+/// The tree the previous scan saw, for the mass-delete guard of watched changes.
+enum KnownTree {
+    /// Handed over from a previous session.
+    Paths(HashSet<String>),
+    /// Scanned in this session (in path order, shared with a full pass that may still wait).
+    Scanned(Arc<Vec<ScannedEntry>>),
+}
+
+impl KnownTree {
+    fn len(&self) -> usize {
+        match self {
+            KnownTree::Paths(paths) => paths.len(),
+            KnownTree::Scanned(tree) => tree.len(),
+        }
+    }
+
+    fn paths(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match self {
+            KnownTree::Paths(paths) => Box::new(paths.iter().map(String::as_str)),
+            KnownTree::Scanned(tree) => Box::new(tree.iter().map(|s| s.entry.path.as_str())),
+        }
+    }
 }
 
 /// The sender's session state: numbered changes, the window, passes and the run's summary.
@@ -95,8 +144,8 @@ pub struct SenderMachine {
     pass: u64,
     passes_done: u64,
     passes_sent: u64,
-    /// The paths of the last scanned tree, for the mass-delete guard of watched changes.
-    last_paths: Option<HashSet<String>>,
+    /// The last scanned tree, for the mass-delete guard of watched changes.
+    last_tree: Option<KnownTree>,
     summary: SendSummary,
     retries_left: u32,
     /// The receiver speaks protocol version 2: full passes skip what its summary shows equal.
@@ -120,7 +169,7 @@ impl SenderMachine {
             pass: 0,
             passes_done: 0,
             passes_sent: 0,
-            last_paths,
+            last_tree: last_paths.map(KnownTree::Paths),
             summary: SendSummary::default(),
             retries_left: ONCE_RETRIES,
             tree_summaries: false,
@@ -134,6 +183,14 @@ impl SenderMachine {
     /// and describe only the buckets where the trees differ.
     pub fn enable_tree_summaries(&mut self) {
         self.tree_summaries = true;
+    }
+
+    /// True when the full scan that just started will be compared with the receiver's summary:
+    /// the driver should then hand [`SenderMachine::take_scan`] the summary key of every
+    /// scanned entry ([`crate::summary_keys::entry_keys`], computed on all cores right after
+    /// the scan), so that the summary, when it arrives, only needs adding up.
+    pub fn wants_summary_keys(&self) -> bool {
+        self.tree_summaries && !matches!(self.summary_state, SummaryState::Idle)
     }
 
     /// True while a full pass waits for the receiver's summary: the driver should not start
@@ -162,9 +219,12 @@ impl SenderMachine {
         &self.summary
     }
 
-    /// The tree the last scan saw, for the next session.
+    /// The paths of the tree the last scan saw, for the next session.
     pub fn take_last_paths(&mut self) -> Option<HashSet<String>> {
-        self.last_paths.take()
+        Some(match self.last_tree.take()? {
+            KnownTree::Paths(paths) => paths,
+            KnownTree::Scanned(tree) => tree.iter().map(|s| s.entry.path.clone()).collect(),
+        })
     }
 
     /// The highest sequence number the receiver acknowledged.
@@ -196,7 +256,23 @@ impl SenderMachine {
 
     /// A finished scan: a full one becomes a full pass, an incremental one a pass of its
     /// changes. Returns true when some files could not be read and a rescan should follow.
+    ///
+    /// Copies the outcome; a driver that owns it hands it over with
+    /// [`SenderMachine::take_scan`] instead.
     pub fn scan_done(&mut self, full: bool, outcome: &ScanOutcome) -> bool {
+        self.take_scan(full, outcome.clone(), None)
+    }
+
+    /// [`SenderMachine::scan_done`] for an outcome the driver gives up: nothing of the tree is
+    /// copied. `keys`, when given, are the summary keys of `outcome.entries` in order (see
+    /// [`SenderMachine::wants_summary_keys`]); without them they are computed when the
+    /// receiver's summary arrives.
+    pub fn take_scan(
+        &mut self,
+        full: bool,
+        mut outcome: ScanOutcome,
+        keys: Option<Vec<EntryKey>>,
+    ) -> bool {
         self.summary.bytes_scanned += outcome.bytes_hashed;
         for problem in &outcome.problems {
             tracing::warn!(path = %problem.path, "cannot replicate now, will retry: {}", problem.reason);
@@ -208,19 +284,15 @@ impl SenderMachine {
                 .saturating_sub(u32::from(self.config.once));
             retry = true;
         }
-        self.summary.unreadable = outcome.problems.clone();
-        let current: HashSet<String> = outcome
-            .entries
-            .iter()
-            .map(|e| e.entry.path.clone())
-            .collect();
+        self.summary.unreadable = std::mem::take(&mut outcome.problems);
+        self.record_tree(&outcome.entries);
+        let tree = Arc::new(std::mem::take(&mut outcome.entries));
         if full {
-            self.full_scan_done(outcome);
+            self.full_scan_done(&outcome.changes, tree.clone(), keys);
         } else {
-            self.queue_incremental(outcome, &current);
+            self.queue_incremental(&outcome.changes, &tree);
         }
-        self.record_tree(outcome);
-        self.last_paths = Some(current);
+        self.last_tree = Some(KnownTree::Scanned(tree));
         retry
     }
 
@@ -339,12 +411,9 @@ impl SenderMachine {
         })
     }
 
-    fn record_tree(&mut self, outcome: &ScanOutcome) {
-        let files = outcome
-            .entries
-            .iter()
-            .filter(|e| e.entry.kind == EntryKind::File);
-        self.summary.entries = outcome.entries.len() as u64;
+    fn record_tree(&mut self, entries: &[ScannedEntry]) {
+        let files = entries.iter().filter(|e| e.entry.kind == EntryKind::File);
+        self.summary.entries = entries.len() as u64;
         self.summary.files = files.clone().count() as u64;
         self.summary.bytes_in_tree = files.map(|e| e.entry.size).sum();
     }
@@ -369,22 +438,24 @@ impl SenderMachine {
 
     /// A full scan: queued at once, or held until the receiver's summary (asked for when the
     /// scan started) arrives.
-    fn full_scan_done(&mut self, outcome: &ScanOutcome) {
-        let mut renamed = HashSet::new();
-        let mut renames = Vec::new();
-        for change in &outcome.changes {
-            if let Change::Rename { from, entry } = change {
-                renamed.insert(entry.path.as_str());
-                renames.push((from.clone(), entry.clone()));
-            }
-        }
-        let entries = outcome
-            .entries
+    fn full_scan_done(
+        &mut self,
+        changes: &[Change],
+        tree: Arc<Vec<ScannedEntry>>,
+        keys: Option<Vec<EntryKey>>,
+    ) {
+        let renames = changes
             .iter()
-            .filter(|scanned| !renamed.contains(scanned.entry.path.as_str()))
-            .map(|scanned| scanned.entry.clone())
+            .filter_map(|change| match change {
+                Change::Rename { from, entry } => Some((from.clone(), entry.clone())),
+                _ => None,
+            })
             .collect();
-        let plan = FullPassPlan { renames, entries };
+        let plan = FullPassPlan {
+            renames,
+            tree,
+            keys,
+        };
         match std::mem::replace(&mut self.summary_state, SummaryState::Idle) {
             SummaryState::Received(theirs) => self.queue_full_pass(plan, Some(&theirs)),
             SummaryState::Requested(id) => {
@@ -434,27 +505,35 @@ impl SenderMachine {
 
     /// Queues a full pass. With the receiver's summary, buckets equal on both sides are left
     /// out (`PassSkips`), and the receiver keeps them whole at the pass's end.
-    fn queue_full_pass(&mut self, plan: FullPassPlan, theirs: Option<&TreeDigest>) {
-        // Each entry's bucket, renames first (computed once: it decides both the digest and
-        // whether the entry is described).
-        let all_entries = plan.renames.iter().map(|(_, e)| e).chain(&plan.entries);
-        let (skipped, buckets) = match theirs {
-            Some(theirs) => {
-                let mut ours = TreeDigest::new(theirs.bits());
-                let buckets: Vec<usize> = all_entries
-                    .map(|entry| {
-                        let bucket = bucket_of(&entry.path, ours.bits());
-                        ours.add_to(bucket, entry);
-                        bucket
-                    })
-                    .collect();
-                (ours.unchanged_buckets(theirs), buckets)
-            }
-            None => (None, Vec::new()),
+    fn queue_full_pass(&mut self, mut plan: FullPassPlan, theirs: Option<&TreeDigest>) {
+        let keys = theirs.map(|_| plan.take_keys());
+        let FullPassPlan { renames, tree, .. } = plan;
+        // A rename's target is described by the rename, not again as an entry of the tree.
+        let renamed: HashSet<&str> = renames.iter().map(|(_, e)| e.path.as_str()).collect();
+        let listed: Vec<bool> = if renamed.is_empty() {
+            Vec::new()
+        } else {
+            tree.iter()
+                .map(|s| !renamed.contains(s.entry.path.as_str()))
+                .collect()
         };
-        let mut is_skipped = buckets
-            .into_iter()
-            .map(|bucket| skipped.as_ref().is_some_and(|s| s.contains(bucket)));
+        let is_listed = |i: usize| listed.get(i).copied().unwrap_or(true);
+        let skipped = theirs
+            .zip(keys.as_ref())
+            .and_then(|(theirs, (rename_keys, tree_keys))| {
+                let mut ours = TreeDigest::new(theirs.bits());
+                rename_keys.iter().for_each(|key| ours.add_key(key));
+                (0..tree.len())
+                    .filter(|&i| is_listed(i))
+                    .for_each(|i| ours.add_key(&tree_keys[i]));
+                ours.unchanged_buckets(theirs)
+            });
+        let is_skipped = |key: Option<&EntryKey>| {
+            skipped
+                .as_ref()
+                .zip(key)
+                .is_some_and(|(skipped, key)| skipped.contains(key.bucket(skipped.bits())))
+        };
         let pass = self.begin_pass(true);
         if let Some(skipped) = &skipped {
             self.queue.push_back(Message::PassSkips {
@@ -463,29 +542,25 @@ impl SenderMachine {
                 unchanged: skipped.as_wire().to_vec(),
             });
         }
-        let total = plan.renames.len() + plan.entries.len();
+        let total = renames.len() + (0..tree.len()).filter(|&i| is_listed(i)).count();
         let mut described = 0u64;
-        for (from, entry) in plan.renames {
-            if !is_skipped.next().unwrap_or(false) {
+        for (i, (from, entry)) in renames.iter().enumerate() {
+            if !is_skipped(keys.as_ref().map(|(renames, _)| &renames[i])) {
                 described += 1;
-                self.queue_change(Change::Rename { from, entry });
+                self.queue_change(Change::Rename {
+                    from: from.clone(),
+                    entry: entry.clone(),
+                });
             }
         }
-        for entry in plan.entries {
-            if !is_skipped.next().unwrap_or(false) {
+        for (i, scanned) in tree.iter().enumerate() {
+            if is_listed(i) && !is_skipped(keys.as_ref().map(|(_, tree)| &tree[i])) {
                 described += 1;
-                self.queue_change(Change::Upsert(entry));
+                self.queue_change(Change::Upsert(scanned.entry.clone()));
             }
         }
         if let Some(skipped) = &skipped {
-            tracing::info!(
-                described,
-                total,
-                buckets_equal = skipped.len(),
-                buckets = skipped.capacity(),
-                "full pass: the receiver's summary leaves {} of {total} entries to describe",
-                described
-            );
+            log_skips(described, total, skipped);
         }
         let prune = if self.config.allow_mass_delete {
             Prune::All
@@ -495,30 +570,30 @@ impl SenderMachine {
         self.end_pass(pass, described, prune);
     }
 
-    fn queue_incremental(&mut self, outcome: &ScanOutcome, current: &HashSet<String>) {
-        if outcome.changes.is_empty() {
+    fn queue_incremental(&mut self, changes: &[Change], tree: &[ScannedEntry]) {
+        if changes.is_empty() {
             return;
         }
         self.summary_went_stale();
-        let held = self.deletes_to_hold(outcome, current);
+        let held = self.deletes_to_hold(changes, tree);
         let pass = self.begin_pass(false);
-        for change in &outcome.changes {
+        for change in changes {
             if held > 0 && matches!(change, Change::Delete(_)) {
                 continue;
             }
             self.queue_change(change.clone());
         }
-        self.end_pass(pass, outcome.entries.len() as u64, Prune::Never);
+        self.end_pass(pass, tree.len() as u64, Prune::Never);
     }
 
     /// The mass-delete guard for watched changes: when one scan removes more than the threshold
     /// of the tree, its deletes are held (not sent) until a confirmed full pass.
-    fn deletes_to_hold(&mut self, outcome: &ScanOutcome, current: &HashSet<String>) -> u64 {
-        let Some(previous) = &self.last_paths else {
+    fn deletes_to_hold(&mut self, changes: &[Change], tree: &[ScannedEntry]) -> u64 {
+        let Some(previous) = &self.last_tree else {
             return 0;
         };
-        let moved_from: Vec<&str> = outcome
-            .changes
+        let current: HashSet<&str> = tree.iter().map(|s| s.entry.path.as_str()).collect();
+        let moved_from: Vec<&str> = changes
             .iter()
             .filter_map(|c| match c {
                 Change::Rename { from, .. } => Some(from.as_str()),
@@ -526,7 +601,7 @@ impl SenderMachine {
             })
             .collect();
         let removed = previous
-            .iter()
+            .paths()
             .filter(|p| !current.contains(*p))
             .filter(|p| !moved_from.iter().any(|from| is_same_or_under(p, from)))
             .count() as u64;
@@ -571,6 +646,16 @@ impl SenderMachine {
         };
         self.queue.push_back(msg);
     }
+}
+
+fn log_skips(described: u64, total: usize, skipped: &BucketSet) {
+    tracing::info!(
+        described,
+        total,
+        buckets_equal = skipped.len(),
+        buckets = skipped.capacity(),
+        "full pass: the receiver's summary leaves {described} of {total} entries to describe"
+    );
 }
 
 /// Reads chunk `index` of `entry` from its file and checks it against the hash the receiver was
@@ -783,6 +868,127 @@ mod tests {
             .expect("stale answers are ignored");
         assert!(drain(&mut machine).is_empty());
         assert!(machine.handle(summary_of(2, &master)).is_err());
+    }
+
+    fn keys_of(outcome: &ScanOutcome) -> Vec<EntryKey> {
+        entry_keys(&outcome.entries, |s| &s.entry)
+    }
+
+    #[test]
+    fn keys_computed_by_the_driver_give_the_same_pass_as_keys_computed_late() {
+        let master = forty_files();
+        let mut slave = master.clone();
+        slave[7] = file("f7", 200);
+        slave.push(file("extra", 1));
+        let run = |keys: Option<Vec<EntryKey>>| {
+            let mut machine = machine();
+            machine.full_scan_started();
+            assert!(machine.wants_summary_keys());
+            drain(&mut machine);
+            machine.take_scan(true, tree(&master), keys);
+            machine.handle(summary_of(1, &slave)).expect("valid");
+            drain(&mut machine)
+        };
+        let late = run(None);
+        assert!(described(&late).contains(&"f7".to_string()), "{late:?}");
+        assert_eq!(run(Some(keys_of(&tree(&master)))), late);
+        // Keys that do not fit the tree (a driver bug) are not trusted: computed again.
+        assert_eq!(run(Some(Vec::new())), late);
+        let mut borrowed = machine();
+        borrowed.full_scan_started();
+        drain(&mut borrowed);
+        borrowed.scan_done(true, &tree(&master));
+        borrowed.handle(summary_of(1, &slave)).expect("valid");
+        assert_eq!(drain(&mut borrowed), late);
+    }
+
+    #[test]
+    fn keys_for_a_summary_gone_stale_are_unused_and_the_pass_goes_out_whole() {
+        let master = forty_files();
+        let mut machine = machine();
+        machine.full_scan_started();
+        machine.refresh_done(vec![file("f3", 99)]);
+        assert!(!machine.wants_summary_keys(), "no summary will be used");
+        let outcome = tree(&master);
+        let keys = keys_of(&outcome);
+        machine.handle(summary_of(1, &master)).expect("valid");
+        machine.take_scan(true, outcome, Some(keys));
+        let sent = drain(&mut machine);
+        assert!(!sent.iter().any(|m| matches!(m, Message::PassSkips { .. })));
+        assert_eq!(described(&sent).len(), 1 + master.len());
+    }
+
+    #[test]
+    fn a_rename_is_described_once_and_counts_in_its_bucket() {
+        let mut master = forty_files();
+        master.push(file("moved", 77));
+        let mut slave = forty_files();
+        slave.push(file("was", 77));
+        let mut outcome = tree(&master);
+        outcome.changes = vec![Change::Rename {
+            from: "was".into(),
+            entry: file("moved", 77),
+        }];
+        let keys = keys_of(&outcome);
+        let mut machine = machine();
+        machine.full_scan_started();
+        drain(&mut machine);
+        machine.take_scan(true, outcome, Some(keys));
+        machine.handle(summary_of(1, &slave)).expect("valid");
+        let sent = drain(&mut machine);
+        let renames: Vec<_> = sent
+            .iter()
+            .filter(|m| matches!(m, Message::Rename { .. }))
+            .collect();
+        assert_eq!(renames.len(), 1, "{sent:?}");
+        assert!(!described(&sent).contains(&"moved".to_string()), "{sent:?}");
+        let Some(Message::PassSkips {
+            bits, unchanged, ..
+        }) = sent.get(1)
+        else {
+            panic!("{sent:?}");
+        };
+        let skipped = BucketSet::from_wire(*bits, unchanged.clone()).expect("valid");
+        assert!(!skipped.contains_path("moved"));
+        assert!(!skipped.contains_path("was"));
+        let Some(Message::PassEnd { entries, .. }) = sent.last() else {
+            panic!("{sent:?}");
+        };
+        assert_eq!(*entries as usize, renames.len() + described(&sent).len());
+    }
+
+    #[test]
+    fn the_mass_delete_guard_compares_with_the_tree_of_this_or_the_previous_session() {
+        let master = forty_files();
+        let few: Vec<FileEntry> = master[..5].to_vec();
+        let deletes = |machine: &mut SenderMachine| {
+            let mut outcome = tree(&few);
+            outcome.changes = master[5..]
+                .iter()
+                .map(|e| Change::Delete(e.path.clone()))
+                .collect();
+            machine.take_scan(false, outcome, None);
+            drain(machine)
+                .iter()
+                .filter(|m| matches!(m, Message::Delete { .. }))
+                .count()
+        };
+        // The tree scanned in this session.
+        let mut machine = machine();
+        machine.take_scan(true, tree(&master), None);
+        drain(&mut machine);
+        assert_eq!(deletes(&mut machine), 0, "35 of 40 is over the guard");
+        assert_eq!(machine.summary().held_deletes, 35);
+        // The paths handed over from a previous session.
+        let paths: HashSet<String> = master.iter().map(|e| e.path.clone()).collect();
+        let config = machine.config.clone();
+        let mut next = SenderMachine::new(config, Some(paths.clone()));
+        assert_eq!(deletes(&mut next), 0);
+        assert_eq!(next.summary().held_deletes, 35);
+        // The tree a session scanned is handed on to the next one as paths.
+        let mut small = SenderMachine::new(machine.config.clone(), Some(paths));
+        small.take_scan(false, tree(&master[..39]), None);
+        assert_eq!(small.take_last_paths().map(|p| p.len()), Some(39));
     }
 
     #[test]
