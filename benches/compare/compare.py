@@ -811,6 +811,7 @@ def main() -> int:
 def disk_run(s: Services, a, tree: Tree) -> list[tuple[str, dict[str, Result | None]]]:
     """Initial and no-change sync with master and destinations on disk (swrepl into its own
     receiver started on a disk root)."""
+    Path(a.disk).mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="swrepl-compare-disk-", dir=a.disk))
     CLEANUP_DIRS.append(base)
     log(f"disk run in {base}")
