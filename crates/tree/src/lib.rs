@@ -45,8 +45,8 @@ use std::path::PathBuf;
 pub use chunk::{chunk_file, chunk_reader, hash_bytes, rechunk_file, Chunked};
 pub use excludes::Excludes;
 pub use fsmeta::{
-    attributes_of, compare_paths, file_id_from, file_id_of, is_same_or_below, mtime_ns,
-    to_os_path, to_wire_path, FileId,
+    attributes_of, compare_paths, file_id_from, file_id_of, is_same_or_below, mtime_ns, to_os_path,
+    to_wire_path, FileId,
 };
 pub use index::{ChunkLocation, Index};
 pub use locked::{
