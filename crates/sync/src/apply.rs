@@ -760,17 +760,28 @@ impl Applier {
         &self,
         rel: &'r str,
     ) -> Result<(std::os::fd::OwnedFd, &'r str), rustix::io::Errno> {
+        let (parent, name) = rel.rsplit_once('/').unwrap_or((".", rel));
+        let dir = self.open_real_dir(parent, rustix::fs::OFlags::PATH)?;
+        Ok((dir, name))
+    }
+
+    /// Opens directory `rel` (with `access`: `PATH` or `RDONLY`) in one resolution, confined to
+    /// the root, any link on the way refused by the kernel.
+    #[cfg(target_os = "linux")]
+    fn open_real_dir(
+        &self,
+        rel: &str,
+        access: rustix::fs::OFlags,
+    ) -> Result<std::os::fd::OwnedFd, rustix::io::Errno> {
         use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
         use std::os::fd::AsFd;
-        let (parent, name) = rel.rsplit_once('/').unwrap_or((".", rel));
-        let dir = openat2(
+        openat2(
             self.root.as_fd(),
-            parent,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            rel,
+            access | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        )?;
-        Ok((dir, name))
+        )
     }
 
     /// Moves whatever sits at `rel` out of the way: a file being replaced is kept as a copy
@@ -1158,16 +1169,7 @@ impl Applier {
     /// links refused and confined to the root like any other open.
     #[cfg(target_os = "linux")]
     fn open_dir_to_sync(&self, rel: &str) -> Option<File> {
-        use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
-        use std::os::fd::AsFd;
-        let dir = openat2(
-            self.root.as_fd(),
-            rel,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        )
-        .ok()?;
+        let dir = self.open_real_dir(rel, rustix::fs::OFlags::RDONLY).ok()?;
         Some(File::from(dir))
     }
 

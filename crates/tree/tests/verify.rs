@@ -1,10 +1,14 @@
 //! Tree verification on real files in temporary directories.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use swrepl_tree::{compare, list_tree, verify_trees, Difference, EntryKind, Excludes};
+
+use common::noise;
 
 fn write(root: &Path, rel: &str, content: &[u8]) {
     let path = root.join(rel);
@@ -108,21 +112,6 @@ fn missing_root_is_an_error() {
     )
     .unwrap_err();
     assert!(matches!(err, swrepl_tree::TreeError::RootMissing { .. }));
-}
-
-/// Pseudo-random bytes (splitmix64), so large files do not compress into one repeated block.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// `verify_trees` hashes without chunking; its verdicts must be those of comparing full chunked
