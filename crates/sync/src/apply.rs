@@ -323,6 +323,7 @@ impl Applier {
     }
 
     /// Nothing is at `rel`: the index forgets whatever it recorded there.
+    #[cfg(target_os = "linux")]
     fn forget_if_indexed(&mut self, rel: &str) -> Result<Option<ScannedEntry>, SyncError> {
         if self.scanner.index().get(rel)?.is_some() {
             self.scanner.index_mut().remove_tree(rel)?;
@@ -1835,6 +1836,57 @@ mod tests {
             );
             assert!(files_under(&slave.root.join(STAGING_REL)).is_empty());
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_planted_where_a_directory_belongs_is_replaced_never_written_through() {
+        let mut slave = slave_with(&[("keep.txt", b"k")]);
+        // Behind swrepl's back, `mail` becomes a link into swrepl's own state directory.
+        std::os::unix::fs::symlink(".swrepl", slave.root.join("mail")).unwrap();
+        let data = b"an attachment";
+        let entry = entry_for("mail/note.eml", data);
+        let (mut pending, need) = announce(&mut slave.applier, &entry);
+        deliver(&mut slave.applier, &mut pending, need, data).expect("install failed");
+
+        assert!(
+            !slave.root.join(".swrepl/note.eml").exists(),
+            "written through the link"
+        );
+        let mail = std::fs::symlink_metadata(slave.root.join("mail")).unwrap();
+        assert!(mail.is_dir(), "the link is replaced by a real directory");
+        assert_eq!(
+            std::fs::read(slave.root.join("mail/note.eml")).unwrap(),
+            data
+        );
+        let archived = std::fs::read_dir(&slave.archive)
+            .unwrap()
+            .flat_map(|generation| std::fs::read_dir(generation.unwrap().path()).unwrap())
+            .any(|e| e.unwrap().path().ends_with("mail"));
+        assert!(archived, "the planted link is kept in the archive");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn directories_touched_by_installs_are_opened_in_a_way_that_can_be_fsynced() {
+        let mut slave = slave_with(&[("a/b/old.txt", b"old")]);
+        for dir in [".", "a", "a/b"] {
+            let handle = slave
+                .applier
+                .open_dir_to_sync(dir)
+                .unwrap_or_else(|| panic!("{dir:?} not opened"));
+            // cap-std's O_PATH handles made this fail with EBADF, unnoticed.
+            handle.sync_all().unwrap_or_else(|e| panic!("{dir:?}: {e}"));
+        }
+        assert!(slave.applier.open_dir_to_sync("a/b/old.txt").is_none());
+        assert!(slave.applier.open_dir_to_sync("missing").is_none());
+        let data = b"new";
+        let entry = entry_for("a/b/new.txt", data);
+        let (mut pending, need) = announce(&mut slave.applier, &entry);
+        deliver(&mut slave.applier, &mut pending, need, data).expect("install failed");
+        assert!(slave.applier.unsynced_dirs.contains("a/b"));
+        slave.applier.sync_dirs();
+        assert!(slave.applier.unsynced_dirs.is_empty());
     }
 
     #[test]
