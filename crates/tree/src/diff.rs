@@ -198,8 +198,9 @@ pub(crate) fn detect(prev: &TreeMap, new: &mut TreeMap, unseen: &Unseen) -> Vec<
             // Replacing a directory by a file or link removes the directory's content with it.
             virt.remove_below(&key.0);
         }
+        // Not inserted into `virt`: only the deletes below look at it now, and they skip every
+        // path `new` holds (a copy of each new entry would be the whole tree on an initial sync).
         changes.push(Change::Upsert(scanned.entry.clone()));
-        virt.insert(scanned.clone());
     }
 
     let mut last_deleted: Option<&str> = None;

@@ -136,6 +136,9 @@ pub struct SenderMachine {
     config: SenderConfig,
     next_seq: Seq,
     acked: Seq,
+    /// The last change sent (changes leave in the order of their numbers).
+    sent_up_to: Seq,
+    /// Changes sent and not yet acknowledged.
     in_flight: BTreeMap<Seq, InFlight>,
     /// Changes and pass markers, in order; changes leave only within the window.
     queue: VecDeque<Message>,
@@ -163,6 +166,7 @@ impl SenderMachine {
             config,
             next_seq: 1,
             acked: 0,
+            sent_up_to: 0,
             in_flight: BTreeMap::new(),
             queue: VecDeque::new(),
             replies: VecDeque::new(),
@@ -251,7 +255,26 @@ impl SenderMachine {
         if seq.is_some_and(|seq| seq > self.acked + self.config.window as u64) {
             return None;
         }
-        self.queue.pop_front()
+        let msg = self.queue.pop_front()?;
+        if let Some(seq) = change_seq(&msg) {
+            self.now_in_flight(seq, &msg);
+        }
+        Some(msg)
+    }
+
+    /// Change `seq` is leaving: remember what serving its chunks needs until it is acknowledged.
+    /// Done as it leaves, not when it is queued, so that only the window's changes are held
+    /// twice (a full pass of an initial sync queues the whole tree at once).
+    fn now_in_flight(&mut self, seq: Seq, msg: &Message) {
+        let entry = match msg {
+            Message::Upsert { entry, .. } | Message::Rename { entry, .. } => Some(entry),
+            _ => None,
+        }
+        .filter(|e| e.kind == EntryKind::File && !e.chunks.is_empty())
+        .cloned();
+        let offsets = entry.as_ref().map(chunk_offsets).unwrap_or_default();
+        self.in_flight.insert(seq, InFlight { entry, offsets });
+        self.sent_up_to = seq;
     }
 
     /// A finished scan: a full one becomes a full pass, an incremental one a pass of its
@@ -288,7 +311,16 @@ impl SenderMachine {
         self.record_tree(&outcome.entries);
         let tree = Arc::new(std::mem::take(&mut outcome.entries));
         if full {
-            self.full_scan_done(&outcome.changes, tree.clone(), keys);
+            // Only the renames matter to a full pass: the upserts (every entry, on an initial
+            // sync) go now rather than stay beside the queued pass.
+            let renames = std::mem::take(&mut outcome.changes)
+                .into_iter()
+                .filter_map(|change| match change {
+                    Change::Rename { from, entry } => Some((from, entry)),
+                    _ => None,
+                })
+                .collect();
+            self.full_scan_done(renames, tree.clone(), keys);
         } else {
             self.queue_incremental(&outcome.changes, &tree);
         }
@@ -312,7 +344,7 @@ impl SenderMachine {
 
     /// A registry change set takes the next sequence number, like a file change.
     pub fn queue_registry_changes(&mut self, changes: RegistryChangeSet) -> Seq {
-        let seq = self.take_seq(None);
+        let seq = self.take_seq();
         self.queue
             .push_back(Message::RegistryChanges { seq, changes });
         seq
@@ -330,7 +362,7 @@ impl SenderMachine {
                 Reaction::ServeChunks(self.chunk_request(seq, indices)?)
             }
             Message::Ack { seq } => {
-                if seq >= self.next_seq {
+                if seq > self.sent_up_to {
                     return Err(SyncError::Protocol(format!(
                         "ack for {seq}, which was never sent"
                     )));
@@ -440,17 +472,10 @@ impl SenderMachine {
     /// scan started) arrives.
     fn full_scan_done(
         &mut self,
-        changes: &[Change],
+        renames: Vec<(String, FileEntry)>,
         tree: Arc<Vec<ScannedEntry>>,
         keys: Option<Vec<EntryKey>>,
     ) {
-        let renames = changes
-            .iter()
-            .filter_map(|change| match change {
-                Change::Rename { from, entry } => Some((from.clone(), entry.clone())),
-                _ => None,
-            })
-            .collect();
         let plan = FullPassPlan {
             renames,
             tree,
@@ -619,28 +644,25 @@ impl SenderMachine {
         removed
     }
 
-    /// Numbers a change and remembers what serving its chunks needs until it is acknowledged.
-    fn take_seq(&mut self, entry: Option<FileEntry>) -> Seq {
+    /// Numbers a change (in queue order: changes leave in the order of their numbers).
+    fn take_seq(&mut self) -> Seq {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let entry = entry.filter(|e| e.kind == EntryKind::File && !e.chunks.is_empty());
-        let offsets = entry.as_ref().map(chunk_offsets).unwrap_or_default();
-        self.in_flight.insert(seq, InFlight { entry, offsets });
         seq
     }
 
     fn queue_change(&mut self, change: Change) {
         let msg = match change {
             Change::Upsert(entry) => {
-                let seq = self.take_seq(Some(entry.clone()));
+                let seq = self.take_seq();
                 Message::Upsert { seq, entry }
             }
             Change::Rename { from, entry } => {
-                let seq = self.take_seq(Some(entry.clone()));
+                let seq = self.take_seq();
                 Message::Rename { seq, from, entry }
             }
             Change::Delete(path) => {
-                let seq = self.take_seq(None);
+                let seq = self.take_seq();
                 Message::Delete { seq, path }
             }
         };
