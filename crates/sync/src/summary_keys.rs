@@ -18,29 +18,20 @@ pub(crate) fn entry_keys<T: Sync>(
     if threads == 1 {
         return items.iter().map(|item| EntryKey::of(entry(item))).collect();
     }
+    // Each thread fills its own share of the result in place (no partial copies to join).
+    let mut keys = vec![EntryKey::default(); items.len()];
     let per_thread = items.len().div_ceil(threads);
     let entry = &entry;
     std::thread::scope(|scope| {
-        let parts: Vec<_> = items
-            .chunks(per_thread)
-            .skip(1)
-            .map(|part| {
-                scope.spawn(move || part.iter().map(|item| EntryKey::of(entry(item))).collect())
-            })
-            .collect();
-        let mut keys: Vec<EntryKey> = Vec::with_capacity(items.len());
-        keys.extend(
-            items[..per_thread]
-                .iter()
-                .map(|item| EntryKey::of(entry(item))),
-        );
-        for part in parts {
-            // A panic in a helper (none is expected: the work is pure) is passed on as is.
-            let part: Vec<EntryKey> = part.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
-            keys.extend(part);
+        for (part, out) in items.chunks(per_thread).zip(keys.chunks_mut(per_thread)) {
+            scope.spawn(move || {
+                for (item, key) in part.iter().zip(out) {
+                    *key = EntryKey::of(entry(item));
+                }
+            });
         }
-        keys
-    })
+    });
+    keys
 }
 
 /// Cores available to this process (asked once: the answer reads cgroup files on Linux).
