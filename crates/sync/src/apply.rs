@@ -294,12 +294,15 @@ impl Applier {
         // Most often, on an initial sync above all, nothing is there yet (often not even the
         // directory, which is created when the changes before this one are applied).
         #[cfg(target_os = "linux")]
-        match self.open_parent(rel) {
+        let parents_are_real_dirs = match self.open_parent(rel) {
             Ok((parent, name)) if is_free(&parent, name) => return self.forget_if_indexed(rel),
             Err(rustix::io::Errno::NOENT) => return self.forget_if_indexed(rel),
-            _ => {}
-        }
-        if self.under_link(rel) {
+            Ok(_) => true, // so nothing on the way is a link: no second check
+            Err(_) => false,
+        };
+        #[cfg(not(target_os = "linux"))]
+        let parents_are_real_dirs = false;
+        if !parents_are_real_dirs && self.under_link(rel) {
             // Not an entry of this tree: whatever sits behind the link is never read or touched.
             return Ok(None);
         }
