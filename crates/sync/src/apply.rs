@@ -12,7 +12,7 @@ use std::io;
 #[cfg(not(unix))]
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use cap_std::fs::{Dir, OpenOptions};
 use swrepl_proto::summary::{summary_bits, BucketSet, TreeDigest};
@@ -196,6 +196,8 @@ pub struct Applier {
     /// Staging files opened recently, most recent last: a file's chunks usually arrive together
     /// and its completion follows, so one open serves them all.
     open_staging: Vec<(String, File)>,
+    /// When the index was last committed.
+    index_saved: Instant,
 }
 
 /// How many staging files [`Applier`] keeps open between writes.
@@ -206,6 +208,10 @@ const LOCAL_RUN_MAX: usize = 4 * 1024 * 1024;
 
 /// Runs at least this long are checked on a second thread while the first writes them.
 const PARALLEL_RUN_MIN: usize = 1024 * 1024;
+
+/// How often the index is saved while a burst of changes is being applied (see
+/// [`ReceiverStore::checkpoint`]); it is always saved once the burst is over.
+const INDEX_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Applier {
     /// Opens the receiver's root (which must exist), its state directory, index and archive, and
@@ -272,6 +278,7 @@ impl Applier {
             unsynced_dirs: BTreeSet::new(),
             staged: Vec::new(),
             open_staging: Vec::new(),
+            index_saved: Instant::now(),
         })
     }
 
@@ -1252,12 +1259,19 @@ impl ReceiverStore for Applier {
         Applier::summary(self)
     }
 
-    fn checkpoint(&mut self) -> Result<(), SyncError> {
+    fn checkpoint(&mut self, more_queued: bool) -> Result<(), SyncError> {
         self.install_staged()?;
         self.sync_dirs();
-        if let Err(e) = self.scanner.index_mut().commit() {
-            // Only a cache: the next scan compares with the disk and rehashes what it lost.
-            tracing::warn!("receiver index not saved ({e}); the next scan rehashes what it missed");
+        // The index is only a cache (the next scan compares it with the disk and rehashes what
+        // it lost): during a burst it is saved now and then, not at every acknowledgement, since
+        // each commit rewrites every index page touched since the last one.
+        if !more_queued || self.index_saved.elapsed() >= INDEX_SAVE_INTERVAL {
+            self.index_saved = Instant::now();
+            if let Err(e) = self.scanner.index_mut().commit() {
+                tracing::warn!(
+                    "receiver index not saved ({e}); the next scan rehashes what it missed"
+                );
+            }
         }
         Ok(())
     }
@@ -1279,11 +1293,33 @@ const STAGED_MAX: usize = 256;
 /// Threads that fsync a batch of staged files.
 const FSYNC_THREADS: usize = 8;
 
-/// fsyncs every staged file, a share of them on each of up to [`FSYNC_THREADS`] threads; one
-/// result per file, in order.
+/// An fsync quicker than this had nothing slow to wait for (tmpfs, a write-back cache): the
+/// next one is done on this thread too, rather than on threads started for it.
+const QUICK_FSYNC: Duration = Duration::from_micros(200);
+
+/// fsyncs every staged file; one result per file, in order. They are synced one after another
+/// while each is quick; once one is slow (a disk to wait for), the rest are shared out over
+/// [`fsync_in_parallel`].
 fn fsync_all(staged: &[StagedFile]) -> Vec<io::Result<()>> {
-    if staged.len() == 1 {
-        return vec![staged[0].file.sync_all()];
+    let mut results = Vec::with_capacity(staged.len());
+    let mut rest = staged;
+    while let Some((first, tail)) = rest.split_first() {
+        let started = Instant::now();
+        results.push(first.file.sync_all());
+        rest = tail;
+        if started.elapsed() >= QUICK_FSYNC {
+            break;
+        }
+    }
+    results.extend(fsync_in_parallel(rest));
+    results
+}
+
+/// fsyncs `staged`, a share of them on each of up to [`FSYNC_THREADS`] threads: a file system
+/// commits concurrent fsyncs together, whereas one after another each waits for its own.
+fn fsync_in_parallel(staged: &[StagedFile]) -> Vec<io::Result<()>> {
+    if staged.len() <= 1 {
+        return staged.iter().map(|s| s.file.sync_all()).collect();
     }
     let per_thread = staged.len().div_ceil(FSYNC_THREADS);
     std::thread::scope(|scope| {
@@ -1810,7 +1846,7 @@ mod tests {
             !slave.root.join("b.txt").exists(),
             "staged, not yet durable nor in place"
         );
-        ReceiverStore::checkpoint(&mut slave.applier).unwrap();
+        ReceiverStore::checkpoint(&mut slave.applier, false).unwrap();
         assert_eq!(std::fs::read(slave.root.join("a.txt")).unwrap(), b"second");
         assert_eq!(std::fs::read(slave.root.join("b.txt")).unwrap(), b"b");
         assert_eq!(files_under(&slave.root.join(STAGING_REL)).len(), 0);
@@ -1818,6 +1854,28 @@ mod tests {
         let mut archived = files_under(&slave.archive);
         archived.sort();
         assert_eq!(archived, [b"first".to_vec(), b"old".to_vec()]);
+    }
+
+    #[test]
+    fn the_index_is_saved_by_the_checkpoint_that_ends_a_burst() {
+        let mut slave = slave_with(&[]);
+        let entry = entry_for("a.txt", b"applied");
+        let (mut pending, need) = announce(&mut slave.applier, &entry);
+        deliver(&mut slave.applier, &mut pending, need, b"applied").unwrap();
+        // What a reader in another process sees: committed rows only.
+        let saved = |root: &Path| -> Option<Vec<u8>> {
+            let db = root.join(STATE_DIR_NAME).join("receiver-index.db");
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+            let conn = rusqlite::Connection::open_with_flags(db, flags).unwrap();
+            let sql = "SELECT file_hash FROM entries WHERE path = 'a.txt'";
+            let mut rows = conn.prepare(sql).unwrap();
+            let mut rows = rows.query([]).unwrap();
+            rows.next().unwrap().map(|row| row.get(0).unwrap())
+        };
+        assert_eq!(saved(&slave.root), None, "not saved before a checkpoint");
+        ReceiverStore::checkpoint(&mut slave.applier, false).unwrap();
+        let indexed = saved(&slave.root).expect("saved once nothing more is queued");
+        assert_eq!(indexed, entry.file_hash);
     }
 
     #[test]

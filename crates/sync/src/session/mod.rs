@@ -117,9 +117,11 @@ pub trait ReceiverStore {
     fn summary(&mut self) -> Result<TreeDigest, SyncError>;
     /// Removes whatever a failed or abandoned file left in the staging area.
     fn clear_staging(&mut self);
-    /// Makes everything applied so far durable (and saves bookkeeping that may lag behind, such
-    /// as an index): called before each acknowledgement, which it must not let through on error.
-    fn checkpoint(&mut self) -> Result<(), SyncError> {
+    /// Makes everything applied so far durable: called before each acknowledgement, which it
+    /// must not let through on error. Bookkeeping that only saves work (such as an index) may
+    /// lag behind while more changes are queued (`_more_queued`), and is saved by the first
+    /// checkpoint without them.
+    fn checkpoint(&mut self, _more_queued: bool) -> Result<(), SyncError> {
         Ok(())
     }
 }

@@ -233,7 +233,7 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
     /// error nothing is acknowledged and the session must end (the peer is told why).
     pub fn acknowledge(&mut self) -> Result<(), SyncError> {
         if self.applied_seq > self.acked_seq {
-            let durable = self.store.checkpoint();
+            let durable = self.store.checkpoint(!self.queue.is_empty());
             self.tell_peer(&durable);
             durable?;
             self.acked_seq = self.applied_seq;
