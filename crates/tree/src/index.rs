@@ -390,10 +390,12 @@ impl Index {
         if self.surely_lacks(hash) {
             return Ok(Vec::new());
         }
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT path, offset, len FROM chunks WHERE hash = ?1 LIMIT ?2")?;
-        let rows = stmt.query_map(params![&hash[..], CHUNK_CANDIDATES as i64], |row| {
+        // The limit is written into the statement: SQLite recompiles a statement every time a
+        // parameter that its plan may depend on (as a LIMIT does) is bound again.
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT path, offset, len FROM chunks WHERE hash = ?1 LIMIT {CHUNK_CANDIDATES}"
+        ))?;
+        let rows = stmt.query_map(params![&hash[..]], |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, i64>(1)?,
