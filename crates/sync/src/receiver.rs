@@ -342,11 +342,12 @@ async fn run_sender_session(
 }
 
 /// The blocking half of a sender session: feeds the machine what the reading half received and
-/// applies what is ready. Applied changes are acknowledged at once when nothing else waits to be
-/// applied (a lone change) or when the last acknowledgement is [`ACK_INTERVAL`] old; otherwise
-/// (files still waiting for their chunks: a burst) they wait for the rest of that interval, so
-/// that one checkpoint (fsyncs, renames, index commit, status file) serves all the changes
-/// applied meanwhile rather than one each time the applier catches up with the network.
+/// applies what is ready. Applied changes are acknowledged at once when no more are expected (a
+/// lone change: nothing waits to be applied and its pass has ended) or when the last
+/// acknowledgement is [`ACK_INTERVAL`] old; otherwise (a burst: files waiting for their chunks,
+/// or a pass still being received) they wait for the rest of that interval, so that one
+/// checkpoint (fsyncs, renames, index commit, status file) serves all the changes applied
+/// meanwhile rather than one each time the applier catches up with the network.
 fn apply_loop(
     machine: &mut ReceiverMachine<Applier>,
     mut incoming: mpsc::Receiver<Message>,
@@ -371,7 +372,7 @@ fn apply_loop(
         loop {
             let applied = machine.apply_ready();
             carrier.step(machine, applied)?;
-            if machine.has_unacknowledged() && (carrier.ack_due() || !machine.has_queued()) {
+            if machine.has_unacknowledged() && (carrier.ack_due() || !machine.expects_more()) {
                 carrier.acknowledge(machine)?;
             }
             let Ok(msg) = incoming.try_recv() else { break };

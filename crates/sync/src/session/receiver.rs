@@ -182,10 +182,11 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
         self.applied_seq > self.acked_seq
     }
 
-    /// Whether changes wait to be applied (most often files waiting for the chunks asked for):
-    /// more messages are on their way then.
-    pub fn has_queued(&self) -> bool {
-        !self.queue.is_empty()
+    /// Whether more messages are on their way: changes wait to be applied (most often files
+    /// waiting for the chunks asked for), or the pass being received has not ended yet. A
+    /// stream of small files, each applied before the next arrives, is one pass.
+    pub fn expects_more(&self) -> bool {
+        !self.queue.is_empty() || self.pass.is_some()
     }
 
     /// Ends the session: pending files are discarded (their staging removed) and the store is
@@ -233,7 +234,7 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
     /// error nothing is acknowledged and the session must end (the peer is told why).
     pub fn acknowledge(&mut self) -> Result<(), SyncError> {
         if self.applied_seq > self.acked_seq {
-            let durable = self.store.checkpoint(!self.queue.is_empty());
+            let durable = self.store.checkpoint(self.expects_more());
             self.tell_peer(&durable);
             durable?;
             self.acked_seq = self.applied_seq;
@@ -242,7 +243,7 @@ impl<S: ReceiverStore> ReceiverMachine<S> {
             });
             self.status(StatusChange::Acked {
                 seq: self.acked_seq,
-                idle: self.queue.is_empty(),
+                idle: !self.expects_more(),
             });
         }
         Ok(())
@@ -968,5 +969,42 @@ mod tests {
         assert!(!root.join("a").exists(), "the rename's source survived");
         assert!(!root.join("c").exists());
         assert!(sent(&mut machine).contains(&Message::Ack { seq: 1 }));
+    }
+
+    #[test]
+    fn more_is_expected_until_the_pass_has_ended_and_everything_in_it_is_applied() {
+        let (_dir, applier) = applier_with(&[]);
+        let mut machine = ReceiverMachine::new(applier);
+        assert!(!machine.expects_more(), "a new session");
+        machine
+            .receive(Message::PassBegin {
+                pass: 1,
+                full: false,
+            })
+            .unwrap();
+        let entry = file_entry("a.txt", b"a");
+        let seq = 1;
+        machine.receive(Message::Upsert { seq, entry }).unwrap();
+        machine.apply_ready().unwrap();
+        assert!(machine.expects_more(), "the file waits for its chunk");
+        let data = b"a".to_vec();
+        let index = 0;
+        machine
+            .receive(Message::ChunkData { seq, index, data })
+            .unwrap();
+        machine.apply_ready().unwrap();
+        assert!(machine.has_unacknowledged());
+        assert!(machine.expects_more(), "applied, but its pass goes on");
+        let end = Message::PassEnd {
+            pass: 1,
+            entries: 1,
+            prune: Prune::Never,
+        };
+        machine.receive(end).unwrap();
+        machine.apply_ready().unwrap();
+        assert!(
+            !machine.expects_more(),
+            "the pass has ended, all of it applied"
+        );
     }
 }
