@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::sync::Arc;
 
 use swrepl_proto::registry::{RegistryChangeSet, RegistrySnapshot};
@@ -107,11 +108,120 @@ impl FullPassPlan {
     }
 }
 
+/// One item of the send queue, in the order it goes out.
+enum Queued {
+    /// A message built when it was queued: pass markers, requests, registry changes, renames
+    /// and the changes of incremental passes (few, and each may differ from the tree).
+    Message(Message),
+    /// The tree's entries of a full pass, built into upserts only as they leave.
+    TreeRun(TreeRun),
+}
+
+impl Queued {
+    /// The sequence number of the next change this item sends, if it is a change: what the
+    /// window is checked against.
+    fn next_seq(&self) -> Option<Seq> {
+        match self {
+            Queued::Message(msg) => change_seq(msg),
+            Queued::TreeRun(run) => Some(run.seqs.start),
+        }
+    }
+}
+
+/// The entries of a full pass still to describe: the scanned tree (shared, never copied) and
+/// which of its entries the pass picked. Each `Upsert` is built when it leaves, so that a pass
+/// of a million entries holds a million bits here rather than a million messages, each with its
+/// own path and chunk list, while only a window of them can leave anyway.
+struct TreeRun {
+    tree: Arc<Vec<ScannedEntry>>,
+    picked: Picked,
+    /// The first entry of `tree` not yet looked at.
+    next_index: usize,
+    /// The sequence numbers still to hand out, one per picked entry, in order: reserved when
+    /// the run was queued, so that the run keeps its place among the numbered changes.
+    seqs: Range<Seq>,
+}
+
+impl TreeRun {
+    /// The next picked entry as an upsert with its sequence number.
+    fn next_upsert(&mut self) -> Option<Message> {
+        let index = self.picked.next_from(self.next_index)?;
+        let scanned = self.tree.get(index)?;
+        let seq = self.seqs.next()?;
+        self.next_index = index + 1;
+        Some(Message::Upsert {
+            seq,
+            entry: scanned.entry.clone(),
+        })
+    }
+
+    /// True once every picked entry was handed out.
+    fn is_done(&self) -> bool {
+        self.seqs.is_empty()
+    }
+}
+
+/// Which entries of a tree a full pass describes: one bit per entry (125 KB for a million
+/// entries, whatever share is picked).
+struct Picked {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Picked {
+    /// Every one of `len` entries.
+    fn all(len: usize) -> Self {
+        let mut words = vec![u64::MAX; len.div_ceil(64)];
+        if len % 64 != 0 {
+            if let Some(last) = words.last_mut() {
+                *last = (1 << (len % 64)) - 1;
+            }
+        }
+        Picked { words, len }
+    }
+
+    fn contains(&self, index: usize) -> bool {
+        self.words
+            .get(index / 64)
+            .is_some_and(|word| word & (1 << (index % 64)) != 0)
+    }
+
+    fn remove(&mut self, index: usize) {
+        if let Some(word) = self.words.get_mut(index / 64) {
+            *word &= !(1 << (index % 64));
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.words
+            .iter()
+            .map(|word| word.count_ones() as usize)
+            .sum()
+    }
+
+    /// The first picked entry at or after `from`.
+    fn next_from(&self, from: usize) -> Option<usize> {
+        let mut at = from / 64;
+        let mut word = self.words.get(at)? & (u64::MAX << (from % 64));
+        while word == 0 {
+            at += 1;
+            word = *self.words.get(at)?;
+        }
+        Some(at * 64 + word.trailing_zeros() as usize)
+    }
+
+    /// The picked entries, in order.
+    fn indices(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.len).filter(|&i| self.contains(i))
+    }
+}
+
 /// The tree the previous scan saw, for the mass-delete guard of watched changes.
 enum KnownTree {
     /// Handed over from a previous session.
     Paths(HashSet<String>),
-    /// Scanned in this session (in path order, shared with a full pass that may still wait).
+    /// Scanned in this session (in path order, shared with a full pass that may still wait or
+    /// be on its way).
     Scanned(Arc<Vec<ScannedEntry>>),
 }
 
@@ -141,7 +251,7 @@ pub struct SenderMachine {
     /// Changes sent and not yet acknowledged.
     in_flight: BTreeMap<Seq, InFlight>,
     /// Changes and pass markers, in order; changes leave only within the window.
-    queue: VecDeque<Message>,
+    queue: VecDeque<Queued>,
     /// Replies to the receiver's requests (chunk data, withdrawals): never held by the window.
     replies: VecDeque<Message>,
     pass: u64,
@@ -212,7 +322,7 @@ impl SenderMachine {
         }
         self.summary_went_stale();
         self.last_summary_id += 1;
-        self.queue.push_back(Message::SummaryRequest {
+        self.enqueue(Message::SummaryRequest {
             id: self.last_summary_id,
         });
         self.summary_state = SummaryState::Requested(self.last_summary_id);
@@ -251,20 +361,42 @@ impl SenderMachine {
         if let Some(reply) = self.replies.pop_front() {
             return Some(reply);
         }
-        let seq = self.queue.front().and_then(change_seq);
+        let seq = self.queue.front().and_then(Queued::next_seq);
         if seq.is_some_and(|seq| seq > self.acked + self.config.window as u64) {
             return None;
         }
-        let msg = self.queue.pop_front()?;
+        let msg = self.pop_queued()?;
         if let Some(seq) = change_seq(&msg) {
             self.now_in_flight(seq, &msg);
         }
         Some(msg)
     }
 
+    /// The front of the queue as a message: a tree run gives its next entry and leaves the
+    /// queue with its last.
+    fn pop_queued(&mut self) -> Option<Message> {
+        match self.queue.front_mut()? {
+            Queued::TreeRun(run) => {
+                let msg = run.next_upsert();
+                if run.is_done() {
+                    self.queue.pop_front();
+                }
+                msg
+            }
+            Queued::Message(_) => match self.queue.pop_front() {
+                Some(Queued::Message(msg)) => Some(msg),
+                _ => None,
+            },
+        }
+    }
+
+    fn enqueue(&mut self, msg: Message) {
+        self.queue.push_back(Queued::Message(msg));
+    }
+
     /// Change `seq` is leaving: remember what serving its chunks needs until it is acknowledged.
     /// Done as it leaves, not when it is queued, so that only the window's changes are held
-    /// twice (a full pass of an initial sync queues the whole tree at once).
+    /// twice.
     fn now_in_flight(&mut self, seq: Seq, msg: &Message) {
         let entry = match msg {
             Message::Upsert { entry, .. } | Message::Rename { entry, .. } => Some(entry),
@@ -345,14 +477,13 @@ impl SenderMachine {
     /// A registry change set takes the next sequence number, like a file change.
     pub fn queue_registry_changes(&mut self, changes: RegistryChangeSet) -> Seq {
         let seq = self.take_seq();
-        self.queue
-            .push_back(Message::RegistryChanges { seq, changes });
+        self.enqueue(Message::RegistryChanges { seq, changes });
         seq
     }
 
     /// A request without a sequence number (e.g. `RegistryRequest`), sent in queue order.
     pub fn queue_request(&mut self, msg: Message) {
-        self.queue.push_back(msg);
+        self.enqueue(msg);
     }
 
     /// Takes one message from the receiver.
@@ -452,7 +583,7 @@ impl SenderMachine {
 
     fn begin_pass(&mut self, full: bool) -> u64 {
         self.pass += 1;
-        self.queue.push_back(Message::PassBegin {
+        self.enqueue(Message::PassBegin {
             pass: self.pass,
             full,
         });
@@ -460,7 +591,7 @@ impl SenderMachine {
     }
 
     fn end_pass(&mut self, pass: u64, entries: u64, prune: Prune) {
-        self.queue.push_back(Message::PassEnd {
+        self.enqueue(Message::PassEnd {
             pass,
             entries,
             prune,
@@ -529,61 +660,59 @@ impl SenderMachine {
     }
 
     /// Queues a full pass. With the receiver's summary, buckets equal on both sides are left
-    /// out (`PassSkips`), and the receiver keeps them whole at the pass's end.
+    /// out (`PassSkips`), and the receiver keeps them whole at the pass's end. The renames go
+    /// first as messages; the tree's entries follow as one [`TreeRun`], built as they leave.
     fn queue_full_pass(&mut self, mut plan: FullPassPlan, theirs: Option<&TreeDigest>) {
         let keys = theirs.map(|_| plan.take_keys());
-        let FullPassPlan { renames, tree, .. } = plan;
+        let FullPassPlan {
+            mut renames, tree, ..
+        } = plan;
         // A rename's target is described by the rename, not again as an entry of the tree.
-        let renamed: HashSet<&str> = renames.iter().map(|(_, e)| e.path.as_str()).collect();
-        let listed: Vec<bool> = if renamed.is_empty() {
-            Vec::new()
-        } else {
-            tree.iter()
-                .map(|s| !renamed.contains(s.entry.path.as_str()))
-                .collect()
-        };
-        let is_listed = |i: usize| listed.get(i).copied().unwrap_or(true);
+        let mut picked = Picked::all(tree.len());
+        if !renames.is_empty() {
+            let renamed: HashSet<&str> = renames.iter().map(|(_, e)| e.path.as_str()).collect();
+            for (i, scanned) in tree.iter().enumerate() {
+                if renamed.contains(scanned.entry.path.as_str()) {
+                    picked.remove(i);
+                }
+            }
+        }
+        let total = renames.len() + picked.count();
         let skipped = theirs
             .zip(keys.as_ref())
             .and_then(|(theirs, (rename_keys, tree_keys))| {
                 let mut ours = TreeDigest::new(theirs.bits());
                 rename_keys.iter().for_each(|key| ours.add_key(key));
-                (0..tree.len())
-                    .filter(|&i| is_listed(i))
-                    .for_each(|i| ours.add_key(&tree_keys[i]));
+                picked.indices().for_each(|i| ours.add_key(&tree_keys[i]));
                 ours.unchanged_buckets(theirs)
             });
-        let is_skipped = |key: Option<&EntryKey>| {
-            skipped
-                .as_ref()
-                .zip(key)
-                .is_some_and(|(skipped, key)| skipped.contains(key.bucket(skipped.bits())))
-        };
+        if let Some((skipped, (rename_keys, tree_keys))) = skipped.as_ref().zip(keys.as_ref()) {
+            let in_skipped = |key: &EntryKey| skipped.contains(key.bucket(skipped.bits()));
+            renames = renames
+                .into_iter()
+                .zip(rename_keys)
+                .filter(|(_, key)| !in_skipped(key))
+                .map(|(rename, _)| rename)
+                .collect();
+            for (i, key) in tree_keys.iter().enumerate() {
+                if in_skipped(key) {
+                    picked.remove(i);
+                }
+            }
+        }
         let pass = self.begin_pass(true);
         if let Some(skipped) = &skipped {
-            self.queue.push_back(Message::PassSkips {
+            self.enqueue(Message::PassSkips {
                 pass,
                 bits: skipped.bits(),
                 unchanged: skipped.as_wire().to_vec(),
             });
         }
-        let total = renames.len() + (0..tree.len()).filter(|&i| is_listed(i)).count();
-        let mut described = 0u64;
-        for (i, (from, entry)) in renames.iter().enumerate() {
-            if !is_skipped(keys.as_ref().map(|(renames, _)| &renames[i])) {
-                described += 1;
-                self.queue_change(Change::Rename {
-                    from: from.clone(),
-                    entry: entry.clone(),
-                });
-            }
+        let described = (renames.len() + picked.count()) as u64;
+        for (from, entry) in renames {
+            self.queue_change(Change::Rename { from, entry });
         }
-        for (i, scanned) in tree.iter().enumerate() {
-            if is_listed(i) && !is_skipped(keys.as_ref().map(|(_, tree)| &tree[i])) {
-                described += 1;
-                self.queue_change(Change::Upsert(scanned.entry.clone()));
-            }
-        }
+        self.queue_tree_run(tree, picked);
         if let Some(skipped) = &skipped {
             log_skips(described, total, skipped);
         }
@@ -593,6 +722,24 @@ impl SenderMachine {
             Prune::UpToPermille(self.config.mass_delete_permille)
         };
         self.end_pass(pass, described, prune);
+    }
+
+    /// Queues the picked entries of `tree` as one item, their sequence numbers taken now:
+    /// changes leave in the order of their numbers, and whatever is queued after the run is
+    /// numbered after it.
+    fn queue_tree_run(&mut self, tree: Arc<Vec<ScannedEntry>>, picked: Picked) {
+        let count = picked.count() as u64;
+        if count == 0 {
+            return;
+        }
+        let first = self.next_seq;
+        self.next_seq += count;
+        self.queue.push_back(Queued::TreeRun(TreeRun {
+            tree,
+            picked,
+            next_index: 0,
+            seqs: first..first + count,
+        }));
     }
 
     fn queue_incremental(&mut self, changes: &[Change], tree: &[ScannedEntry]) {
@@ -666,7 +813,7 @@ impl SenderMachine {
                 Message::Delete { seq, path }
             }
         };
-        self.queue.push_back(msg);
+        self.enqueue(msg);
     }
 }
 
@@ -1023,5 +1170,220 @@ mod tests {
         let sent = drain(&mut machine);
         assert!(matches!(sent[0], Message::PassBegin { full: true, .. }));
         assert_eq!(described(&sent).len(), master.len());
+    }
+
+    fn machine_with_window(window: usize) -> SenderMachine {
+        let mut machine = machine();
+        machine.config.window = window;
+        machine
+    }
+
+    /// What one session sent, acknowledged batch by batch as a receiver would.
+    #[derive(Default)]
+    struct Sent {
+        messages: Vec<Message>,
+        /// The most changes out unacknowledged at once.
+        most_in_flight: usize,
+    }
+
+    /// Sends until nothing more can leave, acknowledging what is in flight after each batch as
+    /// a receiver would; checks the window on the way.
+    fn drain_acking(machine: &mut SenderMachine, sent: &mut Sent) {
+        loop {
+            let batch = drain(machine);
+            let in_flight = machine.in_flight.len();
+            assert!(in_flight <= machine.config.window, "{in_flight} in flight");
+            sent.most_in_flight = sent.most_in_flight.max(in_flight);
+            let idle = batch.is_empty();
+            sent.messages.extend(batch);
+            if machine.sent_up_to > machine.acked {
+                let seq = machine.sent_up_to;
+                machine.handle(Message::Ack { seq }).expect("sent");
+            } else if idle {
+                return;
+            }
+        }
+    }
+
+    fn seqs(sent: &[Message]) -> Vec<Seq> {
+        sent.iter().filter_map(change_seq).collect()
+    }
+
+    fn pass_ends(sent: &[Message]) -> Vec<u64> {
+        sent.iter()
+            .filter_map(|m| match m {
+                Message::PassEnd { entries, .. } => Some(*entries),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn hundred_files() -> Vec<FileEntry> {
+        (0..100)
+            .map(|i| file(&format!("f{i:03}"), i as u8))
+            .collect()
+    }
+
+    #[test]
+    fn a_full_pass_is_built_as_it_leaves_in_seq_order_within_the_window() {
+        let mut master = hundred_files();
+        master.push(file("moved", 77));
+        let mut slave = hundred_files();
+        slave.push(file("was", 77));
+        for i in (0..100).step_by(9) {
+            slave[i] = file(&format!("f{i:03}"), 250);
+        }
+        let mut outcome = tree(&master);
+        outcome.changes = vec![Change::Rename {
+            from: "was".into(),
+            entry: file("moved", 77),
+        }];
+        let mut machine = machine_with_window(8);
+        machine.full_scan_started();
+        let mut sent = Sent::default();
+        drain_acking(&mut machine, &mut sent);
+        machine.take_scan(true, outcome, None);
+        machine.handle(summary_of(1, &slave)).expect("valid");
+        // PassBegin, PassSkips, the rename, the run of the tree's entries, PassEnd: the
+        // entries are not messages yet.
+        assert_eq!(machine.queue.len(), 5);
+        // Half the window leaves, then a change is queued behind the pass.
+        for _ in 0..6 {
+            sent.messages.extend(machine.poll_transmit());
+        }
+        machine.refresh_done(vec![file("late", 5)]);
+        drain_acking(&mut machine, &mut sent);
+        assert!(machine.queue.is_empty() && machine.in_flight.is_empty());
+        assert_eq!(sent.most_in_flight, 8, "the window was full and held");
+
+        let numbered = seqs(&sent.messages);
+        let expected: Vec<Seq> = (1..=numbered.len() as u64).collect();
+        assert_eq!(
+            numbered, expected,
+            "changes leave in the order of their numbers"
+        );
+        let Some(Message::PassSkips {
+            bits, unchanged, ..
+        }) = sent.messages.get(2)
+        else {
+            panic!("{:?}", &sent.messages[..3]);
+        };
+        let skipped = BucketSet::from_wire(*bits, unchanged.clone()).expect("valid");
+        let mut paths: Vec<String> = master
+            .iter()
+            .map(|e| e.path.clone())
+            .filter(|p| p != "moved" && !skipped.contains_path(p))
+            .collect();
+        assert!(paths.len() > 8 && paths.len() < 100, "{}", paths.len());
+        paths.push("late".into());
+        assert_eq!(described(&sent.messages), paths);
+        assert!(matches!(sent.messages[3], Message::Rename { seq: 1, .. }));
+        assert_eq!(
+            pass_ends(&sent.messages),
+            [paths.len() as u64, 1],
+            "the full pass counts the rename and its upserts, the refresh its one"
+        );
+        let tail = &sent.messages[sent.messages.len() - 4..];
+        assert!(
+            matches!(tail, [
+                Message::PassEnd { .. },
+                Message::PassBegin { full: false, .. },
+                Message::Upsert { entry, .. },
+                Message::PassEnd { .. },
+            ] if entry.path == "late"),
+            "the change queued during the pass follows it: {tail:?}"
+        );
+    }
+
+    #[test]
+    fn a_full_pass_without_summary_or_renames_describes_every_entry_in_order() {
+        let master = hundred_files();
+        let mut machine = machine_with_window(7);
+        machine.tree_summaries = false;
+        machine.take_scan(true, tree(&master), None);
+        assert_eq!(machine.queue.len(), 3, "PassBegin, the run, PassEnd");
+        machine.queue_registry_changes(RegistryChangeSet::default());
+        let mut sent = Sent::default();
+        drain_acking(&mut machine, &mut sent);
+        let paths: Vec<String> = master.iter().map(|e| e.path.clone()).collect();
+        assert_eq!(described(&sent.messages), paths);
+        assert_eq!(pass_ends(&sent.messages), [100]);
+        assert_eq!(seqs(&sent.messages), (1..=101).collect::<Vec<Seq>>());
+        assert!(matches!(
+            sent.messages.last(),
+            Some(Message::RegistryChanges { seq: 101, .. })
+        ));
+        assert!(machine.queue.is_empty() && machine.in_flight.is_empty());
+    }
+
+    #[test]
+    fn a_summary_gone_stale_while_a_run_is_queued_sends_the_held_pass_whole_after_it() {
+        let master = hundred_files();
+        let mut slave = master.clone();
+        for i in (0..100).step_by(5) {
+            slave[i] = file(&format!("f{i:03}"), 250);
+        }
+        let mut machine = machine_with_window(3);
+        machine.full_scan_started();
+        machine.handle(summary_of(1, &slave)).expect("valid");
+        machine.scan_done(true, &tree(&master));
+        let mut sent = Sent::default();
+        sent.messages.extend(drain(&mut machine));
+        assert_eq!(seqs(&sent.messages), [1, 2, 3], "the window holds the run");
+        // A second full scan while the first pass is still queued: its summary request goes
+        // behind that pass, the scan is held for the answer, and a refresh makes the answer
+        // stale before it arrives.
+        let mut changed = master.clone();
+        changed[3] = file("f003", 99);
+        machine.full_scan_started();
+        machine.scan_done(true, &tree(&changed));
+        assert!(machine.awaits_summary());
+        machine.refresh_done(vec![file("f003", 99)]);
+        assert!(!machine.awaits_summary());
+        machine
+            .handle(summary_of(2, &slave))
+            .expect("a stale answer is ignored");
+        drain_acking(&mut machine, &mut sent);
+
+        let messages = &sent.messages;
+        let numbered = seqs(messages);
+        assert_eq!(numbered, (1..=numbered.len() as u64).collect::<Vec<Seq>>());
+        let first_end = messages
+            .iter()
+            .position(|m| matches!(m, Message::PassEnd { .. }))
+            .expect("ended");
+        assert!(matches!(
+            messages[first_end + 1],
+            Message::SummaryRequest { id: 2 }
+        ));
+        let first = described(&messages[..first_end]);
+        assert!(first.contains(&"f040".to_string()), "{first:?}");
+        assert!(first.len() > 3 && first.len() < 100, "{}", first.len());
+        let mut then: Vec<String> = master.iter().map(|e| e.path.clone()).collect();
+        then.push("f003".into());
+        assert_eq!(described(&messages[first_end..]), then);
+        assert_eq!(pass_ends(messages), [first.len() as u64, 100, 1]);
+        assert!(
+            !messages[first_end..]
+                .iter()
+                .any(|m| matches!(m, Message::PassSkips { .. })),
+            "the stale summary is not used"
+        );
+    }
+
+    #[test]
+    fn picked_finds_each_entry_left_across_words() {
+        let mut picked = Picked::all(130);
+        assert_eq!(picked.count(), 130);
+        assert_eq!(picked.next_from(130), None);
+        for i in (0..130).filter(|i| ![0, 63, 64, 127, 129].contains(i)) {
+            picked.remove(i);
+        }
+        assert_eq!(picked.indices().collect::<Vec<_>>(), [0, 63, 64, 127, 129]);
+        assert_eq!(picked.next_from(1), Some(63));
+        assert_eq!(picked.next_from(65), Some(127));
+        assert_eq!(picked.next_from(128), Some(129));
+        assert_eq!(Picked::all(64).next_from(64), None);
+        assert_eq!(Picked::all(0).count(), 0);
     }
 }
