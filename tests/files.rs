@@ -280,7 +280,8 @@ fn file_id(path: &Path) -> u64 {
 /// The NTFS file index (the low 64 bits of swrepl's file id; the high ones are the volume's).
 #[cfg(windows)]
 fn file_id(path: &Path) -> u64 {
-    swrepl_tree::file_id_of(path).expect("a file id") as u64
+    // Truncation keeps the low half.
+    u128::from(swrepl_tree::file_id_of(path).expect("a file id")) as u64
 }
 
 #[test]

@@ -19,7 +19,9 @@ use std::time::Duration;
 use swrepl_net::{FrameReader, FrameWriter, Identity};
 use swrepl_proto::summary::EntryKey;
 use swrepl_proto::{EntryKind, FileEntry, Heartbeat, Message, Role, Seq, ServiceStatus};
-use swrepl_tree::{Excludes, Index, ScanOutcome, ScanProblem, Scanner, TreeError, STATE_DIR_NAME};
+use swrepl_tree::{
+    ChangeDetail, Excludes, Index, ScanOutcome, ScanProblem, Scanner, TreeError, STATE_DIR_NAME,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -684,8 +686,15 @@ impl<'a> Session<'a> {
         }
         let want_keys = full && self.machine.wants_summary_keys();
         let scanner = self.scanner.clone();
+        // A full pass sends the whole tree and only needs the scan's renames: listing every
+        // upsert too would copy every entry on a first scan.
+        let detail = if full {
+            ChangeDetail::Renames
+        } else {
+            ChangeDetail::All
+        };
         let handle = tokio::task::spawn_blocking(move || {
-            let outcome = scanner.lock().expect("scanner lock").scan()?;
+            let outcome = scanner.lock().expect("scanner lock").scan_with(detail)?;
             // Right away and on every core, while the receiver works on its summary: when
             // that arrives, comparing takes no more than adding these up.
             let keys = want_keys.then(|| entry_keys(&outcome.entries, |s| &s.entry));

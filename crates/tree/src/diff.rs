@@ -14,11 +14,15 @@
 //!
 //! A wrongly recognised rename (say a reused inode number) costs efficiency, never correctness:
 //! the rename carries the full new entry and later upserts and deletes fix whatever moved along.
+//!
+//! Trees are sorted vectors of entries ([`compare_paths`] order, each path once), not maps: a
+//! tree of a million entries is held once, with no second copy of every path as a key.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::fsmeta::is_same_or_below;
-use crate::{compare_paths, Change, EntryKind, FileEntry, FileId, ScannedEntry};
+use crate::{compare_paths, Change, ChangeDetail, EntryKind, FileEntry, FileId, ScannedEntry};
 
 /// A wire path ordered with [`compare_paths`], so a map of them lists parents before children
 /// and a subtree is one contiguous range.
@@ -26,18 +30,28 @@ use crate::{compare_paths, Change, EntryKind, FileEntry, FileId, ScannedEntry};
 pub(crate) struct TreeKey(pub String);
 
 impl Ord for TreeKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+    fn cmp(&self, other: &Self) -> Ordering {
         compare_paths(&self.0, &other.0)
     }
 }
 
 impl PartialOrd for TreeKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-pub(crate) type TreeMap = BTreeMap<TreeKey, ScannedEntry>;
+/// Orders entries by path ([`compare_paths`]).
+pub(crate) fn by_path(a: &ScannedEntry, b: &ScannedEntry) -> Ordering {
+    compare_paths(&a.entry.path, &b.entry.path)
+}
+
+/// The entry at `path` in `tree` (in path order).
+fn find<'a>(tree: &'a [ScannedEntry], path: &str) -> Option<&'a ScannedEntry> {
+    tree.binary_search_by(|e| compare_paths(&e.entry.path, path))
+        .ok()
+        .map(|i| &tree[i])
+}
 
 /// Paths the scan could not look at this time: what was known about them is kept.
 #[derive(Debug, Default)]
@@ -94,27 +108,38 @@ fn same_kind(a: &EntryKind, b: &EntryKind) -> bool {
     )
 }
 
-/// The receiver's state as the changes emitted so far leave it.
+/// The receiver's state as the changes emitted so far leave it. A map, since renames move whole
+/// subtrees in it; it only ever holds the region a change can touch (see [`settle`]).
 struct Virtual {
-    map: TreeMap,
+    map: BTreeMap<TreeKey, ScannedEntry>,
     by_id: HashMap<FileId, Vec<String>>,
 }
 
 impl Virtual {
-    fn new(prev: &TreeMap) -> Virtual {
+    fn new(prev: &[ScannedEntry]) -> Virtual {
         let mut by_id: HashMap<FileId, Vec<String>> = HashMap::new();
-        for (key, scanned) in prev {
+        for scanned in prev {
             if let Some(id) = scanned.file_id {
-                by_id.entry(id).or_default().push(key.0.clone());
+                by_id
+                    .entry(id)
+                    .or_default()
+                    .push(scanned.entry.path.clone());
             }
         }
         Virtual {
-            map: prev.clone(),
+            map: prev
+                .iter()
+                .map(|e| (TreeKey(e.entry.path.clone()), e.clone()))
+                .collect(),
             by_id,
         }
     }
 
     fn get(&self, path: &str) -> Option<&ScannedEntry> {
+        if self.map.is_empty() {
+            // An initial scan: no key to build for each of its entries.
+            return None;
+        }
         self.map.get(&TreeKey(path.to_string()))
     }
 
@@ -166,12 +191,32 @@ impl Virtual {
             self.insert(moved);
         }
     }
+
+    /// The entries of the virtual state that `tree` (in path order) has no entry for, in path
+    /// order: one walk of both.
+    fn not_in<'a>(&'a self, tree: &'a [ScannedEntry]) -> impl Iterator<Item = &'a ScannedEntry> {
+        let mut rest = tree;
+        self.map.iter().filter_map(move |(key, kept)| {
+            let ahead = rest.partition_point(|e| compare_paths(&e.entry.path, &key.0).is_lt());
+            rest = &rest[ahead..];
+            match rest.first() {
+                Some(e) if e.entry.path == key.0 => None,
+                _ => Some(kept),
+            }
+        })
+    }
 }
 
-/// Computes the changes from `prev` to `new`. Entries covered by `unseen` that `new` lacks are
-/// copied into `new` from the (renamed) previous state, so the scan keeps what it knew about
-/// them and emits no change for them.
-pub(crate) fn detect(prev: &TreeMap, new: &mut TreeMap, unseen: &Unseen) -> Vec<Change> {
+/// Computes the changes from `prev` to `new`, both in path order. Entries covered by `unseen`
+/// that `new` lacks are copied into `new` from the (renamed) previous state, so the scan keeps
+/// what it knew about them and emits no change for them. With [`ChangeDetail::Renames`] only
+/// the renames are listed (and `new` is completed the same way).
+pub(crate) fn detect(
+    prev: &[ScannedEntry],
+    new: &mut Vec<ScannedEntry>,
+    unseen: &Unseen,
+    detail: ChangeDetail,
+) -> Vec<Change> {
     if unchanged(prev, new) {
         // The common rescan: the full algorithm below would copy the whole previous state to
         // find nothing to emit.
@@ -182,21 +227,26 @@ pub(crate) fn detect(prev: &TreeMap, new: &mut TreeMap, unseen: &Unseen) -> Vec<
 
     find_renames(&mut virt, new, unseen, &mut changes);
 
-    for (key, kept) in &virt.map {
-        if !new.contains_key(key) && unseen.covers(&key.0) {
-            new.insert(key.clone(), kept.clone());
-        }
+    let kept: Vec<ScannedEntry> = virt
+        .not_in(new)
+        .filter(|kept| unseen.covers(&kept.entry.path))
+        .cloned()
+        .collect();
+    merge_sorted(new, kept);
+    if detail == ChangeDetail::Renames {
+        changes.retain(|c| matches!(c, Change::Rename { .. }));
+        return changes;
     }
 
-    for (key, scanned) in new.iter() {
-        let replaces_dir = match virt.map.get(key) {
+    for scanned in new.iter() {
+        let replaces_dir = match virt.get(&scanned.entry.path) {
             Some(old) if equivalent(&old.entry, &scanned.entry) => continue,
             Some(old) => old.entry.kind == EntryKind::Dir && scanned.entry.kind != EntryKind::Dir,
             None => false,
         };
         if replaces_dir {
             // Replacing a directory by a file or link removes the directory's content with it.
-            virt.remove_below(&key.0);
+            virt.remove_below(&scanned.entry.path);
         }
         // Not inserted into `virt`: only the deletes below look at it now, and they skip every
         // path `new` holds (a copy of each new entry would be the whole tree on an initial sync).
@@ -204,44 +254,48 @@ pub(crate) fn detect(prev: &TreeMap, new: &mut TreeMap, unseen: &Unseen) -> Vec<
     }
 
     let mut last_deleted: Option<&str> = None;
-    for key in virt.map.keys() {
-        if new.contains_key(key) || last_deleted.is_some_and(|d| is_same_or_below(&key.0, d)) {
+    for gone in virt.not_in(new) {
+        let path = gone.entry.path.as_str();
+        if last_deleted.is_some_and(|d| is_same_or_below(path, d)) {
             continue;
         }
-        changes.push(Change::Delete(key.0.clone()));
-        last_deleted = Some(&key.0);
+        changes.push(Change::Delete(path.to_string()));
+        last_deleted = Some(path);
     }
     changes
 }
 
 /// True when `new` holds exactly `prev`'s paths, each [`equivalent`] to what it was: then there
 /// is no rename (every path is still there), no upsert and no delete, whatever is unseen.
-fn unchanged(prev: &TreeMap, new: &TreeMap) -> bool {
+fn unchanged(prev: &[ScannedEntry], new: &[ScannedEntry]) -> bool {
     prev.len() == new.len()
-        && prev
-            .iter()
-            .zip(new)
-            .all(|((old_key, old), (new_key, now))| {
-                old_key.0 == new_key.0 && equivalent(&old.entry, &now.entry)
-            })
+        && prev.iter().zip(new).all(|(old, now)| {
+            old.entry.path == now.entry.path && equivalent(&old.entry, &now.entry)
+        })
 }
 
-fn find_renames(virt: &mut Virtual, new: &TreeMap, unseen: &Unseen, changes: &mut Vec<Change>) {
+fn find_renames(
+    virt: &mut Virtual,
+    new: &[ScannedEntry],
+    unseen: &Unseen,
+    changes: &mut Vec<Change>,
+) {
     loop {
         let mut found_any = false;
-        for (key, scanned) in new {
-            if virt.map.contains_key(key) {
+        for scanned in new {
+            if virt.get(&scanned.entry.path).is_some() {
                 continue;
             }
             let Some(from) = rename_source(virt, new, unseen, scanned) else {
                 continue;
             };
-            add_missing_parents(virt, new, &key.0, changes);
+            let to = &scanned.entry.path;
+            add_missing_parents(virt, new, to, changes);
             changes.push(Change::Rename {
                 from: from.clone(),
                 entry: scanned.entry.clone(),
             });
-            virt.move_tree(&from, &key.0);
+            virt.move_tree(&from, to);
             virt.insert(scanned.clone());
             found_any = true;
         }
@@ -255,7 +309,7 @@ fn find_renames(virt: &mut Virtual, new: &TreeMap, unseen: &Unseen, changes: &mu
 /// files the same content) whose path no longer holds that file.
 fn rename_source(
     virt: &Virtual,
-    new: &TreeMap,
+    new: &[ScannedEntry],
     unseen: &Unseen,
     scanned: &ScannedEntry,
 ) -> Option<String> {
@@ -268,7 +322,7 @@ fn rename_source(
             let Some(old) = virt.get(from) else {
                 return false;
             };
-            let gone = match new.get(&TreeKey((*from).clone())) {
+            let gone = match find(new, from) {
                 None => !unseen.covers(from),
                 Some(now) => now.file_id != Some(id),
             };
@@ -282,7 +336,12 @@ fn rename_source(
 }
 
 /// Upserts the directories above `path` that the receiver does not have (as directories) yet.
-fn add_missing_parents(virt: &mut Virtual, new: &TreeMap, path: &str, changes: &mut Vec<Change>) {
+fn add_missing_parents(
+    virt: &mut Virtual,
+    new: &[ScannedEntry],
+    path: &str,
+    changes: &mut Vec<Change>,
+) {
     let ancestors: Vec<&str> = path
         .match_indices('/')
         .map(|(cut, _)| &path[..cut])
@@ -294,7 +353,7 @@ fn add_missing_parents(virt: &mut Virtual, new: &TreeMap, path: &str, changes: &
         if is_dir {
             continue;
         }
-        if let Some(dir) = new.get(&TreeKey(ancestor.to_string())) {
+        if let Some(dir) = find(new, ancestor) {
             virt.remove_below(ancestor);
             changes.push(Change::Upsert(dir.entry.clone()));
             virt.insert(dir.clone());
@@ -309,120 +368,96 @@ pub(crate) enum Found {
     Absent,
     /// Exactly as recorded.
     Same,
-    /// At its path, but not as recorded: an [`Edit`] says how it is now.
+    /// At its path, but not as recorded: an edit (see [`settle`]) says how it is now.
     Edited,
 }
 
-/// A walked entry that is not exactly what is recorded at its path.
-#[derive(Clone, Debug)]
-pub(crate) struct Edit {
-    /// Index of the recorded entry at the same path, if any.
-    pub at: Option<usize>,
-    pub scanned: ScannedEntry,
-}
-
-/// The outcome of [`settle`].
+/// The outcome of [`settle`]. Every list is in path order.
 #[derive(Debug)]
 pub(crate) struct Settled {
     pub changes: Vec<Change>,
     /// The recorded entries the index must be brought from, to `after`: only those that may
     /// differ, so that writing them back costs nothing when little changed.
-    pub before: TreeMap,
+    pub before: Vec<ScannedEntry>,
     /// The current entries that may differ from what is recorded.
-    pub after: TreeMap,
-    /// The current entries that are exactly as recorded and not in `after`, in path order.
+    pub after: Vec<ScannedEntry>,
+    /// The current entries that are exactly as recorded and not in `after`.
     kept: Vec<ScannedEntry>,
 }
 
 impl Settled {
-    /// The whole current tree, in path order.
+    /// The whole current tree, in path order: `after` merged into `kept` in place.
     pub fn into_entries(self) -> Vec<ScannedEntry> {
+        drop(self.before);
         let mut entries = self.kept;
-        merge_sorted(&mut entries, self.after.into_values().collect());
+        merge_sorted(&mut entries, self.after);
         entries
     }
 }
 
 /// Computes the changes from the recorded tree `prev` (in [`compare_paths`] order) to the walked
-/// one, given as how each recorded entry was `found` and the walked entries that differ
-/// (`edits`, in path order): the same changes as [`detect`] on both whole trees, with the
-/// same unseen entries kept.
+/// one, given as how each recorded entry was `found` and the walked entries that are not exactly
+/// as recorded at their path (`edits`, in path order, each path once): the same changes as
+/// [`detect`] on both whole trees, with the same unseen entries kept.
 ///
 /// Only the region a change can touch is handed to [`detect`]: the subtree of every path that
 /// is absent or not [`equivalent`] (with the same file id) and the directories above them.
 /// Outside it every entry is in both trees alike, so no rename, upsert or delete can involve it,
 /// and it is neither copied nor compared again: on a rescan that finds little or nothing
-/// changed, no second copy of the tree is made.
+/// changed, no second copy of the tree is made. The edits become the result in place: on an
+/// initial scan (every entry an edit) no entry is copied either.
 pub(crate) fn settle(
     mut prev: Vec<ScannedEntry>,
     found: &[Found],
-    edits: Vec<Edit>,
+    mut edits: Vec<ScannedEntry>,
     unseen: &Unseen,
+    detail: ChangeDetail,
 ) -> Settled {
     debug_assert_eq!(prev.len(), found.len());
-    let clean = |edit: &Edit| {
-        edit.at.is_some_and(|i| {
-            equivalent(&prev[i].entry, &edit.scanned.entry)
-                && prev[i].file_id == edit.scanned.file_id
-        })
+    debug_assert!(edits.is_sorted_by(|a, b| by_path(a, b).is_lt()));
+    let clean = clean_edits(&prev, &edits);
+    let any_dirty = found.contains(&Found::Absent) || clean.contains(&false);
+    let (outside, prev_in_region) = if prev.is_empty() {
+        // A first scan: every edit is new, hence in the region, and nothing is recorded.
+        (vec![false; edits.len()], Vec::new())
+    } else {
+        region_flags(&prev, found, &edits, &clean)
     };
-    let mut dirty: Vec<&str> = prev
+
+    // The region on both sides.
+    let mut before = Vec::new();
+    let mut same_in_region = Vec::new();
+    for ((scanned, f), in_region) in prev.iter().zip(found).zip(&prev_in_region) {
+        if *in_region {
+            before.push(scanned.clone());
+            if *f == Found::Same {
+                same_in_region.push(scanned.clone());
+            }
+        }
+    }
+    let clean_outside = take_marked(&mut edits, &outside);
+    let mut after = edits;
+    merge_sorted(&mut after, same_in_region);
+    let changes = if any_dirty {
+        detect(&before, &mut after, unseen, detail)
+    } else {
+        Vec::new()
+    };
+
+    // Outside the region, the entries that differ but are equivalent: the index records them.
+    let recorded_outside: Vec<ScannedEntry> = prev
         .iter()
         .zip(found)
-        .filter(|(_, f)| **f == Found::Absent)
-        .map(|(e, _)| e.entry.path.as_str())
-        .chain(
-            edits
-                .iter()
-                .filter(|e| !clean(e))
-                .map(|e| e.scanned.entry.path.as_str()),
-        )
+        .zip(&prev_in_region)
+        .filter(|((_, f), r)| **f == Found::Edited && !**r)
+        .map(|((scanned, _), _)| scanned.clone())
         .collect();
-    dirty.sort_unstable_by(|a, b| compare_paths(a, b));
-    let region = Region::new(&dirty);
-    let in_region: Vec<bool> = edits
-        .iter()
-        .map(|e| region.covers(&e.scanned.entry.path))
-        .collect();
-    let prev_in_region = region.mark(&prev);
-    let any_dirty = !dirty.is_empty();
-    drop(region);
+    merge_sorted(&mut before, recorded_outside);
+    merge_sorted(&mut after, clean_outside);
 
-    // The region on both sides, and outside it the entries that differ but are equivalent
-    // (which the index records, with no change for the peer).
-    let mut before = TreeMap::new();
-    let mut after = TreeMap::new();
-    for (i, scanned) in prev.iter().enumerate() {
-        if prev_in_region[i] {
-            before.insert(TreeKey(scanned.entry.path.clone()), scanned.clone());
-            if found[i] == Found::Same {
-                after.insert(TreeKey(scanned.entry.path.clone()), scanned.clone());
-            }
-        }
-    }
-    let mut clean_outside = Vec::new();
-    for (edit, in_region) in edits.into_iter().zip(in_region) {
-        if !in_region {
-            if let Some(i) = edit.at {
-                clean_outside.push((i, edit.scanned));
-                continue;
-            }
-        }
-        after.insert(TreeKey(edit.scanned.entry.path.clone()), edit.scanned);
-    }
-    let changes = if !any_dirty {
-        Vec::new()
-    } else {
-        detect(&before, &mut after, unseen)
-    };
-    for (i, scanned) in clean_outside {
-        before.insert(TreeKey(prev[i].entry.path.clone()), prev[i].clone());
-        after.insert(TreeKey(scanned.entry.path.clone()), scanned);
-    }
-
-    let mut position = 0;
     let must_go = |i: usize| found[i] != Found::Same || prev_in_region[i];
     if (0..prev.len()).any(must_go) {
+        let mut position = 0;
         prev.retain(|_| {
             position += 1;
             !must_go(position - 1)
@@ -436,58 +471,131 @@ pub(crate) fn settle(
     }
 }
 
+/// Which of `edits` are clean and outside the region (written back with no change for the
+/// peer: a directory whose time moved), and which of `prev` are in the region. Every other edit
+/// is in the region: a dirty one covers itself.
+fn region_flags(
+    prev: &[ScannedEntry],
+    found: &[Found],
+    edits: &[ScannedEntry],
+    clean: &[bool],
+) -> (Vec<bool>, Vec<bool>) {
+    let mut dirty: Vec<&str> = prev
+        .iter()
+        .zip(found)
+        .filter(|(_, f)| **f == Found::Absent)
+        .map(|(e, _)| e.entry.path.as_str())
+        .chain(
+            edits
+                .iter()
+                .zip(clean)
+                .filter(|(_, clean)| !**clean)
+                .map(|(e, _)| e.entry.path.as_str()),
+        )
+        .collect();
+    dirty.sort_unstable_by(|a, b| compare_paths(a, b));
+    let region = Region::new(&dirty);
+    let outside = edits
+        .iter()
+        .zip(clean)
+        .map(|(e, clean)| *clean && !region.covers(&e.entry.path))
+        .collect();
+    (outside, region.mark(prev))
+}
+
+/// For each of `edits` (in path order), whether it is [`equivalent`] to the recorded entry at
+/// its path, with the same file id: one walk of both lists.
+fn clean_edits(prev: &[ScannedEntry], edits: &[ScannedEntry]) -> Vec<bool> {
+    let mut rest = prev;
+    edits
+        .iter()
+        .map(|edit| {
+            let ahead = rest.partition_point(|e| by_path(e, edit).is_lt());
+            rest = &rest[ahead..];
+            rest.first().is_some_and(|known| {
+                known.entry.path == edit.entry.path
+                    && equivalent(&known.entry, &edit.entry)
+                    && known.file_id == edit.file_id
+            })
+        })
+        .collect()
+}
+
+/// Moves the entries of `entries` that `marked` flags (one flag per entry) into a new list,
+/// both keeping their order, without a second copy of the unmarked ones.
+fn take_marked(entries: &mut Vec<ScannedEntry>, marked: &[bool]) -> Vec<ScannedEntry> {
+    debug_assert_eq!(entries.len(), marked.len());
+    let mut taken = Vec::new();
+    if !marked.contains(&true) {
+        return taken;
+    }
+    let mut flags = marked.iter();
+    entries.retain_mut(|entry| {
+        let take = flags.next().copied().unwrap_or(false);
+        if take {
+            taken.push(std::mem::replace(entry, placeholder()));
+        }
+        !take
+    });
+    taken
+}
+
 /// The paths a change can touch: the subtrees of the changed paths and the directories above
-/// them.
+/// them. Looked up by binary search in the sorted changed paths: no set of them is built (on an
+/// initial scan every path is changed).
 struct Region<'a> {
     /// Changed paths, in path order.
     changed: &'a [&'a str],
-    changed_set: HashSet<&'a str>,
-    ancestors: HashSet<&'a str>,
 }
 
 impl<'a> Region<'a> {
     fn new(changed: &'a [&'a str]) -> Region<'a> {
-        let mut ancestors = HashSet::new();
-        for path in changed {
-            for (cut, _) in path.match_indices('/') {
-                ancestors.insert(&path[..cut]);
-            }
-        }
-        Region {
-            changed,
-            changed_set: changed.iter().copied().collect(),
-            ancestors,
-        }
+        debug_assert!(changed.is_sorted_by(|a, b| compare_paths(a, b).is_le()));
+        Region { changed }
     }
 
-    /// True when `path` is in the region.
+    /// True when `path` is in the region: a changed path, below one, or above one.
     fn covers(&self, path: &str) -> bool {
         if self.changed.is_empty() {
             return false;
         }
-        if self.ancestors.contains(path) {
+        // In path order a subtree follows its top: the first changed path not before `path`
+        // is `path` itself or below it exactly when `path` is changed or above a changed path.
+        let at = self
+            .changed
+            .partition_point(|c| compare_paths(c, path).is_lt());
+        if self
+            .changed
+            .get(at)
+            .is_some_and(|c| is_same_or_below(c, path))
+        {
             return true;
         }
-        let mut prefix = path;
-        loop {
-            if self.changed_set.contains(prefix) {
-                return true;
-            }
-            match prefix.rfind('/') {
-                Some(cut) => prefix = &prefix[..cut],
-                None => return false,
-            }
-        }
+        path.match_indices('/')
+            .any(|(cut, _)| self.is_changed(&path[..cut]))
+    }
+
+    fn is_changed(&self, path: &str) -> bool {
+        self.changed
+            .binary_search_by(|c| compare_paths(c, path))
+            .is_ok()
     }
 
     /// Which of `sorted` (in path order) are in the region: a search per changed subtree and
     /// per ancestor, not a look at every entry.
     fn mark(&self, sorted: &[ScannedEntry]) -> Vec<bool> {
         let mut marked = vec![false; sorted.len()];
+        if sorted.is_empty() {
+            return marked;
+        }
         let position =
             |path: &str| sorted.partition_point(|e| compare_paths(&e.entry.path, path).is_lt());
         let mut covered_by: Option<&str> = None;
+        let mut ancestors = HashSet::new();
         for &path in self.changed {
+            for (cut, _) in path.match_indices('/') {
+                ancestors.insert(&path[..cut]);
+            }
             // A subtree inside the one marked last is marked already.
             if covered_by.is_some_and(|top| is_same_or_below(path, top)) {
                 continue;
@@ -501,7 +609,7 @@ impl<'a> Region<'a> {
                 marked[i] = true;
             }
         }
-        for &ancestor in &self.ancestors {
+        for ancestor in ancestors {
             let i = position(ancestor);
             if sorted.get(i).is_some_and(|e| e.entry.path == ancestor) {
                 marked[i] = true;
@@ -522,6 +630,8 @@ pub(crate) fn merge_sorted(base: &mut Vec<ScannedEntry>, mut extra: Vec<ScannedE
         return;
     }
     let mut unplaced = base.len();
+    // Exactly: grown by doubling, a large tree would keep up to its own size in spare room.
+    base.reserve_exact(extra.len());
     base.resize_with(base.len() + extra.len(), placeholder);
     let mut free = base.len();
     // Fill from the end: the largest of what is left goes to the last free slot.
@@ -555,7 +665,12 @@ fn placeholder() -> ScannedEntry {
 }
 
 #[cfg(test)]
+#[path = "diff_reference.rs"]
+mod reference;
+
+#[cfg(test)]
 mod tests {
+    use super::reference::TreeMap;
     use super::*;
     use crate::{hash_bytes, Attributes};
 
@@ -571,7 +686,7 @@ mod tests {
                 chunks: vec![],
                 file_hash: hash_bytes(content.as_bytes()),
             },
-            file_id: Some(id),
+            file_id: FileId::from_u128(id),
         }
     }
 
@@ -583,11 +698,23 @@ mod tests {
         entry(path, EntryKind::Dir, id, "")
     }
 
-    fn tree(entries: Vec<ScannedEntry>) -> TreeMap {
+    fn map(entries: Vec<ScannedEntry>) -> TreeMap {
         entries
             .into_iter()
             .map(|e| (TreeKey(e.entry.path.clone()), e))
             .collect()
+    }
+
+    /// A tree in path order, each path once (the last entry given for a path wins).
+    fn tree(entries: Vec<ScannedEntry>) -> Vec<ScannedEntry> {
+        map(entries).into_values().collect()
+    }
+
+    /// `tree` with `scanned` at its path, replacing what was there.
+    fn with(tree: &[ScannedEntry], scanned: ScannedEntry) -> Vec<ScannedEntry> {
+        let mut all = tree.to_vec();
+        all.push(scanned);
+        self::tree(all)
     }
 
     fn describe(changes: &[Change]) -> Vec<String> {
@@ -601,21 +728,40 @@ mod tests {
             .collect()
     }
 
+    /// [`detect`] listing every change, checked against the reference (the algorithm over
+    /// whole maps) and against [`ChangeDetail::Renames`] (the same renames, the same tree).
+    fn changes(prev: &[ScannedEntry], new: &mut Vec<ScannedEntry>, unseen: &Unseen) -> Vec<Change> {
+        let mut renames_only = new.clone();
+        let mut whole = map(new.clone());
+        let expected = reference::detect(&map(prev.to_vec()), &mut whole, unseen);
+        let changes = detect(prev, new, unseen, ChangeDetail::All);
+        assert_eq!(changes, expected, "the reference");
+        assert_eq!(*new, whole.into_values().collect::<Vec<_>>());
+        let renames = detect(prev, &mut renames_only, unseen, ChangeDetail::Renames);
+        let wanted: Vec<Change> = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Rename { .. }))
+            .cloned()
+            .collect();
+        assert_eq!(renames, wanted, "renames only");
+        assert_eq!(renames_only, *new);
+        changes
+    }
+
     #[test]
     fn unchanged_tree_gives_no_change_and_any_difference_is_found() {
         let prev = tree(vec![dir("d", 1), file("d/f", 2, "f"), file("x", 3, "x")]);
         let mut same = prev.clone();
-        assert!(detect(&prev, &mut same, &Unseen::default()).is_empty());
+        assert!(changes(&prev, &mut same, &Unseen::default()).is_empty());
         assert_eq!(same, prev);
 
-        let mut edited = prev.clone();
-        edited.insert(TreeKey("d/f".into()), file("d/f", 2, "g"));
-        let changes = detect(&prev, &mut edited, &Unseen::default());
-        assert_eq!(describe(&changes), ["upsert d/f"]);
+        let mut edited = with(&prev, file("d/f", 2, "g"));
+        let found = changes(&prev, &mut edited, &Unseen::default());
+        assert_eq!(describe(&found), ["upsert d/f"]);
 
         let mut moved = tree(vec![dir("d", 1), file("d/f", 2, "f"), file("y", 3, "x")]);
-        let changes = detect(&prev, &mut moved, &Unseen::default());
-        assert_eq!(describe(&changes), ["rename x -> y"]);
+        let found = changes(&prev, &mut moved, &Unseen::default());
+        assert_eq!(describe(&found), ["rename x -> y"]);
     }
 
     #[test]
@@ -626,9 +772,9 @@ mod tests {
             file("log.1", 1, "today"),
             file("log.2", 2, "yesterday"),
         ]);
-        let changes = detect(&prev, &mut new, &Unseen::default());
+        let found = changes(&prev, &mut new, &Unseen::default());
         assert_eq!(
-            describe(&changes),
+            describe(&found),
             ["rename log.1 -> log.2", "rename log -> log.1", "upsert log"]
         );
     }
@@ -637,32 +783,32 @@ mod tests {
     fn rename_into_a_new_directory_creates_it_first() {
         let prev = tree(vec![file("a", 1, "x")]);
         let mut new = tree(vec![dir("d", 2), file("d/a", 1, "x")]);
-        let changes = detect(&prev, &mut new, &Unseen::default());
-        assert_eq!(describe(&changes), ["upsert d", "rename a -> d/a"]);
+        let found = changes(&prev, &mut new, &Unseen::default());
+        assert_eq!(describe(&found), ["upsert d", "rename a -> d/a"]);
     }
 
     #[test]
     fn nested_renames_refer_to_the_state_after_earlier_ones() {
         let prev = tree(vec![dir("a", 1), dir("a/s", 2), file("a/s/f", 3, "f")]);
         let mut new = tree(vec![dir("b", 1), dir("b/t", 2), file("b/t/f", 3, "f")]);
-        let changes = detect(&prev, &mut new, &Unseen::default());
-        assert_eq!(describe(&changes), ["rename a -> b", "rename b/s -> b/t"]);
+        let found = changes(&prev, &mut new, &Unseen::default());
+        assert_eq!(describe(&found), ["rename a -> b", "rename b/s -> b/t"]);
     }
 
     #[test]
     fn changed_content_is_not_a_rename() {
         let prev = tree(vec![file("a", 1, "x")]);
         let mut new = tree(vec![file("b", 1, "y")]);
-        let changes = detect(&prev, &mut new, &Unseen::default());
-        assert_eq!(describe(&changes), ["upsert b", "delete a"]);
+        let found = changes(&prev, &mut new, &Unseen::default());
+        assert_eq!(describe(&found), ["upsert b", "delete a"]);
     }
 
     #[test]
     fn dir_replaced_by_file_takes_its_content_along() {
         let prev = tree(vec![dir("x", 1), file("x/f", 2, "f"), file("y", 3, "y")]);
         let mut new = tree(vec![file("x", 4, "now a file")]);
-        let changes = detect(&prev, &mut new, &Unseen::default());
-        assert_eq!(describe(&changes), ["upsert x", "delete y"]);
+        let found = changes(&prev, &mut new, &Unseen::default());
+        assert_eq!(describe(&found), ["upsert x", "delete y"]);
     }
 
     #[test]
@@ -673,9 +819,9 @@ mod tests {
             paths: HashSet::from(["e/f".to_string()]),
             trees: HashSet::new(),
         };
-        let changes = detect(&prev, &mut new, &unseen);
-        assert_eq!(describe(&changes), ["rename d -> e"]);
-        assert_eq!(new.get(&TreeKey("e/f".into())).unwrap().entry.path, "e/f");
+        let found = changes(&prev, &mut new, &unseen);
+        assert_eq!(describe(&found), ["rename d -> e"]);
+        assert_eq!(find(&new, "e/f").unwrap().entry.path, "e/f");
     }
 
     #[test]
@@ -686,16 +832,16 @@ mod tests {
             paths: HashSet::new(),
             trees: HashSet::from(["d".to_string()]),
         };
-        let changes = detect(&prev, &mut new, &unseen);
-        assert_eq!(describe(&changes), ["delete x"]);
-        assert!(new.contains_key(&TreeKey("d/f".into())));
+        let found = changes(&prev, &mut new, &unseen);
+        assert_eq!(describe(&found), ["delete x"]);
+        assert!(find(&new, "d/f").is_some());
     }
 
     /// How the scanner reports a walk of `new` against the recorded `prev`.
-    fn observe(prev: &[ScannedEntry], new: &TreeMap) -> (Vec<Found>, Vec<Edit>) {
+    fn observe(prev: &[ScannedEntry], new: &[ScannedEntry]) -> (Vec<Found>, Vec<ScannedEntry>) {
         let mut found = vec![Found::Absent; prev.len()];
         let mut edits = Vec::new();
-        for scanned in new.values() {
+        for scanned in new {
             let at = prev
                 .binary_search_by(|e| compare_paths(&e.entry.path, &scanned.entry.path))
                 .ok();
@@ -705,33 +851,48 @@ mod tests {
                     if let Some(i) = at {
                         found[i] = Found::Edited;
                     }
-                    edits.push(Edit {
-                        at,
-                        scanned: scanned.clone(),
-                    });
+                    edits.push(scanned.clone());
                 }
             }
         }
         (found, edits)
     }
 
-    /// Settles `new` against `prev` and checks it against [`detect`] on the whole trees: the
-    /// same changes, the same resulting tree, and an index write that gives that tree.
-    fn check_settle_agrees(prev: &TreeMap, new: &TreeMap, unseen: &Unseen) {
-        let mut whole = new.clone();
-        let expected = detect(prev, &mut whole, unseen);
-        let recorded: Vec<ScannedEntry> = prev.values().cloned().collect();
-        let (found, edits) = observe(&recorded, new);
-        let settled = settle(recorded, &found, edits, unseen);
+    /// Settles `new` against `prev` and checks it against the reference algorithm on the whole
+    /// trees: the same changes, the same resulting tree, and an index write that gives that
+    /// tree; with [`ChangeDetail::Renames`], the renames of those changes and the same tree.
+    fn check_settle_agrees(prev: &[ScannedEntry], new: &[ScannedEntry], unseen: &Unseen) {
+        let mut whole = map(new.to_vec());
+        let expected = reference::detect(&map(prev.to_vec()), &mut whole, unseen);
+        let (found, edits) = observe(prev, new);
+        let settled = settle(
+            prev.to_vec(),
+            &found,
+            edits.clone(),
+            unseen,
+            ChangeDetail::All,
+        );
         assert_eq!(describe(&settled.changes), describe(&expected));
         assert_eq!(settled.changes, expected);
-        let mut index = prev.clone();
-        index.retain(|k, _| !settled.before.contains_key(k) || settled.after.contains_key(k));
-        index.extend(settled.after.clone());
+        assert!(settled.before.is_sorted_by(|a, b| by_path(a, b).is_lt()));
+        assert!(settled.after.is_sorted_by(|a, b| by_path(a, b).is_lt()));
+        let mut index = map(prev.to_vec());
+        let before = map(settled.before.clone());
+        let after = map(settled.after.clone());
+        index.retain(|k, _| !before.contains_key(k) || after.contains_key(k));
+        index.extend(after);
         assert_eq!(index, whole, "the index write-back");
         let entries = settled.into_entries();
         let wanted: Vec<ScannedEntry> = whole.into_values().collect();
         assert_eq!(entries, wanted);
+
+        let renames = settle(prev.to_vec(), &found, edits, unseen, ChangeDetail::Renames);
+        let expected_renames: Vec<Change> = expected
+            .into_iter()
+            .filter(|c| matches!(c, Change::Rename { .. }))
+            .collect();
+        assert_eq!(renames.changes, expected_renames);
+        assert_eq!(renames.into_entries(), wanted);
     }
 
     /// A tree over a small universe of names: every parent a directory, ids from a small range
@@ -777,7 +938,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn settling_agrees_with_detect_on_whole_trees(
+        fn settling_agrees_with_the_reference_on_whole_trees(
             prev in arbitrary_tree(),
             new in arbitrary_tree(),
             unseen_paths in proptest::collection::hash_set(
@@ -798,19 +959,37 @@ mod tests {
             } else {
                 new
             };
+            let prev: Vec<ScannedEntry> = prev.into_values().collect();
+            let mut new: Vec<ScannedEntry> = new.into_values().collect();
             check_settle_agrees(&prev, &new, &unseen);
+            changes(&prev, &mut new, &unseen);
+        }
+
+        #[test]
+        fn region_lookups_agree_with_a_walk_of_every_changed_path(
+            changed in proptest::collection::btree_set(
+                proptest::sample::select(vec!["a", "a/b", "a/b/c", "a b", "a/b c", "b", "b/a", "c/d/e"]),
+                0..4),
+            path in proptest::sample::select(vec!["a", "a/b", "a/b/c", "a b", "a/b c", "b", "b/a", "c", "c/d", "c/d/e", "d"]),
+        ) {
+            let mut changed: Vec<&str> = changed.into_iter().collect();
+            changed.sort_unstable_by(|a, b| compare_paths(a, b));
+            let expected = changed
+                .iter()
+                .any(|c| is_same_or_below(path, c) || is_same_or_below(c, path));
+            proptest::prop_assert_eq!(Region::new(&changed).covers(path), expected);
         }
     }
 
     #[test]
     fn settling_an_unchanged_tree_writes_nothing_and_keeps_the_recorded_entries() {
-        let prev = tree(vec![dir("d", 1), file("d/f", 2, "f"), file("x", 3, "x")]);
-        let recorded: Vec<ScannedEntry> = prev.values().cloned().collect();
+        let recorded = tree(vec![dir("d", 1), file("d/f", 2, "f"), file("x", 3, "x")]);
         let settled = settle(
             recorded.clone(),
             &[Found::Same; 3],
             vec![],
             &Unseen::default(),
+            ChangeDetail::All,
         );
         assert!(settled.changes.is_empty());
         assert!(settled.before.is_empty() && settled.after.is_empty());
@@ -818,20 +997,43 @@ mod tests {
     }
 
     #[test]
+    fn an_initial_scan_keeps_its_entries_in_place() {
+        let new = tree(vec![dir("d", 1), file("d/f", 2, "f"), file("x", 3, "x")]);
+        let edits = new.clone();
+        let first = edits.as_ptr();
+        let settled = settle(
+            vec![],
+            &[],
+            edits,
+            &Unseen::default(),
+            ChangeDetail::Renames,
+        );
+        assert!(settled.changes.is_empty());
+        assert_eq!(settled.after, new);
+        let entries = settled.into_entries();
+        assert_eq!(
+            entries.as_ptr(),
+            first,
+            "the edits became the tree, not a copy"
+        );
+        assert_eq!(entries, new);
+    }
+
+    #[test]
     fn a_directory_whose_time_moved_is_written_back_without_a_change() {
         let prev = tree(vec![dir("d", 1), file("d/f", 2, "f"), file("x", 3, "x")]);
-        let mut new = prev.clone();
-        new.get_mut(&TreeKey("d".into())).unwrap().entry.mtime_ns = 99;
+        let mut moved = dir("d", 1);
+        moved.entry.mtime_ns = 99;
+        let new = with(&prev, moved);
         check_settle_agrees(&prev, &new, &Unseen::default());
-        let recorded: Vec<ScannedEntry> = prev.values().cloned().collect();
-        let (found, edits) = observe(&recorded, &new);
-        let settled = settle(recorded, &found, edits, &Unseen::default());
+        let (found, edits) = observe(&prev, &new);
+        let settled = settle(prev, &found, edits, &Unseen::default(), ChangeDetail::All);
         assert!(settled.changes.is_empty());
         assert_eq!(
             settled
                 .after
-                .keys()
-                .map(|k| k.0.as_str())
+                .iter()
+                .map(|e| e.entry.path.as_str())
                 .collect::<Vec<_>>(),
             ["d"]
         );
@@ -847,21 +1049,19 @@ mod tests {
             entries.push(file(&format!("z/g{i:02}"), 100 + i, "g"));
         }
         let prev = tree(entries);
-        let mut new = prev.clone();
-        new.insert(TreeKey("a/b/f07".into()), file("a/b/f07", 17, "changed"));
+        let new = with(&prev, file("a/b/f07", 17, "changed"));
         let changed = ["a/b/f07"];
         let region = Region::new(&changed);
         assert!(region.covers("a") && region.covers("a/b") && region.covers("a/b/f07"));
         assert!(!region.covers("a/b/f08") && !region.covers("z") && !region.covers("z/g07"));
-        let recorded: Vec<ScannedEntry> = prev.values().cloned().collect();
-        let marked = region.mark(&recorded);
+        let marked = region.mark(&prev);
         assert_eq!(marked.iter().filter(|m| **m).count(), 3);
         check_settle_agrees(&prev, &new, &Unseen::default());
     }
 
     #[test]
     fn merging_sorted_entries_in_place() {
-        let all = tree(vec![
+        let entries = tree(vec![
             dir("a", 1),
             file("a/b", 2, ""),
             file("a b", 3, ""),
@@ -869,7 +1069,6 @@ mod tests {
             file("c/d", 5, ""),
             file("e", 6, ""),
         ]);
-        let entries: Vec<ScannedEntry> = all.values().cloned().collect();
         for mask in 0u32..64 {
             let (mut base, mut extra) = (Vec::new(), Vec::new());
             for (i, e) in entries.iter().enumerate() {
@@ -879,8 +1078,17 @@ mod tests {
                     extra.push(e.clone());
                 }
             }
+            let (wanted_base, wanted_extra) = (base.clone(), extra.clone());
+            let mut split = base.clone();
+            split.extend(extra.iter().cloned());
+            split.sort_unstable_by(by_path);
             merge_sorted(&mut base, extra);
             assert_eq!(base, entries, "mask {mask:b}");
+
+            let flags: Vec<bool> = split.iter().map(|e| wanted_extra.contains(e)).collect();
+            let taken = take_marked(&mut split, &flags);
+            assert_eq!(taken, wanted_extra, "mask {mask:b}");
+            assert_eq!(split, wanted_base, "mask {mask:b}");
         }
     }
 }

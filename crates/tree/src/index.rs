@@ -5,16 +5,18 @@
 //! plain sqlite (inspect it with `sqlite3`); the index holds nothing that a full rescan cannot
 //! rebuild, so deleting it is always safe.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, Row};
 
-use crate::diff::TreeKey;
 use crate::fsmeta::is_same_or_below;
-use crate::{Attributes, ChunkRef, EntryKind, FileEntry, Hash, ScannedEntry, TreeError};
+use crate::{
+    compare_paths, Attributes, ChunkRef, EntryKind, FileEntry, FileId, Hash, ScannedEntry,
+    TreeError,
+};
 
 /// Schema version stored in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
@@ -459,31 +461,33 @@ impl Index {
         Ok(self.len()? == 0)
     }
 
-    /// Brings the index from `before` to `after` in one transaction, touching only what differs.
+    /// Brings the index from `before` to `after` (both in [`compare_paths`] order, each path
+    /// once) in one transaction, touching only what differs.
     pub(crate) fn replace_state(
         &mut self,
-        before: &BTreeMap<TreeKey, ScannedEntry>,
-        after: &BTreeMap<TreeKey, ScannedEntry>,
+        before: &[ScannedEntry],
+        after: &[ScannedEntry],
     ) -> Result<(), TreeError> {
         self.commit()?;
         let tx = self.conn.transaction()?;
-        // Both maps are sorted the same way: one merge walk instead of a lookup per entry.
+        // Both lists are sorted the same way: one merge walk instead of a lookup per entry.
         let mut old = before.iter().peekable();
         let mut written = Vec::new();
-        for (key, entry) in after {
-            while let Some((gone, _)) = old.next_if(|(k, _)| *k < key) {
-                remove_exact(&tx, &gone.0)?;
+        for entry in after {
+            let path = entry.entry.path.as_str();
+            while let Some(gone) = old.next_if(|k| compare_paths(&k.entry.path, path).is_lt()) {
+                remove_exact(&tx, &gone.entry.path)?;
             }
-            match old.next_if(|(k, _)| *k == key) {
-                Some((_, known)) if known == entry => {}
+            match old.next_if(|k| k.entry.path == path) {
+                Some(known) if known == entry => {}
                 _ => {
                     put_entry(&tx, entry)?;
                     written.push(&entry.entry);
                 }
             }
         }
-        for (gone, _) in old {
-            remove_exact(&tx, &gone.0)?;
+        for gone in old {
+            remove_exact(&tx, &gone.entry.path)?;
         }
         tx.commit()?;
         for entry in written {
@@ -585,9 +589,9 @@ fn entry_from_row(row: &Row<'_>) -> Result<ScannedEntry, TreeError> {
         .ok_or_else(|| bad("a bad file hash"))?;
     let file_id = match row.get_ref(8)? {
         ValueRef::Null => None,
-        ValueRef::Blob(bytes) => Some(u128::from_be_bytes(
-            bytes.try_into().map_err(|_| bad("a bad file id"))?,
-        )),
+        ValueRef::Blob(bytes) => {
+            FileId::from_be_bytes(bytes.try_into().map_err(|_| bad("a bad file id"))?)
+        }
         _ => return Err(bad("a bad file id")),
     };
     let chunk_blob = blob_at(row, 9)?.ok_or_else(|| bad("no chunk list"))?;
@@ -651,7 +655,7 @@ mod tests {
                     .collect(),
                 file_hash: hash_bytes(path.as_bytes()),
             },
-            file_id: Some(id << 70 | 3),
+            file_id: FileId::from_u128(id << 70 | 3),
         }
     }
 
@@ -814,11 +818,8 @@ mod tests {
             index.put(&file("old", 1, &[(1, 10)])).unwrap();
         }
         tracked.track_chunks().unwrap();
-        let before: BTreeMap<TreeKey, ScannedEntry> = BTreeMap::new();
-        let after: BTreeMap<TreeKey, ScannedEntry> = [file("scanned", 2, &[(2, 10), (3, 5)])]
-            .into_iter()
-            .map(|e| (TreeKey(e.entry.path.clone()), e))
-            .collect();
+        let before: Vec<ScannedEntry> = Vec::new();
+        let after = vec![file("scanned", 2, &[(2, 10), (3, 5)])];
         for index in [&mut plain, &mut tracked] {
             index.put(&file("put", 3, &[(4, 10)])).unwrap();
             index.replace_state(&before, &after).unwrap();
@@ -851,7 +852,7 @@ mod tests {
         assert_eq!(paths(&index), ["Logsx", "Älogs", "Älogs/A.txt"]);
         let moved = index.get("Älogs/A.txt").unwrap().unwrap();
         assert_eq!(moved.entry.path, "Älogs/A.txt");
-        assert_eq!(moved.file_id, Some(1 << 70 | 3));
+        assert_eq!(moved.file_id, FileId::from_u128(1 << 70 | 3));
         assert_eq!(index.find_chunk(&[4; 32]).unwrap()[0].path, "Älogs/A.txt");
         index.rename_tree("Älogs/A.txt", "Älogs/a.txt").unwrap();
         assert!(index.get("Älogs/a.txt").unwrap().is_some());

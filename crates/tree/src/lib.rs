@@ -18,7 +18,8 @@
 //!   here" without a query; [`Index::files_starting_with`] finds a file's content wherever it
 //!   moved.
 //! - [`Scanner`]: walks a root, describes it as [`FileEntry`]s and reports the [`Change`]s since
-//!   the previous scan, renames (by file identity) included.
+//!   the previous scan, renames (by file identity, [`FileId`]) included; [`Scanner::scan_with`]
+//!   lists only the renames ([`ChangeDetail`]) for a caller that sends the whole tree anyway.
 //! - Locked files (Windows sharing/lock violations): kept at their last known state, retried
 //!   with backoff ([`locked_retry_delay`]) and reported in [`ScanOutcome::locked`] /
 //!   [`Scanner::locked_files`]; [`is_locked_error`] says which OS errors mean "locked".
@@ -52,7 +53,7 @@ pub use index::{ChunkLocation, Index};
 pub use locked::{
     is_locked_error, locked_retry_delay, LockedFile, LOCKED_RETRY_FIRST, LOCKED_RETRY_MAX,
 };
-pub use scan::{Change, ScanOutcome, ScanProblem, ScannedEntry, Scanner};
+pub use scan::{Change, ChangeDetail, ScanOutcome, ScanProblem, ScannedEntry, Scanner};
 pub use swrepl_proto::{Attributes, ChunkRef, EntryKind, FileEntry, Hash};
 pub use verify::{compare, list_tree, verify_trees, Difference, TreeListing, VerifySummary};
 

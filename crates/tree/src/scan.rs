@@ -1,16 +1,16 @@
 //! The scanner: the current state of a root and the changes since the previous scan.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::chunk::RECHUNK_MIN_LEN;
-use crate::diff::{settle, Edit, Found, Unseen};
+use crate::diff::{by_path, settle, Found, Unseen};
 use crate::locked::{LockedFile, LockedSet};
 use crate::parallel::parallel_map_costliest_first;
 use crate::walk::{
     check_root, read_stable_reusing, stat_item, walk_each, AfterReadHook, ItemKind, ReadFailure,
-    Stat, Walked,
+    Stat, WalkItem, Walked,
 };
 use crate::{
     compare_paths, hash_bytes, to_os_path, ChunkRef, EntryKind, Excludes, FileEntry, FileId, Hash,
@@ -51,6 +51,17 @@ pub enum Change {
     Rename { from: String, entry: FileEntry },
 }
 
+/// Which changes a scan lists in [`ScanOutcome::changes`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChangeDetail {
+    /// Every change: renames, upserts and deletes.
+    #[default]
+    All,
+    /// Only the renames ([`Change::Rename`]), for a caller that describes the whole tree to its
+    /// peer anyway (a full pass): on a first scan, the upserts would be a copy of every entry.
+    Renames,
+}
+
 /// What [`Scanner::scan`] found.
 #[derive(Clone, Debug, Default)]
 pub struct ScanOutcome {
@@ -59,6 +70,7 @@ pub struct ScanOutcome {
     pub entries: Vec<ScannedEntry>,
     /// Changes since the previous scan: renames (with any directory they need created first),
     /// then upserts (parents first), then deletes (the top-most path of each deleted subtree).
+    /// Only the renames when scanned with [`ChangeDetail::Renames`].
     pub changes: Vec<Change>,
     /// Something could not be described this time (apart from locked files).
     pub problems: Vec<ScanProblem>,
@@ -151,6 +163,12 @@ impl Scanner {
     /// files, same content) belonged to a path that no longer holds it. A renamed directory is
     /// one [`Change::Rename`]; what moved along unchanged is not listed again.
     pub fn scan(&mut self) -> Result<ScanOutcome, TreeError> {
+        self.scan_with(ChangeDetail::All)
+    }
+
+    /// [`Scanner::scan`], listing only the changes `detail` asks for. The entries, the index
+    /// and the renames are the same whatever the detail.
+    pub fn scan_with(&mut self, detail: ChangeDetail) -> Result<ScanOutcome, TreeError> {
         let now = Instant::now();
         let Scanner {
             root,
@@ -182,65 +200,73 @@ impl Scanner {
             ..ScanOutcome::default()
         };
 
-        let reusable = reusable_by_id(&prev, &unknown);
-        let mut to_read = Vec::new();
-        for ((stat, at), source) in unknown.into_iter().zip(reusable) {
-            match source {
-                Some(i) => {
-                    locked.resolved(&stat.rel);
-                    record_edit(&mut found, &mut edits, at, reuse(&stat, &prev[i]));
-                }
-                None if locked.waiting(&stat.rel, now) => {
-                    unseen.paths.insert(stat.rel);
-                }
-                None => to_read.push((stat.located(root), at)),
+        // Files whose content is not known yet are in `edits` already, without content: their
+        // content is filled in there, or they leave `edits` again when it cannot be had.
+        let mut left_out = Vec::new();
+        let mut to_read = unknown;
+        reuse_by_id(&prev, &mut edits, &mut found, &mut to_read, locked);
+        to_read.retain(|slot| {
+            let path = &edits[slot.edit].entry.path;
+            if !locked.waiting(path, now) {
+                return true;
             }
-        }
+            unseen.paths.insert(path.clone());
+            left_out.push(slot.edit);
+            false
+        });
 
-        let hook = after_read.as_ref();
         // Largest first: a big file late in walk order would otherwise be hashed alone at the end.
-        let results = parallel_map_costliest_first(
-            &to_read,
-            |(item, _)| item.size,
-            // A changed file's previous chunks spare most of the chunking of a small edit.
-            |(item, at)| {
-                let previous = at.map_or(&[][..], |i| &prev[i].entry.chunks[..]);
-                read_stable_reusing(item, previous, hook, &mut |_| {})
-            },
-        );
-        for ((item, at), result) in to_read.into_iter().zip(results) {
-            match result {
-                Ok(content) => {
-                    outcome.files_hashed += 1;
-                    outcome.bytes_hashed += content.size;
-                    locked.resolved(&item.rel);
-                    let scanned = ScannedEntry {
-                        entry: item.entry(Some(&content)),
-                        file_id: item.file_id,
-                    };
-                    record_edit(&mut found, &mut edits, at, scanned);
+        // Read in batches, so that only a batch's results wait to be filled in.
+        to_read.sort_by_key(|slot| std::cmp::Reverse(edits[slot.edit].entry.size));
+        let hook = after_read.as_ref();
+        let mut read_problems = Vec::new();
+        for batch in to_read.chunks(READ_BATCH) {
+            let results = parallel_map_costliest_first(
+                batch,
+                |slot| edits[slot.edit].entry.size,
+                |slot| {
+                    let item = located_file(root, &edits[slot.edit]);
+                    // A changed file's previous chunks spare most of the chunking of a small edit.
+                    let previous = slot.at.map_or(&[][..], |i| &prev[i].entry.chunks[..]);
+                    read_stable_reusing(&item, previous, hook, &mut |_| {})
+                },
+            );
+            for (slot, result) in batch.iter().zip(results) {
+                let scanned = &mut edits[slot.edit];
+                let path = &scanned.entry.path;
+                match result {
+                    Ok(content) => {
+                        outcome.files_hashed += 1;
+                        outcome.bytes_hashed += content.size;
+                        locked.resolved(path);
+                        set_content(scanned, &content.chunks, content.file_hash);
+                        mark_edited(&mut found, slot.at);
+                        continue;
+                    }
+                    Err(ReadFailure::Locked(e)) => locked.failed(path, &e, now),
+                    Err(failure) => {
+                        tracing::debug!(path = %path, reason = %failure.reason(), "file not described");
+                        read_problems.push(crate::ScanProblem {
+                            path: path.clone(),
+                            reason: failure.reason(),
+                        });
+                    }
                 }
-                Err(ReadFailure::Locked(e)) => {
-                    locked.failed(&item.rel, &e, now);
-                    unseen.paths.insert(item.stat.rel);
-                }
-                Err(failure) => {
-                    tracing::debug!(path = %item.rel, reason = %failure.reason(), "file not described");
-                    outcome.problems.push(crate::ScanProblem {
-                        path: item.rel.clone(),
-                        reason: failure.reason(),
-                    });
-                    unseen.paths.insert(item.stat.rel);
-                }
+                unseen.paths.insert(path.clone());
+                left_out.push(slot.edit);
             }
         }
+        drop(to_read);
+        read_problems.sort_unstable_by(|a, b| compare_paths(&a.path, &b.path));
+        outcome.problems.extend(read_problems);
+        remove_at(&mut edits, left_out);
 
         // A locked file below a directory that could not be listed is still there, unseen.
         locked.retain(|rel| locked_seen.contains(rel) || unseen.covers(rel));
         outcome.locked = locked.snapshot();
 
-        edits.sort_unstable_by(|a, b| compare_paths(&a.scanned.entry.path, &b.scanned.entry.path));
-        let mut settled = settle(prev, &found, edits, &unseen);
+        edits.sort_unstable_by(by_path);
+        let mut settled = settle(prev, &found, edits, &unseen, detail);
         index.replace_state(&settled.before, &settled.after)?;
         outcome.changes = std::mem::take(&mut settled.changes);
         outcome.entries = settled.into_entries();
@@ -362,10 +388,10 @@ struct Observed {
     /// How each recorded entry was found (by index in the recorded tree).
     found: Vec<Found>,
     /// Entries that are not exactly as recorded at their path.
-    edits: Vec<Edit>,
-    /// Files whose content is not recorded at their path, with the index of the recorded entry
-    /// there: their content is reused from another path or read.
-    unknown: Vec<(Stat, Option<usize>)>,
+    edits: Vec<ScannedEntry>,
+    /// Files whose content is not recorded at their path: in `edits` without content until it
+    /// is reused from another path or read.
+    unknown: Vec<Unknown>,
     problems: Vec<ScanProblem>,
     unseen: Unseen,
     /// Locked files still there as files: the others are forgotten after the walk.
@@ -407,11 +433,8 @@ impl Observed {
             match known {
                 Some((i, known)) if self.is_recorded(&stat, known) => self.found[i] = Found::Same,
                 _ => {
-                    let scanned = ScannedEntry {
-                        entry: stat.entry(None),
-                        file_id: stat.file_id,
-                    };
-                    record_edit(&mut self.found, &mut self.edits, at, scanned);
+                    mark_edited(&mut self.found, at);
+                    self.edits.push(described(stat));
                 }
             }
             return;
@@ -424,10 +447,17 @@ impl Observed {
                 if stat.attributes == known.entry.attributes {
                     self.found[i] = Found::Same;
                 } else {
-                    record_edit(&mut self.found, &mut self.edits, at, reuse(&stat, known));
+                    mark_edited(&mut self.found, at);
+                    self.edits.push(reuse(stat, known));
                 }
             }
-            _ => self.unknown.push((stat, at)),
+            _ => {
+                self.unknown.push(Unknown {
+                    edit: self.edits.len(),
+                    at,
+                });
+                self.edits.push(described(stat));
+            }
         }
     }
 
@@ -449,63 +479,144 @@ impl Observed {
     }
 }
 
-fn record_edit(
-    found: &mut [Found],
-    edits: &mut Vec<Edit>,
+/// A file in the walk's edits whose content is not known yet.
+#[derive(Clone, Copy, Debug)]
+struct Unknown {
+    /// Its index in the edits.
+    edit: usize,
+    /// The index of the recorded entry at its path.
     at: Option<usize>,
-    scanned: ScannedEntry,
-) {
+}
+
+/// How many files are read between two fillings-in of their content: the results of one batch
+/// are held at a time, not those of every file.
+const READ_BATCH: usize = 4096;
+
+/// The entry `stat` describes, without content (for a file).
+fn described(stat: Stat) -> ScannedEntry {
+    let file_id = stat.file_id;
+    ScannedEntry {
+        entry: stat.into_entry(),
+        file_id,
+    }
+}
+
+/// The recorded entry at `at`, if any, was found not as recorded.
+fn mark_edited(found: &mut [Found], at: Option<usize>) {
     if let Some(i) = at {
         found[i] = Found::Edited;
     }
-    edits.push(Edit { at, scanned });
+}
+
+fn set_content(scanned: &mut ScannedEntry, chunks: &[ChunkRef], file_hash: Hash) {
+    // A copy made here, of exactly the size needed, rather than the reading thread's list (room
+    // for four chunks) kept and shrunk: held for as long as the tree is, the kept lists would
+    // pin the reading threads' heap, where every file read leaves some garbage, with them.
+    scanned.entry.chunks = chunks.to_vec();
+    scanned.entry.file_hash = file_hash;
+}
+
+/// What reading the file `scanned` (described by its stat) needs.
+fn located_file(root: &Path, scanned: &ScannedEntry) -> WalkItem {
+    let entry = &scanned.entry;
+    Stat {
+        rel: entry.path.clone(),
+        kind: ItemKind::File,
+        size: entry.size,
+        mtime_ns: entry.mtime_ns,
+        attributes: entry.attributes,
+        file_id: scanned.file_id,
+    }
+    .located(root)
+}
+
+/// Removes the entries at the positions `gone` (in any order) from `entries`.
+fn remove_at(entries: &mut Vec<ScannedEntry>, gone: Vec<usize>) {
+    if gone.is_empty() {
+        return;
+    }
+    let mut remove = vec![false; entries.len()];
+    for i in gone {
+        remove[i] = true;
+    }
+    let mut position = 0;
+    entries.retain(|_| {
+        position += 1;
+        !remove[position - 1]
+    });
 }
 
 /// True when size, time and file id show that the file `stat` still has the recorded
 /// content of `known`.
 fn content_unchanged(stat: &Stat, known: &ScannedEntry) -> bool {
+    same_content(known, stat.size, stat.mtime_ns, stat.file_id)
+}
+
+/// True when a file of this size, time and file id has the recorded content of `known`.
+fn same_content(known: &ScannedEntry, size: u64, mtime_ns: i64, file_id: Option<FileId>) -> bool {
     known.entry.kind == EntryKind::File
-        && known.entry.size == stat.size
-        && known.entry.mtime_ns == stat.mtime_ns
-        && known.file_id == stat.file_id
+        && known.entry.size == size
+        && known.entry.mtime_ns == mtime_ns
+        && known.file_id == file_id
 }
 
 /// The entry for file `stat` with the content recorded for `known`.
-fn reuse(stat: &Stat, known: &ScannedEntry) -> ScannedEntry {
-    let mut entry = stat.entry(None);
-    entry.chunks = known.entry.chunks.clone();
-    entry.file_hash = known.entry.file_hash;
-    ScannedEntry {
-        entry,
-        file_id: stat.file_id,
-    }
+fn reuse(stat: Stat, known: &ScannedEntry) -> ScannedEntry {
+    let mut scanned = described(stat);
+    scanned.entry.chunks = known.entry.chunks.clone();
+    scanned.entry.file_hash = known.entry.file_hash;
+    scanned
 }
 
-/// For each file of `unknown`, a recorded file (by index in `prev`) with the same file id whose
-/// size and time show the same content: a rename, or a hard link, which is not read again. The
-/// first such file in path order; one pass over `prev`, and none when no file needs it.
-fn reusable_by_id(prev: &[ScannedEntry], unknown: &[(Stat, Option<usize>)]) -> Vec<Option<usize>> {
-    let mut sources = vec![None; unknown.len()];
-    let mut wanted: HashMap<FileId, Vec<usize>> = HashMap::new();
-    for (k, (stat, _)) in unknown.iter().enumerate() {
-        if let Some(id) = stat.file_id {
-            wanted.entry(id).or_default().push(k);
-        }
+/// Gives each file of `unknown` (described in `edits`) the content of a recorded file (in
+/// `prev`) with the same file id whose size and time show the same content, and takes it out
+/// of `unknown`: a rename, or a hard link, which is not read again (nor retried, when it was
+/// locked). The first such file in path order; one pass over `prev`, and none when no file
+/// needs it.
+fn reuse_by_id(
+    prev: &[ScannedEntry],
+    edits: &mut [ScannedEntry],
+    found: &mut [Found],
+    unknown: &mut Vec<Unknown>,
+    locked: &mut LockedSet,
+) {
+    if prev.is_empty() {
+        return;
     }
+    // Sorted pairs rather than a map: on a scan that finds many new files, a map with a list
+    // per file would cost several times as much.
+    let mut wanted: Vec<(FileId, usize)> = unknown
+        .iter()
+        .enumerate()
+        .filter_map(|(k, slot)| edits[slot.edit].file_id.map(|id| (id, k)))
+        .collect();
     if wanted.is_empty() {
-        return sources;
+        return;
     }
-    for (i, known) in prev.iter().enumerate() {
-        let Some(ks) = known.file_id.and_then(|id| wanted.get(&id)) else {
+    wanted.sort_unstable();
+    let mut reused = vec![false; unknown.len()];
+    for known in prev {
+        let Some(id) = known.file_id else {
             continue;
         };
-        for &k in ks {
-            if sources[k].is_none() && content_unchanged(&unknown[k].0, known) {
-                sources[k] = Some(i);
+        let first = wanted.partition_point(|(w, _)| *w < id);
+        for &(_, k) in wanted[first..].iter().take_while(|(w, _)| *w == id) {
+            let slot = unknown[k];
+            let file = &mut edits[slot.edit];
+            let (size, mtime_ns) = (file.entry.size, file.entry.mtime_ns);
+            if !reused[k] && same_content(known, size, mtime_ns, file.file_id) {
+                reused[k] = true;
+                locked.resolved(&file.entry.path);
+                set_content(file, &known.entry.chunks, known.entry.file_hash);
+                mark_edited(found, slot.at);
             }
         }
     }
-    sources
+    let mut k = 0;
+    unknown.retain(|_| {
+        k += 1;
+        !reused[k - 1]
+    });
 }
 
 /// Finds walked paths in the recorded tree, which the walk asks for in path order: one step

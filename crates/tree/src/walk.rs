@@ -86,6 +86,25 @@ impl Stat {
         }
     }
 
+    /// [`Stat::entry`] with no content (a file's chunks and hash are filled in later), taking
+    /// the path rather than copying it.
+    pub fn into_entry(self) -> FileEntry {
+        let (kind, size) = match self.kind {
+            ItemKind::File => (EntryKind::File, self.size),
+            ItemKind::Dir => (EntryKind::Dir, 0),
+            ItemKind::Symlink { target } => (EntryKind::Symlink { target }, 0),
+        };
+        FileEntry {
+            path: self.rel,
+            kind,
+            size,
+            mtime_ns: self.mtime_ns,
+            attributes: self.attributes,
+            chunks: Vec::new(),
+            file_hash: hash_bytes(b""),
+        }
+    }
+
     /// This entry with its OS path under `root`: what reading the file needs.
     pub fn located(self, root: &Path) -> WalkItem {
         WalkItem {
@@ -215,8 +234,10 @@ fn walk_each_ahead<T>(
     })
 }
 
-/// Entries listed ahead of the consumer at most (about 100 bytes each).
-const WALK_AHEAD: usize = 1 << 17;
+/// Entries listed ahead of the consumer at most (about 200 bytes each, with their path): a few
+/// dozen directories of a thousand files keep every listing thread busy, and a scan's memory
+/// should go to the tree it describes.
+const WALK_AHEAD: usize = 1 << 15;
 
 /// Threads that list directories, the consumer's included: stat is cheap, beyond a few threads
 /// the directory locks of the file system are the limit.
