@@ -282,6 +282,16 @@ impl Applier {
         })
     }
 
+    /// Commits the index's pending writes: at the end of a burst (see
+    /// [`ReceiverStore::checkpoint`]) and of a session, which may have ended in the middle of one.
+    pub fn save_index(&mut self) {
+        self.index_saved = Instant::now();
+        if let Err(e) = self.scanner.index_mut().commit() {
+            // Only a cache: the next scan compares it with the disk and rehashes what it lost.
+            tracing::warn!("receiver index not saved ({e}); the next scan rehashes what it missed");
+        }
+    }
+
     /// The archive, for messages.
     pub fn archive_path(&self) -> &Path {
         self.archive.path()
@@ -1259,19 +1269,14 @@ impl ReceiverStore for Applier {
         Applier::summary(self)
     }
 
-    fn checkpoint(&mut self, more_queued: bool) -> Result<(), SyncError> {
+    fn checkpoint(&mut self, more_expected: bool) -> Result<(), SyncError> {
         self.install_staged()?;
         self.sync_dirs();
         // The index is only a cache (the next scan compares it with the disk and rehashes what
         // it lost): during a burst it is saved now and then, not at every acknowledgement, since
         // each commit rewrites every index page touched since the last one.
-        if !more_queued || self.index_saved.elapsed() >= INDEX_SAVE_INTERVAL {
-            self.index_saved = Instant::now();
-            if let Err(e) = self.scanner.index_mut().commit() {
-                tracing::warn!(
-                    "receiver index not saved ({e}); the next scan rehashes what it missed"
-                );
-            }
+        if !more_expected || self.index_saved.elapsed() >= INDEX_SAVE_INTERVAL {
+            self.save_index();
         }
         Ok(())
     }

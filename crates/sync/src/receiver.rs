@@ -269,7 +269,9 @@ async fn run_sender_session(
             crate::registry::ReceiverRegistry::new(registry_source, applier.archive_path());
         let mut machine = ReceiverMachine::with_registry(applier, registry);
         let result = apply_loop(&mut machine, in_rx, &out_tx, &events, &status);
-        (machine.into_store(), result)
+        let mut applier = machine.into_store();
+        applier.save_index(); // the session may have ended in the middle of a burst
+        (applier, result)
     });
 
     let writer_task = tokio::spawn(async move {

@@ -119,9 +119,9 @@ pub trait ReceiverStore {
     fn clear_staging(&mut self);
     /// Makes everything applied so far durable: called before each acknowledgement, which it
     /// must not let through on error. Bookkeeping that only saves work (such as an index) may
-    /// lag behind while more changes are queued (`_more_queued`), and is saved by the first
-    /// checkpoint without them.
-    fn checkpoint(&mut self, _more_queued: bool) -> Result<(), SyncError> {
+    /// lag behind while more changes are expected (`_more_expected`, see
+    /// [`ReceiverMachine::expects_more`]), and is saved by the first checkpoint without them.
+    fn checkpoint(&mut self, _more_expected: bool) -> Result<(), SyncError> {
         Ok(())
     }
 }
