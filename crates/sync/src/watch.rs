@@ -22,7 +22,18 @@ pub fn start(
     excludes: Excludes,
     tx: UnboundedSender<WatchSignal>,
 ) -> Result<WatchHandle, SyncError> {
-    let root_owned = root.to_path_buf();
+    // notify reports paths under the watched path made absolute against the current directory
+    // (not canonicalized): events are matched against exactly that prefix. With a relative root
+    // (`--root master`) every event would otherwise fall outside it and be dropped, leaving only
+    // the periodic rescan.
+    let root = if root.is_absolute() {
+        root.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| SyncError::Watch(format!("cannot resolve {}: {e}", root.display())))?
+            .join(root)
+    };
+    let root_owned = root.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
         let signal = match event {
             Ok(event) if event.need_rescan() => Some(WatchSignal::Rescan),
@@ -38,7 +49,7 @@ pub fn start(
     })
     .map_err(|e| SyncError::Watch(e.to_string()))?;
     watcher
-        .watch(root, RecursiveMode::Recursive)
+        .watch(&root, RecursiveMode::Recursive)
         .map_err(|e| SyncError::Watch(format!("cannot watch {}: {e}", root.display())))?;
     Ok(WatchHandle { _watcher: watcher })
 }
@@ -125,5 +136,40 @@ mod tests {
             classify_at(excluded, "Core Services/SwSqlServer/data/t.MYD"),
             None
         );
+    }
+
+    /// `path` relative to the current directory (which tests do not change: they share it).
+    #[cfg(unix)]
+    fn relative_to_cwd(path: &Path) -> std::path::PathBuf {
+        let cwd = std::env::current_dir().unwrap();
+        let up = cwd.components().count() - 1; // all but the root
+        let mut relative: std::path::PathBuf = std::iter::repeat_n("..", up).collect();
+        relative.push(path.strip_prefix("/").unwrap());
+        relative
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_relative_root_is_watched_like_an_absolute_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("mime/00")).unwrap();
+        let root = relative_to_cwd(dir.path());
+        assert!(root.is_relative());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let excludes = Excludes::new(&[], true).unwrap();
+        let _watching = start(&root, excludes, tx).unwrap();
+        std::fs::write(dir.path().join("mime/00/new.eml"), b"new").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let wanted = WatchSignal::Files(vec!["mime/00/new.eml".into()]);
+        loop {
+            match rx.try_recv() {
+                Ok(signal) if signal == wanted => break,
+                Ok(_) => {}
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("no signal for the new file within 30 s: {e}"),
+            }
+        }
     }
 }
