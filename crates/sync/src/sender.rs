@@ -10,7 +10,7 @@
 //! protocol logic (sequence numbers, the window, passes, acknowledgements, withdrawals) is the
 //! sans-IO [`SenderMachine`].
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -25,7 +25,7 @@ use swrepl_tree::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::session::{read_chunk, ChunkRequest, Reaction, SenderConfig, SenderMachine};
+use crate::session::{read_chunk, ChunkRequest, KnownPaths, Reaction, SenderConfig, SenderMachine};
 use crate::summary_keys::entry_keys;
 use crate::{now_unix_ms, Fingerprint, SyncError, HEARTBEAT_INTERVAL, PEER_TIMEOUT, SOFTWARE};
 
@@ -159,7 +159,7 @@ pub async fn run_sender(
     tokio::pin!(shutdown);
     let started = Instant::now();
     let mut backoff = Duration::from_millis(250);
-    let mut last_paths: Option<HashSet<String>> = None;
+    let mut last_paths: Option<KnownPaths> = None;
     // Sessions in a row that the receiver ended with an error (e.g. its disk is full).
     let mut refused_sessions: u32 = 0;
     loop {
@@ -392,7 +392,7 @@ impl<'a> Session<'a> {
         scanner: Arc<Mutex<Scanner>>,
         writer: FrameWriter,
         mut reader: FrameReader,
-        last_paths: Option<HashSet<String>>,
+        last_paths: Option<KnownPaths>,
     ) -> Self {
         let (tx, incoming) = mpsc::unbounded_channel();
         let reader_task = tokio::spawn(async move {

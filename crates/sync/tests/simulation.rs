@@ -26,8 +26,8 @@ use rand::{Rng, SeedableRng};
 use swrepl_proto::summary::{summary_bits, BucketSet, TreeDigest};
 use swrepl_proto::{encode_frame, Attributes, EntryKind, FileEntry, FrameDecoder, Hash, Message};
 use swrepl_sync::session::{
-    check_message, read_chunk, Completion, PendingContent, Prepared, PruneOutcome, Reaction,
-    ReceiverMachine, ReceiverOutput, ReceiverStore, SenderConfig, SenderMachine,
+    check_message, read_chunk, Completion, KnownPaths, PendingContent, Prepared, PruneOutcome,
+    Reaction, ReceiverMachine, ReceiverOutput, ReceiverStore, SenderConfig, SenderMachine,
 };
 use swrepl_sync::SyncError;
 use swrepl_tree::{chunk_reader, compare_paths, hash_bytes, Change, Excludes, ScanOutcome};
@@ -913,7 +913,7 @@ struct World {
     /// The Slave's store while no session holds it.
     store: Option<SimStore>,
     session: Option<Session>,
-    last_paths: Option<HashSet<String>>,
+    last_paths: Option<KnownPaths>,
     /// A rescan is due (watch event, withdrawal, unreadable file).
     dirty: bool,
     /// Faults have stopped.

@@ -24,7 +24,7 @@ use crate::SyncError;
 pub use receiver::{
     check_message, ReceiverMachine, ReceiverOutput, StatusChange, MAX_QUEUED_CHANGES,
 };
-pub use sender::{read_chunk, ChunkRequest, Reaction, SenderConfig, SenderMachine};
+pub use sender::{read_chunk, ChunkRequest, KnownPaths, Reaction, SenderConfig, SenderMachine};
 
 /// Changes sent but not yet acknowledged, at most.
 pub const WINDOW: usize = 4096;

@@ -84,11 +84,13 @@ enum SummaryState {
 struct FullPassPlan {
     /// Renames found by the scan, described first.
     renames: Vec<(String, FileEntry)>,
-    /// The scanned tree (shared with [`SenderMachine::last_tree`], not copied): every entry
+    /// The scanned tree (shared with the queued pass, not copied): every entry
     /// except the renames' targets is described after them.
     tree: Arc<Vec<ScannedEntry>>,
     /// The summary key of each entry of `tree`, when the driver computed them ahead.
     keys: Option<Vec<EntryKey>>,
+    /// Whether the tree's paths are kept for the mass-delete guard of later scans.
+    keep_paths: bool,
 }
 
 impl FullPassPlan {
@@ -216,29 +218,44 @@ impl Picked {
     }
 }
 
-/// The tree the previous scan saw, for the mass-delete guard of watched changes.
-enum KnownTree {
-    /// Handed over from a previous session.
-    Paths(HashSet<String>),
-    /// Scanned in this session (in path order, shared with a full pass that may still wait or
-    /// be on its way).
-    Scanned(Arc<Vec<ScannedEntry>>),
+/// The paths of a scanned tree, for the mass-delete guard of watched changes: their 64-bit
+/// hashes, sorted. 8 bytes a path: keeping the scanned tree itself for this held a second copy
+/// of the tree (a million entries: about 270 MB) while the next scan loaded the index's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KnownPaths(Vec<u64>);
+
+impl KnownPaths {
+    pub fn of<'a>(paths: impl IntoIterator<Item = &'a str>) -> KnownPaths {
+        let mut hashes: Vec<u64> = paths.into_iter().map(path_hash).collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        KnownPaths(hashes)
+    }
+
+    fn of_tree(tree: &[ScannedEntry]) -> KnownPaths {
+        KnownPaths::of(tree.iter().map(|s| s.entry.path.as_str()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn contains(&self, path_hash: u64) -> bool {
+        self.0.binary_search(&path_hash).is_ok()
+    }
 }
 
-impl KnownTree {
-    fn len(&self) -> usize {
-        match self {
-            KnownTree::Paths(paths) => paths.len(),
-            KnownTree::Scanned(tree) => tree.len(),
-        }
-    }
-
-    fn paths(&self) -> Box<dyn Iterator<Item = &str> + '_> {
-        match self {
-            KnownTree::Paths(paths) => Box::new(paths.iter().map(String::as_str)),
-            KnownTree::Scanned(tree) => Box::new(tree.iter().map(|s| s.entry.path.as_str())),
-        }
-    }
+/// A path's hash for [`KnownPaths`] (the same for the same path within one process: paths are
+/// only compared with others hashed by the same run).
+fn path_hash(path: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    path.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The sender's session state: numbered changes, the window, passes and the run's summary.
@@ -257,8 +274,8 @@ pub struct SenderMachine {
     pass: u64,
     passes_done: u64,
     passes_sent: u64,
-    /// The last scanned tree, for the mass-delete guard of watched changes.
-    last_tree: Option<KnownTree>,
+    /// The paths of the last scanned tree, for the mass-delete guard of watched changes.
+    last_paths: Option<KnownPaths>,
     summary: SendSummary,
     retries_left: u32,
     /// The receiver speaks protocol version 2: full passes skip what its summary shows equal.
@@ -270,8 +287,8 @@ pub struct SenderMachine {
 }
 
 impl SenderMachine {
-    /// A new session; `last_paths` is the tree the previous session saw, if any.
-    pub fn new(config: SenderConfig, last_paths: Option<HashSet<String>>) -> Self {
+    /// A new session; `last_paths` are those of the tree the previous session saw, if any.
+    pub fn new(config: SenderConfig, last_paths: Option<KnownPaths>) -> Self {
         SenderMachine {
             config,
             next_seq: 1,
@@ -283,7 +300,7 @@ impl SenderMachine {
             pass: 0,
             passes_done: 0,
             passes_sent: 0,
-            last_tree: last_paths.map(KnownTree::Paths),
+            last_paths,
             summary: SendSummary::default(),
             retries_left: ONCE_RETRIES,
             tree_summaries: false,
@@ -334,11 +351,8 @@ impl SenderMachine {
     }
 
     /// The paths of the tree the last scan saw, for the next session.
-    pub fn take_last_paths(&mut self) -> Option<HashSet<String>> {
-        Some(match self.last_tree.take()? {
-            KnownTree::Paths(paths) => paths,
-            KnownTree::Scanned(tree) => tree.iter().map(|s| s.entry.path.clone()).collect(),
-        })
+    pub fn take_last_paths(&mut self) -> Option<KnownPaths> {
+        self.last_paths.take()
     }
 
     /// The highest sequence number the receiver acknowledged.
@@ -442,6 +456,8 @@ impl SenderMachine {
         self.summary.unreadable = std::mem::take(&mut outcome.problems);
         self.record_tree(&outcome.entries);
         let tree = Arc::new(std::mem::take(&mut outcome.entries));
+        // A run that stops after its pass scans again only to retry unreadable files.
+        let keep_paths = !self.config.once || retry;
         if full {
             // Only the renames matter to a full pass: the upserts (every entry, on an initial
             // sync) go now rather than stay beside the queued pass.
@@ -452,11 +468,12 @@ impl SenderMachine {
                     _ => None,
                 })
                 .collect();
-            self.full_scan_done(renames, tree.clone(), keys);
+            self.full_scan_done(renames, tree, keys, keep_paths);
         } else {
-            self.queue_incremental(&outcome.changes, &tree);
+            let paths = keep_paths.then(|| KnownPaths::of_tree(&tree));
+            self.queue_incremental(&outcome.changes, &tree, paths.as_ref());
+            self.last_paths = paths;
         }
-        self.last_tree = Some(KnownTree::Scanned(tree));
         retry
     }
 
@@ -606,11 +623,13 @@ impl SenderMachine {
         renames: Vec<(String, FileEntry)>,
         tree: Arc<Vec<ScannedEntry>>,
         keys: Option<Vec<EntryKey>>,
+        keep_paths: bool,
     ) {
         let plan = FullPassPlan {
             renames,
             tree,
             keys,
+            keep_paths,
         };
         match std::mem::replace(&mut self.summary_state, SummaryState::Idle) {
             SummaryState::Received(theirs) => self.queue_full_pass(plan, Some(&theirs)),
@@ -665,9 +684,13 @@ impl SenderMachine {
     fn queue_full_pass(&mut self, mut plan: FullPassPlan, theirs: Option<&TreeDigest>) {
         let keys = theirs.map(|_| plan.take_keys());
         let FullPassPlan {
-            mut renames, tree, ..
+            mut renames,
+            tree,
+            keep_paths,
+            keys: unused_keys,
         } = plan;
-        // A rename's target is described by the rename, not again as an entry of the tree.
+        drop(unused_keys); // without the receiver's summary, the pass is described whole
+                           // A rename's target is described by the rename, not again as an entry of the tree.
         let mut picked = Picked::all(tree.len());
         if !renames.is_empty() {
             let renamed: HashSet<&str> = renames.iter().map(|(_, e)| e.path.as_str()).collect();
@@ -712,6 +735,12 @@ impl SenderMachine {
         for (from, entry) in renames {
             self.queue_change(Change::Rename { from, entry });
         }
+        // The paths are taken once the summary keys are gone (a million entries: 8 MB for the
+        // former, 20 MB for the latter), so that the two are not held at once.
+        drop(keys);
+        if keep_paths {
+            self.last_paths = Some(KnownPaths::of_tree(&tree));
+        }
         self.queue_tree_run(tree, picked);
         if let Some(skipped) = &skipped {
             log_skips(described, total, skipped);
@@ -742,12 +771,17 @@ impl SenderMachine {
         }));
     }
 
-    fn queue_incremental(&mut self, changes: &[Change], tree: &[ScannedEntry]) {
+    fn queue_incremental(
+        &mut self,
+        changes: &[Change],
+        tree: &[ScannedEntry],
+        current: Option<&KnownPaths>,
+    ) {
         if changes.is_empty() {
             return;
         }
         self.summary_went_stale();
-        let held = self.deletes_to_hold(changes, tree);
+        let held = current.map_or(0, |current| self.deletes_to_hold(changes, tree, current));
         let pass = self.begin_pass(false);
         for change in changes {
             if held > 0 && matches!(change, Change::Delete(_)) {
@@ -759,23 +793,22 @@ impl SenderMachine {
     }
 
     /// The mass-delete guard for watched changes: when one scan removes more than the threshold
-    /// of the tree, its deletes are held (not sent) until a confirmed full pass.
-    fn deletes_to_hold(&mut self, changes: &[Change], tree: &[ScannedEntry]) -> u64 {
-        let Some(previous) = &self.last_tree else {
+    /// of the tree, its deletes are held (not sent) until a confirmed full pass. What a rename
+    /// moved is not removed; `current` are the paths of `tree`.
+    fn deletes_to_hold(
+        &mut self,
+        changes: &[Change],
+        tree: &[ScannedEntry],
+        current: &KnownPaths,
+    ) -> u64 {
+        let Some(previous) = &self.last_paths else {
             return 0;
         };
-        let current: HashSet<&str> = tree.iter().map(|s| s.entry.path.as_str()).collect();
-        let moved_from: Vec<&str> = changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::Rename { from, .. } => Some(from.as_str()),
-                _ => None,
-            })
-            .collect();
+        let moved = moved_sources(changes, tree, previous);
         let removed = previous
-            .paths()
-            .filter(|p| !current.contains(*p))
-            .filter(|p| !moved_from.iter().any(|from| is_same_or_under(p, from)))
+            .0
+            .iter()
+            .filter(|&&path| !current.contains(path) && !moved.contains(path))
             .count() as u64;
         let total = previous.len() as u64;
         let over = removed * 1000 > u64::from(self.config.mass_delete_permille) * total;
@@ -815,6 +848,34 @@ impl SenderMachine {
         };
         self.enqueue(msg);
     }
+}
+
+/// Where the entries the renames among `changes` moved were before: for each entry of `tree` at
+/// or below a rename's target, its path with the target replaced by the source. Only entries
+/// the previous tree did not hold can have moved there.
+fn moved_sources(changes: &[Change], tree: &[ScannedEntry], previous: &KnownPaths) -> KnownPaths {
+    let renames: Vec<(&str, &str)> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Rename { from, entry } => Some((from.as_str(), entry.path.as_str())),
+            _ => None,
+        })
+        .collect();
+    if renames.is_empty() {
+        return KnownPaths::default();
+    }
+    let mut sources = Vec::new();
+    for path in tree.iter().map(|s| s.entry.path.as_str()) {
+        if previous.contains(path_hash(path)) {
+            continue;
+        }
+        for &(from, to) in &renames {
+            if is_same_or_under(path, to) {
+                sources.push(format!("{from}{}", &path[to.len()..]));
+            }
+        }
+    }
+    KnownPaths::of(sources.iter().map(String::as_str))
 }
 
 fn log_skips(described: u64, total: usize, skipped: &BucketSet) {
@@ -939,6 +1000,13 @@ mod tests {
             None,
         );
         machine.enable_tree_summaries();
+        machine
+    }
+
+    /// A machine that keeps watching after its first pass (incremental scans follow).
+    fn watching() -> SenderMachine {
+        let mut machine = machine();
+        machine.config.once = false;
         machine
     }
 
@@ -1143,13 +1211,13 @@ mod tests {
                 .count()
         };
         // The tree scanned in this session.
-        let mut machine = machine();
+        let mut machine = watching();
         machine.take_scan(true, tree(&master), None);
         drain(&mut machine);
         assert_eq!(deletes(&mut machine), 0, "35 of 40 is over the guard");
         assert_eq!(machine.summary().held_deletes, 35);
         // The paths handed over from a previous session.
-        let paths: HashSet<String> = master.iter().map(|e| e.path.clone()).collect();
+        let paths = KnownPaths::of(master.iter().map(|e| e.path.as_str()));
         let config = machine.config.clone();
         let mut next = SenderMachine::new(config, Some(paths.clone()));
         assert_eq!(deletes(&mut next), 0);
@@ -1158,6 +1226,48 @@ mod tests {
         let mut small = SenderMachine::new(machine.config.clone(), Some(paths));
         small.take_scan(false, tree(&master[..39]), None);
         assert_eq!(small.take_last_paths().map(|p| p.len()), Some(39));
+    }
+
+    #[test]
+    fn what_a_rename_moved_is_not_removed_for_the_mass_delete_guard() {
+        let dir = |path: &str| FileEntry {
+            kind: EntryKind::Dir,
+            chunks: Vec::new(),
+            ..file(path, 0)
+        };
+        let folder = |name: &str| -> Vec<FileEntry> {
+            std::iter::once(dir(name))
+                .chain((0..30).map(|i| file(&format!("{name}/m{i:02}"), i)))
+                .collect()
+        };
+        let others: Vec<FileEntry> = (0..10).map(|i| file(&format!("z{i}"), 100 + i)).collect();
+        let before = [folder("a"), others.clone()].concat();
+        // The folder renamed and one other file deleted: 1 of 41 entries removed, not 32.
+        let after = [folder("b"), others[1..].to_vec()].concat();
+        let mut machine = watching();
+        machine.take_scan(true, tree(&before), None);
+        drain(&mut machine);
+        let mut outcome = tree(&after);
+        outcome.changes = vec![
+            Change::Rename {
+                from: "a".into(),
+                entry: dir("b"),
+            },
+            Change::Delete("z0".into()),
+        ];
+        machine.take_scan(false, outcome, None);
+        let sent = drain(&mut machine);
+        let deleted = |m: &Message| matches!(m, Message::Delete { path, .. } if path == "z0");
+        assert!(sent.iter().any(deleted), "{sent:?}");
+        assert_eq!(machine.summary().held_deletes, 0);
+        // Moving the folder away and deleting it are not the same.
+        let mut outcome = tree(&others[1..]);
+        outcome.changes = vec![Change::Delete("b".into())];
+        machine.take_scan(false, outcome, None);
+        assert!(!drain(&mut machine)
+            .iter()
+            .any(|m| matches!(m, Message::Delete { .. })));
+        assert_eq!(machine.summary().held_deletes, 31);
     }
 
     #[test]
