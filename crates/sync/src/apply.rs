@@ -141,6 +141,71 @@ impl PendingFile {
         Ok(unfilled)
     }
 
+    /// Copies every chunk of `local` that sits in `previous` (a large file's previous version, as
+    /// indexed) in runs, through the kernel where it can (`copy_file_range`: no copy through this
+    /// process, a block clone on file systems that share extents), without checking them one by
+    /// one: the whole-file hash vouches for them all, as [`PendingFile::copy_run`]'s does. When
+    /// these runs complete the file, a second thread hashes the staging file right behind the
+    /// copy (writes to one file do not run in parallel, reads of what is written do); otherwise
+    /// the hash waits until the file is complete ([`PrefixDigest::defer`]). Returns the chunks
+    /// still to fill (not in `previous`, or not readable there), ascending.
+    fn copy_unchecked(
+        &mut self,
+        file: &File,
+        previous: &PreviousVersion,
+        local: &[u32],
+    ) -> io::Result<Vec<u32>> {
+        self.digest.defer();
+        let mut runs = Vec::new();
+        let mut left = Vec::new();
+        let mut at = 0;
+        while at < local.len() {
+            let taken = previous.run_len(&self.entry.chunks, &local[at..]);
+            if taken == 0 {
+                left.push(local[at]);
+                at += 1;
+                continue;
+            }
+            let indices = &local[at..at + taken];
+            let first = self.entry.chunks[indices[0] as usize];
+            runs.push(CopyRun {
+                source: previous.chunks[&first.hash].0,
+                target: self.offsets[indices[0] as usize],
+                len: indices
+                    .iter()
+                    .map(|&i| u64::from(self.entry.chunks[i as usize].len))
+                    .sum(),
+                chunks: at..at + taken,
+            });
+            at += taken;
+        }
+        let in_runs: usize = runs.iter().map(|run| run.chunks.len()).sum();
+        let already = self.digest.filled.iter().filter(|&&f| f).count();
+        let completes = in_runs + already == self.entry.chunks.len();
+        let (copied, whole) = copy_runs(
+            &previous.file,
+            file,
+            &runs,
+            completes.then_some(self.entry.size),
+        );
+        for (run, copied) in runs.iter().zip(copied) {
+            let indices = &local[run.chunks.clone()];
+            if copied? {
+                for &i in indices {
+                    self.digest.filled[i as usize] = true;
+                }
+                self.unchecked.extend_from_slice(indices);
+            } else {
+                left.extend_from_slice(indices);
+            }
+        }
+        left.sort_unstable();
+        if left.is_empty() {
+            self.digest.whole = whole;
+        }
+        Ok(left)
+    }
+
     /// After the whole-file hash failed: checks each chunk copied unchecked, as it is in the
     /// staging file. Those that do not match are awaited from the peer again (the previous
     /// version had changed without its size or time showing it) and the whole-file hash starts
@@ -208,6 +273,10 @@ const LOCAL_RUN_MAX: usize = 4 * 1024 * 1024;
 
 /// Runs at least this long are checked on a second thread while the first writes them.
 const PARALLEL_RUN_MIN: usize = 1024 * 1024;
+
+/// Read size of the thread hashing a rebuilt file behind its copy: large enough for blake3's
+/// SIMD paths, small enough to stay in the core's cache.
+const HASH_BEHIND_BLOCK: usize = 256 * 1024;
 
 /// How often the index is saved while a burst of changes is being applied (see
 /// [`ReceiverStore::checkpoint`]); it is always saved once the burst is over.
@@ -583,6 +652,17 @@ impl Applier {
             previous: self.previous_version(&pending.entry.path)?,
             ..LocalSources::default()
         };
+        let mut local = local;
+        if let Some(previous) = sources.previous.as_ref() {
+            if previous.as_indexed
+                && pending.entry.size >= swrepl_tree::PARALLEL_MIN_LEN
+                && pending.entry.chunks.len() > 1
+            {
+                local = pending
+                    .copy_unchecked(file, previous, &local)
+                    .map_err(|e| self.io_err(&pending.entry.path, e))?;
+            }
+        }
         let mut buf = Vec::new();
         let mut late = Vec::new();
         let mut rest = &local[..];
@@ -1428,9 +1508,221 @@ impl PreviousVersion {
     }
 }
 
+/// Consecutive chunks of a new version that sit, in the same order, in its previous version.
+struct CopyRun {
+    /// Where they start in the previous version.
+    source: u64,
+    /// Where they start in the new one.
+    target: u64,
+    len: u64,
+    /// Their positions in the list of chunks being filled.
+    chunks: std::ops::Range<usize>,
+}
+
+/// Copies `runs` (in ascending target order) from `source` to `target`. For each run:
+/// `Ok(true)` copied, `Ok(false)` not readable in full (`source` is shorter than indexed), or the
+/// error writing `target`. With `hash_len`, every byte of `target` outside the runs is already in
+/// place and `target` is also hashed, on a second thread following the copy: the whole-file
+/// hash, when every run was copied and read back.
+fn copy_runs(
+    source: &File,
+    target: &File,
+    runs: &[CopyRun],
+    hash_len: Option<u64>,
+) -> (Vec<io::Result<bool>>, Option<Hash>) {
+    let Some(len) = hash_len else {
+        return (
+            runs.iter()
+                .map(|run| copy_range(source, target, run))
+                .collect(),
+            None,
+        );
+    };
+    let copied_to = Watermark::new(runs.first().map_or(len, |run| run.target));
+    std::thread::scope(|scope| {
+        let hasher = scope.spawn(|| hash_behind(target, len, &copied_to));
+        // Whatever happens here, the hasher must not wait for a copy that will not come.
+        let release = ReleaseOnDrop(&copied_to, len);
+        let mut results = Vec::with_capacity(runs.len());
+        for (k, run) in runs.iter().enumerate() {
+            let result = copy_range(source, target, run);
+            if matches!(result, Ok(true)) {
+                copied_to.advance(runs.get(k + 1).map_or(len, |next| next.target));
+            } else {
+                copied_to.abandon();
+            }
+            results.push(result);
+        }
+        drop(release);
+        let whole = hasher.join().unwrap_or(None);
+        (results, whole)
+    })
+}
+
+/// How far a file is in place, for a thread that reads it behind the one writing it.
+struct Watermark {
+    /// Bytes before this offset are in place; `None` once the writer gave up.
+    at: std::sync::Mutex<Option<u64>>,
+    moved: std::sync::Condvar,
+}
+
+impl Watermark {
+    fn new(at: u64) -> Watermark {
+        Watermark {
+            at: std::sync::Mutex::new(Some(at)),
+            moved: std::sync::Condvar::new(),
+        }
+    }
+
+    fn set(&self, to: impl FnOnce(Option<u64>) -> Option<u64>) {
+        let mut at = self
+            .at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *at = to(*at);
+        self.moved.notify_all();
+    }
+
+    fn advance(&self, to: u64) {
+        self.set(|at| at.map(|_| to));
+    }
+
+    fn abandon(&self) {
+        self.set(|_| None);
+    }
+
+    /// Waits until more than `done` bytes are in place; `None` if they never will be.
+    fn beyond(&self, done: u64) -> Option<u64> {
+        let mut at = self
+            .at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        loop {
+            match *at {
+                Some(to) if to > done => return Some(to),
+                Some(_) => {
+                    at = self
+                        .moved
+                        .wait(at)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                }
+                None => return None,
+            }
+        }
+    }
+}
+
+/// Gives up a [`Watermark`] that has not reached `.1` when dropped (the writer stopped early).
+struct ReleaseOnDrop<'a>(&'a Watermark, u64);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        let end = self.1;
+        self.0.set(|at| at.filter(|&at| at >= end));
+    }
+}
+
+/// The blake3 of `file`'s first `len` bytes, read as [`Watermark`] says they are in place.
+fn hash_behind(file: &File, len: u64, copied_to: &Watermark) -> Option<Hash> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; HASH_BEHIND_BLOCK];
+    let mut done = 0u64;
+    while done < len {
+        let ready = copied_to.beyond(done)?.min(len);
+        while done < ready {
+            let n = (ready - done).min(buf.len() as u64) as usize;
+            pread_exact(file, done, &mut buf[..n]).ok()?;
+            hasher.update(&buf[..n]);
+            done += n as u64;
+        }
+    }
+    Some(*hasher.finalize().as_bytes())
+}
+
+/// Copies one run in the kernel (`copy_file_range`), or, where that is not possible (another
+/// file system, an old kernel, an error to tell apart), through a buffer.
+fn copy_range(source: &File, target: &File, run: &CopyRun) -> io::Result<bool> {
+    let mut done = 0u64;
+    #[cfg(target_os = "linux")]
+    while done < run.len {
+        let mut from = run.source + done;
+        let mut to = run.target + done;
+        let left = usize::try_from(run.len - done).unwrap_or(usize::MAX);
+        match rustix::fs::copy_file_range(source, Some(&mut from), target, Some(&mut to), left) {
+            Ok(0) => return Ok(false), // the end of `source`
+            Ok(n) => done += n as u64,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break,
+        }
+    }
+    let mut buf = vec![0u8; usize::try_from(run.len - done).unwrap_or(usize::MAX)];
+    if buf.is_empty() {
+        return Ok(true);
+    }
+    if pread_exact(source, run.source + done, &mut buf).is_err() {
+        return Ok(false);
+    }
+    pwrite_all(target, run.target + done, &buf)?;
+    Ok(true)
+}
+
+/// `read_exact_at` on a shared handle (several threads may read one file).
+fn pread_exact(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < buf.len() {
+            // seek_read passes the offset with the read, so concurrent calls do not interfere.
+            match std::os::windows::fs::FileExt::seek_read(
+                file,
+                &mut buf[done..],
+                offset + done as u64,
+            ) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `write_all_at` on a shared handle (several threads may write disjoint ranges of one file).
+fn pwrite_all(file: &File, offset: u64, data: &[u8]) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::write_all_at(file, data, offset)
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < data.len() {
+            match std::os::windows::fs::FileExt::seek_write(
+                file,
+                &data[done..],
+                offset + done as u64,
+            ) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The whole-file hash of a staging file's leading chunks, fed as chunks are written, so that a
 /// file whose chunks arrive (or are filled) in order is never read back; a chunk written ahead of
-/// its turn is read back from the staging file when its turn comes.
+/// its turn is read back from the staging file when its turn comes. Once [deferred], the hash is
+/// computed only when the file is complete, by reading it back on all cores.
+///
+/// [deferred]: PrefixDigest::defer
 struct PrefixDigest {
     /// Created on first use: thousands of announced files may be waiting for data.
     hasher: Option<Box<blake3::Hasher>>,
@@ -1438,6 +1730,11 @@ struct PrefixDigest {
     hashed: usize,
     /// Which chunks are in the staging file.
     filled: Vec<bool>,
+    /// Nothing is hashed until the file is complete.
+    deferred: bool,
+    /// The whole-file hash, taken as the last chunks were copied in (see
+    /// [`PendingFile::copy_unchecked`]); dropped by any later write.
+    whole: Option<Hash>,
 }
 
 impl PrefixDigest {
@@ -1446,7 +1743,18 @@ impl PrefixDigest {
             hasher: None,
             hashed: 0,
             filled: vec![false; chunks],
+            deferred: false,
+            whole: None,
         }
+    }
+
+    /// From now on nothing is hashed as it is written: [`PrefixDigest::finish`] reads the whole
+    /// file back, on all cores. For a large file mostly copied from its previous version, whose
+    /// copies go through the kernel and never pass through this process.
+    fn defer(&mut self) {
+        self.hasher = None;
+        self.hashed = 0;
+        self.deferred = true;
     }
 
     /// Chunk `index`, with bytes `data` (checked against its hash), is now in the staging file.
@@ -1458,8 +1766,9 @@ impl PrefixDigest {
         index: usize,
         data: &[u8],
     ) -> io::Result<()> {
+        self.whole = None;
         self.catch_up(file, offsets, chunks)?;
-        if self.hashed == index {
+        if self.hashed == index && !self.deferred {
             self.feed(data);
         }
         self.filled[index] = true;
@@ -1473,6 +1782,9 @@ impl PrefixDigest {
         offsets: &[u64],
         chunks: &[ChunkRef],
     ) -> io::Result<()> {
+        if self.deferred {
+            return Ok(());
+        }
         let mut buf = Vec::new();
         while self.filled.get(self.hashed) == Some(&true) {
             buf.resize(chunks[self.hashed].len as usize, 0);
@@ -1485,7 +1797,7 @@ impl PrefixDigest {
     /// A copy of the whole-file hash to go on with from chunk `index`, when the hashed prefix
     /// ends right before it (and the file has more than one chunk).
     fn continuing_at(&self, index: usize) -> Option<Box<blake3::Hasher>> {
-        if self.hashed != index || self.filled.len() <= 1 {
+        if self.hashed != index || self.filled.len() <= 1 || self.deferred {
             return None;
         }
         Some(
@@ -1497,6 +1809,7 @@ impl PrefixDigest {
 
     /// Starts over, with the chunks `missing` no longer in the staging file.
     fn restart_without(&mut self, missing: &[u32]) {
+        self.whole = None;
         self.hasher = None;
         self.hashed = 0;
         for &i in missing {
@@ -1527,6 +1840,19 @@ impl PrefixDigest {
         offsets: &[u64],
         chunks: &[ChunkRef],
     ) -> io::Result<Option<Hash>> {
+        if self.deferred {
+            if self.filled.contains(&false) {
+                return Ok(None);
+            }
+            if let Some(whole) = self.whole {
+                return Ok(Some(whole));
+            }
+            let len =
+                offsets.last().map_or(0, |&at| at) + chunks.last().map_or(0, |c| u64::from(c.len));
+            return swrepl_tree::hash_file_exact(file, len)?
+                .map(Some)
+                .ok_or_else(|| io::Error::other("the staging file changed length while hashed"));
+        }
         self.catch_up(file, offsets, chunks)?;
         if self.hashed < self.filled.len() {
             return Ok(None);
@@ -1749,9 +2075,20 @@ mod tests {
         new
     }
 
+    /// Sizes of the edited files in the tests below: one rebuilt through this process, a run at
+    /// a time ([`PendingFile::copy_run`]), one copied in the kernel and hashed behind the copy
+    /// ([`PendingFile::copy_unchecked`]).
+    const EDITED_SIZES: [usize; 2] = [10 << 20, swrepl_tree::PARALLEL_MIN_LEN as usize + (3 << 20)];
+
     #[test]
     fn an_edited_file_is_rebuilt_from_its_previous_version_and_the_old_one_archived() {
-        let old = noise(1, 10 << 20);
+        for size in EDITED_SIZES {
+            rebuild_edited_file(size);
+        }
+    }
+
+    fn rebuild_edited_file(size: usize) {
+        let old = noise(1, size);
         let new = edited(&old);
         let mut slave = slave_with(&[("data/big.bin", &old)]);
         let entry = entry_for("data/big.bin", &new);
@@ -1775,7 +2112,13 @@ mod tests {
 
     #[test]
     fn a_previous_version_altered_since_indexed_has_its_altered_chunks_asked_for() {
-        let old = noise(4, 10 << 20);
+        for size in EDITED_SIZES {
+            rebuild_from_altered_version(size);
+        }
+    }
+
+    fn rebuild_from_altered_version(size: usize) {
+        let old = noise(4, size);
         let new = edited(&old);
         let mut slave = slave_with(&[("big.bin", &old)]);
         // Someone on the Slave alters the old version without changing its size or time, so
@@ -1797,6 +2140,84 @@ mod tests {
         );
         assert_eq!(asked[1].len(), 1, "only the altered chunk: {asked:?}");
         assert!(std::fs::read(&path).unwrap() == new);
+    }
+
+    #[test]
+    fn runs_copied_with_the_hash_behind_give_the_file_and_its_hash_or_no_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let source_data = noise(7, 3 << 20);
+        std::fs::write(dir.path().join("source"), &source_data).unwrap();
+        let source = File::open(dir.path().join("source")).unwrap();
+        // The target: 1 MiB of its own, then the source's second and first MiB.
+        let mut expected = noise(8, 1 << 20);
+        expected.extend_from_slice(&source_data[1 << 20..2 << 20]);
+        expected.extend_from_slice(&source_data[..1 << 20]);
+        let runs = [
+            CopyRun {
+                source: 1 << 20,
+                target: 1 << 20,
+                len: 1 << 20,
+                chunks: 0..1,
+            },
+            CopyRun {
+                source: 0,
+                target: 2 << 20,
+                len: 1 << 20,
+                chunks: 1..2,
+            },
+        ];
+        let open_target = |name: &str| {
+            let target = File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(dir.path().join(name))
+                .unwrap();
+            pwrite_all(&target, 0, &expected[..1 << 20]).unwrap();
+            target
+        };
+
+        let target = open_target("complete");
+        let (copied, whole) = copy_runs(&source, &target, &runs, Some(3 << 20));
+        assert!(copied.iter().all(|c| matches!(c, Ok(true))), "{copied:?}");
+        assert_eq!(
+            std::fs::read(dir.path().join("complete")).unwrap(),
+            expected
+        );
+        assert_eq!(whole, Some(*blake3::hash(&expected).as_bytes()));
+
+        // A source shorter than its index said: that run is not copied, and no hash is given
+        // (the hashing thread must not wait forever for it).
+        let short = [
+            CopyRun {
+                source: 2 << 20,
+                target: 1 << 20,
+                len: 2 << 20,
+                chunks: 0..1,
+            },
+            CopyRun {
+                source: 0,
+                target: 2 << 20,
+                len: 1 << 20,
+                chunks: 1..2,
+            },
+        ];
+        let target = open_target("short");
+        let (copied, whole) = copy_runs(&source, &target, &short, Some(3 << 20));
+        assert!(matches!(copied[0], Ok(false)), "{copied:?}");
+        assert!(matches!(copied[1], Ok(true)), "{copied:?}");
+        assert_eq!(whole, None);
+
+        // Without a length to hash, nothing is hashed.
+        let target = open_target("unhashed");
+        let (copied, whole) = copy_runs(&source, &target, &runs, None);
+        assert!(copied.iter().all(|c| matches!(c, Ok(true))), "{copied:?}");
+        assert_eq!(whole, None);
+        assert_eq!(
+            std::fs::read(dir.path().join("unhashed")).unwrap(),
+            expected
+        );
     }
 
     #[test]

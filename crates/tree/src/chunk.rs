@@ -106,7 +106,7 @@ pub(crate) fn rechunk_reader_with_progress(
 }
 
 /// Files at least this long are chunked and hashed in segments on all cores.
-pub(crate) const PARALLEL_MIN_LEN: u64 = 4 * SEGMENT_LEN as u64;
+pub const PARALLEL_MIN_LEN: u64 = 4 * SEGMENT_LEN as u64;
 
 /// Length of a segment of a large file. A power of two (blake3 subtrees must be) and at least
 /// `CHUNK_MAX` (the true cut sequence enters a segment within `CHUNK_MAX` bytes of its start).
@@ -159,6 +159,19 @@ pub(crate) fn hash_reader_with_progress(
         tracing::debug!("file changed length while hashed in parallel; hashing it in one pass");
     }
     hash_stream(PositionalReader::new(&file), size_hint, progress)
+}
+
+/// The blake3 of the open `file`, which should be `len` bytes long, on all cores when it is at
+/// least [`PARALLEL_MIN_LEN`]; `Ok(None)` when it is not `len` bytes long. Reads are positional:
+/// the file's cursor is neither used nor moved. For a file assembled out of order (the receiver's
+/// rebuild of a large edited file), where hashing as it is written is not possible.
+pub fn hash_file_exact(file: &std::fs::File, len: u64) -> std::io::Result<Option<Hash>> {
+    if len >= PARALLEL_MIN_LEN && segment_workers() > 1 {
+        let hashed = hash_segments(file, len, SEGMENT_LEN, segment_workers(), &mut |_| {})?;
+        return Ok(hashed.map(|(hash, _)| hash));
+    }
+    let (hash, size) = hash_stream(PositionalReader::new(file), len, &mut |_| {})?;
+    Ok((size == len).then_some(hash))
 }
 
 /// Where fastcdc cuts, with the crate's sizes: the masks `StreamCDC::new` would pick.
@@ -939,6 +952,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!((hash, size), (expected.file_hash, data.len() as u64));
+    }
+
+    #[test]
+    fn an_exact_file_hash_is_blake3_and_none_for_another_length() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [0, 5, 300_000, PARALLEL_MIN_LEN as usize + 12_345] {
+            let data = noise(len, len as u64);
+            let path = dir.path().join(format!("f{len}"));
+            std::fs::write(&path, &data).unwrap();
+            let file = std::fs::File::open(&path).unwrap();
+            let expected = *blake3::hash(&data).as_bytes();
+            assert_eq!(
+                hash_file_exact(&file, len as u64).unwrap(),
+                Some(expected),
+                "{len}"
+            );
+            assert_eq!(
+                hash_file_exact(&file, len as u64 + 1).unwrap(),
+                None,
+                "{len} + 1"
+            );
+            if len > 0 {
+                assert_eq!(
+                    hash_file_exact(&file, len as u64 - 1).unwrap(),
+                    None,
+                    "{len} - 1"
+                );
+            }
+        }
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - [`chunk_reader`] / [`chunk_file`] / [`hash_bytes`]: content-defined chunking (fastcdc v2020,
 //!   [`CHUNK_MIN`]/[`CHUNK_AVG`]/[`CHUNK_MAX`]) with blake3 hashes, streaming in bounded memory;
 //!   [`rechunk_file`] gives the same result for a changed file from its previous chunk list,
-//!   hashing the old chunks still there instead of scanning for cuts.
+//!   hashing the old chunks still there instead of scanning for cuts; [`hash_file_exact`]
+//!   hashes an open file on all cores when it is at least [`PARALLEL_MIN_LEN`].
 //! - [`Index`]: the persistent sqlite index (path → entry, chunks, file id; chunk hash → where
 //!   those bytes live locally), so an unchanged file is never reread. A damaged index can be
 //!   recreated ([`Index::open_or_recreate`]): it is a cache, never the only copy of anything.
@@ -43,7 +44,9 @@ mod walk;
 
 use std::path::PathBuf;
 
-pub use chunk::{chunk_file, chunk_reader, hash_bytes, rechunk_file, Chunked};
+pub use chunk::{
+    chunk_file, chunk_reader, hash_bytes, hash_file_exact, rechunk_file, Chunked, PARALLEL_MIN_LEN,
+};
 pub use excludes::Excludes;
 pub use fsmeta::{
     attributes_of, compare_paths, file_id_from, file_id_of, is_same_or_below, mtime_ns, to_os_path,
