@@ -1642,19 +1642,11 @@ fn hash_behind(file: &File, len: u64, copied_to: &Watermark) -> Option<Hash> {
 /// Copies one run in the kernel (`copy_file_range`), or, where that is not possible (another
 /// file system, an old kernel, an error to tell apart), through a buffer.
 fn copy_range(source: &File, target: &File, run: &CopyRun) -> io::Result<bool> {
-    let mut done = 0u64;
-    #[cfg(target_os = "linux")]
-    while done < run.len {
-        let mut from = run.source + done;
-        let mut to = run.target + done;
-        let left = usize::try_from(run.len - done).unwrap_or(usize::MAX);
-        match rustix::fs::copy_file_range(source, Some(&mut from), target, Some(&mut to), left) {
-            Ok(0) => return Ok(false), // the end of `source`
-            Ok(n) => done += n as u64,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(_) => break,
-        }
-    }
+    let done = match copy_in_kernel(source, target, run) {
+        Some(done) if done == run.len => return Ok(true),
+        Some(done) => done,
+        None => return Ok(false), // the end of `source`
+    };
     let mut buf = vec![0u8; usize::try_from(run.len - done).unwrap_or(usize::MAX)];
     if buf.is_empty() {
         return Ok(true);
@@ -1664,6 +1656,30 @@ fn copy_range(source: &File, target: &File, run: &CopyRun) -> io::Result<bool> {
     }
     pwrite_all(target, run.target + done, &buf)?;
     Ok(true)
+}
+
+/// Copies what it can of `run` with `copy_file_range`: how many bytes (the rest is for a
+/// buffered copy to do, or to fail clearly), or `None` when `source` ended before the run did.
+#[cfg(target_os = "linux")]
+fn copy_in_kernel(source: &File, target: &File, run: &CopyRun) -> Option<u64> {
+    let mut done = 0u64;
+    while done < run.len {
+        let mut from = run.source + done;
+        let mut to = run.target + done;
+        let left = usize::try_from(run.len - done).unwrap_or(usize::MAX);
+        match rustix::fs::copy_file_range(source, Some(&mut from), target, Some(&mut to), left) {
+            Ok(0) => return None,
+            Ok(n) => done += n as u64,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break,
+        }
+    }
+    Some(done)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn copy_in_kernel(_source: &File, _target: &File, _run: &CopyRun) -> Option<u64> {
+    Some(0)
 }
 
 /// `read_exact_at` on a shared handle (several threads may read one file).
