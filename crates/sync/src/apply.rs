@@ -22,6 +22,7 @@ use swrepl_tree::{Excludes, Index, ScannedEntry, Scanner, STATE_DIR_NAME};
 use crate::archive::Archive;
 pub use crate::session::{Completion, PruneOutcome};
 use crate::session::{PendingContent, ReceiverStore};
+use crate::watch::TreeWatch;
 
 /// What the receiver does with an incoming upsert.
 pub type Prepared = crate::session::Prepared<PendingFile>;
@@ -263,7 +264,26 @@ pub struct Applier {
     open_staging: Vec<(String, File)>,
     /// When the index was last committed.
     index_saved: Instant,
+    /// Counts changes under the root, when watching it works here (see [`Applier::watch_tree`]).
+    watch: Option<TreeWatch>,
+    /// The last summary, while nothing under the root has changed since its scan began.
+    summary: Option<KnownSummary>,
+    /// Scans made to give a summary (tests tell a reused summary from a new one by it).
+    summary_scans: u64,
 }
+
+/// A tree summary and the watcher's change count when the scan behind it began.
+struct KnownSummary {
+    digest: TreeDigest,
+    changes: u64,
+    scanned: Instant,
+}
+
+/// How long a summary is reused at most, however quiet the watcher: a safety net under it.
+const SUMMARY_REUSE_MAX: Duration = Duration::from_secs(600);
+
+/// How long [`Applier::summary`] waits for the watcher to report its marker before scanning.
+const WATCH_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How many staging files [`Applier`] keeps open between writes.
 const OPEN_STAGING_MAX: usize = 8;
@@ -348,7 +368,42 @@ impl Applier {
             staged: Vec::new(),
             open_staging: Vec::new(),
             index_saved: Instant::now(),
+            watch: None,
+            summary: None,
+            summary_scans: 0,
         })
+    }
+
+    /// Watches the root, so that a summary can be given again without a scan while nothing under
+    /// the root changed (a reconnecting sender's full pass then costs the Slave no walk). Without
+    /// a working watcher (none on this file system, too many directories for the OS's limit),
+    /// every summary scans, as before.
+    pub fn watch_tree(&mut self) -> Result<(), SyncError> {
+        let markers = self.root_path.join(STATE_DIR_NAME);
+        self.watch = Some(TreeWatch::start(
+            &self.root_path,
+            self.excludes.clone(),
+            &markers,
+        )?);
+        Ok(())
+    }
+
+    /// Whether [`Applier::summary`] would scan: no summary known, or one that may no longer
+    /// stand. Cheap: it does not wait for the watcher.
+    pub fn summary_is_stale(&self) -> bool {
+        self.reusable_summary().is_none()
+    }
+
+    fn reusable_summary(&self) -> Option<&KnownSummary> {
+        let watch = self.watch.as_ref()?;
+        self.summary.as_ref().filter(|known| {
+            known.changes == watch.changes() && known.scanned.elapsed() < SUMMARY_REUSE_MAX
+        })
+    }
+
+    /// Forgets the last summary: the tree is being changed.
+    fn tree_changing(&mut self) {
+        self.summary = None;
     }
 
     /// Commits the index's pending writes: at the end of a burst (see
@@ -427,6 +482,7 @@ impl Applier {
         entry: FileEntry,
         requested: &mut HashSet<Hash>,
     ) -> Result<Prepared, SyncError> {
+        self.tree_changing();
         if self
             .staged
             .iter()
@@ -545,6 +601,7 @@ impl Applier {
     /// Fills local chunks, verifies the whole file, and installs it. Call when
     /// [`PendingFile::has_all_remote`].
     pub fn complete(&mut self, pending: &mut PendingFile) -> Result<Completion, SyncError> {
+        self.tree_changing();
         let path = pending.entry.path.clone();
         let mut file = self
             .take_staging(pending)
@@ -618,6 +675,7 @@ impl Applier {
         if staged.is_empty() {
             return Ok(());
         }
+        self.tree_changing();
         let synced = fsync_all(&staged);
         for (staged, synced) in staged.into_iter().zip(synced) {
             let StagedFile {
@@ -941,6 +999,7 @@ impl Applier {
 
     /// Applies a directory or link entry.
     pub fn apply_structural(&mut self, entry: FileEntry) -> Result<(), SyncError> {
+        self.tree_changing();
         self.install_staged()?;
         let rel = entry.path.clone();
         match &entry.kind {
@@ -999,6 +1058,7 @@ impl Applier {
     /// Removes `rel` (a file, link or whole tree) into the archive. Returns false when there was
     /// nothing to remove.
     pub fn delete(&mut self, rel: &str) -> Result<bool, SyncError> {
+        self.tree_changing();
         self.install_staged()?;
         if self.under_link(rel)
             || self.root.symlink_metadata(rel).is_err()
@@ -1096,6 +1156,7 @@ impl Applier {
     /// a directory, as a directory). Returns false when it cannot, and the caller falls back to
     /// an upsert of `entry`.
     pub fn rename(&mut self, from: &str, entry: &FileEntry) -> Result<bool, SyncError> {
+        self.tree_changing();
         self.install_staged()?;
         let to = entry.path.as_str();
         let Some(source) = self.current(from)? else {
@@ -1187,16 +1248,33 @@ impl Applier {
         })
     }
 
-    /// The tree as it is on disk now (a stat-only rescan), as bucket digests for the sender.
+    /// The tree as it is on disk now, as bucket digests for the sender: the last summary again
+    /// when the watcher has counted no change under the root since its scan began (once every
+    /// change made before this call has reached it), else a stat-only rescan.
     pub fn summary(&mut self) -> Result<TreeDigest, SyncError> {
         self.install_staged()?;
+        if let Some(watch) = &self.watch {
+            if self.summary.is_some() && watch.catch_up(WATCH_CATCH_UP_TIMEOUT) {
+                if let Some(known) = self.reusable_summary() {
+                    tracing::debug!("tree unchanged since its last summary: no rescan");
+                    return Ok(known.digest.clone());
+                }
+            }
+        }
+        // Counted before the scan: a change while it runs makes the result stale at once.
+        let changes = self.watch.as_ref().map(TreeWatch::changes);
+        let scanned = Instant::now();
+        self.summary_scans += 1;
         let outcome = self.scanner.scan()?;
         // A few blake3 compressions per entry: spread over every core.
         let keys = crate::summary_keys::entry_keys(&outcome.entries, |s| &s.entry);
-        Ok(TreeDigest::from_keys(
-            summary_bits(keys.len() as u64),
-            &keys,
-        ))
+        let digest = TreeDigest::from_keys(summary_bits(keys.len() as u64), &keys);
+        self.summary = changes.map(|changes| KnownSummary {
+            digest: digest.clone(),
+            changes,
+            scanned,
+        });
+        Ok(digest)
     }
 
     /// Applies mtime and permissions of `wanted` to the file that already has its content.
@@ -2156,6 +2234,55 @@ mod tests {
         );
         assert_eq!(asked[1].len(), 1, "only the altered chunk: {asked:?}");
         assert!(std::fs::read(&path).unwrap() == new);
+    }
+
+    #[test]
+    fn a_summary_is_given_again_without_a_scan_until_something_under_the_root_changes() {
+        let mut slave = slave_with(&[
+            ("mail/a.eml", b"a"),
+            ("Core Services/SwSqlServer/swsql.ini", b"[mysqld]"),
+        ]);
+        slave.applier.watch_tree().expect("cannot watch the root");
+        let first = slave.applier.summary().unwrap();
+        assert_eq!(slave.applier.summary().unwrap(), first);
+        assert_eq!(
+            slave.applier.summary_scans, 1,
+            "nothing changed: no second scan"
+        );
+
+        // swrepl's own state and excluded paths are not the tree.
+        std::fs::write(slave.root.join(".swrepl/notes.txt"), b"x").unwrap();
+        let excluded = slave.root.join("Core Services/SwSqlServer/data");
+        std::fs::create_dir_all(&excluded).unwrap();
+        std::fs::write(excluded.join("t.MYD"), b"rows").unwrap();
+        std::fs::read(slave.root.join("mail/a.eml")).unwrap();
+        assert_eq!(slave.applier.summary().unwrap(), first);
+        assert_eq!(
+            slave.applier.summary_scans, 1,
+            "nothing of the tree changed"
+        );
+
+        // A change by someone else is seen at once (the watcher is caught up first).
+        std::fs::write(slave.root.join("mail/b.eml"), b"b").unwrap();
+        let second = slave.applier.summary().unwrap();
+        assert_ne!(second, first);
+        assert_eq!(slave.applier.summary_scans, 2);
+        assert_eq!(slave.applier.summary().unwrap(), second);
+        assert_eq!(slave.applier.summary_scans, 2);
+
+        // So is a change of the receiver's own, before its events arrive.
+        slave.applier.delete("mail/b.eml").unwrap();
+        assert_eq!(slave.applier.summary().unwrap(), first);
+        assert_eq!(slave.applier.summary_scans, 3);
+    }
+
+    #[test]
+    fn without_a_watcher_every_summary_scans() {
+        let mut slave = slave_with(&[("mail/a.eml", b"a")]);
+        let first = slave.applier.summary().unwrap();
+        assert_eq!(slave.applier.summary().unwrap(), first);
+        assert_eq!(slave.applier.summary_scans, 2);
+        assert!(slave.applier.summary_is_stale());
     }
 
     #[test]

@@ -82,10 +82,15 @@ pub async fn run_receiver(
     let root = options.root.clone();
     let excludes = options.excludes.clone();
     let retention = options.archive_retention;
-    let applier =
-        tokio::task::spawn_blocking(move || Applier::open(&root, &archive, retention, excludes))
-            .await
-            .map_err(|e| SyncError::Internal(e.to_string()))??;
+    let applier = tokio::task::spawn_blocking(move || {
+        let mut applier = Applier::open(&root, &archive, retention, excludes)?;
+        if let Err(e) = applier.watch_tree() {
+            tracing::warn!(root = %root.display(), "{e}: each sender connection will rescan the Slave's tree");
+        }
+        Ok::<_, SyncError>(applier)
+    })
+    .await
+    .map_err(|e| SyncError::Internal(e.to_string()))??;
     let listener = Listener::bind(&options.listen, &options.identity, &options.trusted).await?;
     tracing::info!(listen = %listener.local_addr(), root = %options.root.display(), archive = %applier.archive_path().display(), "receiver ready");
     emit(&events, ReceiverEvent::Listening(listener.local_addr()));
@@ -332,6 +337,7 @@ async fn run_sender_session(
         .await
         .map_err(|e| SyncError::Internal(e.to_string()))?;
     *ctx.applier.lock().await = Some(applier);
+    tokio::spawn(prepare_summary(ctx.applier.clone()));
     let _ = writer_task.await;
     ctx.status.update_now(|s| {
         s.connected = false;
@@ -341,6 +347,32 @@ async fn run_sender_session(
     emit(&ctx.events, ReceiverEvent::SenderGone(peer.to_string()));
     tracing::info!(%peer, "sender disconnected");
     work_result.and(read_result)
+}
+
+/// How long after a session the receiver waits before preparing the next one's summary: the
+/// watcher's events for the session's own changes arrive meanwhile.
+const SUMMARY_PREPARE_DELAY: Duration = Duration::from_millis(200);
+
+/// Prepares the summary the next sender session will ask for, in the quiet after a session
+/// (while the tree stays unchanged, the next session gets it without a walk of the Slave's tree).
+/// Gives way to a session that has taken the tree meanwhile.
+async fn prepare_summary(applier: Arc<Mutex<Option<Applier>>>) {
+    tokio::time::sleep(SUMMARY_PREPARE_DELAY).await;
+    let mut guard = applier.lock_owned().await;
+    if !guard.as_ref().is_some_and(Applier::summary_is_stale) {
+        return;
+    }
+    // The lock is held throughout: a session that comes meanwhile waits for the summary it will
+    // ask for anyway.
+    let prepared = tokio::task::spawn_blocking(move || {
+        if let Some(Err(e)) = guard.as_mut().map(Applier::summary) {
+            tracing::debug!("summary not prepared ahead: {e}");
+        }
+    })
+    .await;
+    if let Err(e) = prepared {
+        tracing::error!("preparing the tree summary failed: {e}");
+    }
 }
 
 /// The blocking half of a sender session: feeds the machine what the reading half received and

@@ -1,7 +1,12 @@
 //! File-system events as hints: any change under the root (outside excluded paths) asks the
 //! sender to rescan; a watcher error or overflow asks for a rescan too, because events were lost.
+//! The receiver watches its own root too ([`TreeWatch`]), to know when its tree has not changed
+//! since it last described it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
@@ -22,6 +27,27 @@ pub fn start(
     excludes: Excludes,
     tx: UnboundedSender<WatchSignal>,
 ) -> Result<WatchHandle, SyncError> {
+    let watcher = watch_root(root, move |root, event| {
+        let signal = match event {
+            Ok(event) if event.need_rescan() => Some(WatchSignal::Rescan),
+            Ok(event) => classify(root, &excludes, event),
+            Err(e) => {
+                tracing::warn!("file watcher error: {e}");
+                Some(WatchSignal::Rescan)
+            }
+        };
+        if let Some(signal) = signal {
+            let _ = tx.send(signal);
+        }
+    })?;
+    Ok(WatchHandle { _watcher: watcher })
+}
+
+/// Watches `root` recursively, handing every event to `handle` with the root as events name it.
+fn watch_root(
+    root: &Path,
+    mut handle: impl FnMut(&Path, &notify::Result<Event>) + Send + 'static,
+) -> Result<notify::RecommendedWatcher, SyncError> {
     // notify reports paths under the watched path made absolute against the current directory
     // (not canonicalized): events are matched against exactly that prefix. With a relative root
     // (`--root master`) every event would otherwise fall outside it and be dropped, leaving only
@@ -35,23 +61,136 @@ pub fn start(
     };
     let root_owned = root.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
-        let signal = match event {
-            Ok(event) if event.need_rescan() => Some(WatchSignal::Rescan),
-            Ok(event) => classify(&root_owned, &excludes, &event),
-            Err(e) => {
-                tracing::warn!("file watcher error: {e}");
-                Some(WatchSignal::Rescan)
-            }
-        };
-        if let Some(signal) = signal {
-            let _ = tx.send(signal);
-        }
+        handle(&root_owned, &event)
     })
     .map_err(|e| SyncError::Watch(e.to_string()))?;
     watcher
         .watch(&root, RecursiveMode::Recursive)
         .map_err(|e| SyncError::Watch(format!("cannot watch {}: {e}", root.display())))?;
-    Ok(WatchHandle { _watcher: watcher })
+    Ok(watcher)
+}
+
+/// Counts changes under a root (outside excluded paths; a lost event or a watcher error counts
+/// as one), so that whoever described the tree can tell later whether it may still stand: the
+/// receiver's tree summary. Events arrive a little after the changes; [`TreeWatch::catch_up`]
+/// waits until every change made before it was called has been counted.
+pub struct TreeWatch {
+    _watcher: notify::RecommendedWatcher,
+    state: Arc<WatchState>,
+    /// Where markers are created: a directory under the root that the excludes leave out.
+    marker_dir: PathBuf,
+}
+
+#[derive(Default)]
+struct WatchState {
+    changes: AtomicU64,
+    /// The highest marker number seen in an event.
+    marker_seen: Mutex<u64>,
+    marker_arrived: Condvar,
+    markers_made: AtomicU64,
+}
+
+/// Name prefix of the marker files [`TreeWatch::catch_up`] creates in its marker directory.
+const MARKER_PREFIX: &str = "watch-marker-";
+
+impl TreeWatch {
+    /// Starts counting changes under `root`. `marker_dir` must be under `root`, existing, and
+    /// excluded by `excludes` (the state directory).
+    pub fn start(
+        root: &Path,
+        excludes: Excludes,
+        marker_dir: &Path,
+    ) -> Result<TreeWatch, SyncError> {
+        let state = Arc::new(WatchState::default());
+        let counted = state.clone();
+        let watcher = watch_root(root, move |root, event| {
+            let changed = match event {
+                Ok(event) if event.need_rescan() => true,
+                Ok(event) => {
+                    counted.note_markers(event);
+                    classify(root, &excludes, event).is_some()
+                }
+                Err(e) => {
+                    tracing::warn!("file watcher error on the receiver's root: {e}");
+                    true
+                }
+            };
+            if changed {
+                counted.changes.fetch_add(1, Ordering::AcqRel);
+            }
+        })?;
+        Ok(TreeWatch {
+            _watcher: watcher,
+            state,
+            marker_dir: marker_dir.to_path_buf(),
+        })
+    }
+
+    /// How many changes have been counted so far: equal counts mean no change in between.
+    pub fn changes(&self) -> u64 {
+        self.state.changes.load(Ordering::Acquire)
+    }
+
+    /// Waits (up to `timeout`) until the watcher has counted every change made before this call:
+    /// it creates a marker file and waits for its event, which one watcher delivers after the
+    /// events of every earlier change. False when the marker's event did not come (the watcher
+    /// is not working): then [`TreeWatch::changes`] cannot be trusted.
+    pub fn catch_up(&self, timeout: Duration) -> bool {
+        let number = self.state.markers_made.fetch_add(1, Ordering::AcqRel) + 1;
+        let marker = self.marker_dir.join(format!("{MARKER_PREFIX}{number}"));
+        if let Err(e) = std::fs::write(&marker, b"") {
+            tracing::debug!(path = %marker.display(), "cannot create a watch marker: {e}");
+            return false;
+        }
+        let deadline = Instant::now() + timeout;
+        let mut seen = self
+            .state
+            .marker_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let arrived = loop {
+            if *seen >= number {
+                break true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            seen = self
+                .state
+                .marker_arrived
+                .wait_timeout(seen, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        };
+        drop(seen);
+        let _ = std::fs::remove_file(&marker);
+        arrived
+    }
+}
+
+impl WatchState {
+    /// Records the markers an event names.
+    fn note_markers(&self, event: &Event) {
+        let newest = event
+            .paths
+            .iter()
+            .filter_map(|p| {
+                p.file_name()?
+                    .to_str()?
+                    .strip_prefix(MARKER_PREFIX)?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max();
+        if let Some(newest) = newest {
+            let mut seen = self.marker_seen.lock().unwrap_or_else(|p| p.into_inner());
+            if newest > *seen {
+                *seen = newest;
+                self.marker_arrived.notify_all();
+            }
+        }
+    }
 }
 
 /// What an event asks for: nothing (only excluded paths), a refresh of the files whose content
@@ -135,6 +274,44 @@ mod tests {
         assert_eq!(
             classify_at(excluded, "Core Services/SwSqlServer/data/t.MYD"),
             None
+        );
+    }
+
+    #[test]
+    fn a_tree_watch_counts_changes_to_the_tree_only_and_catches_up_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let state = root.join(swrepl_tree::STATE_DIR_NAME);
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(root.join("mail")).unwrap();
+        std::fs::write(root.join("mail/a.eml"), b"a").unwrap();
+        let excludes = Excludes::new(&[], true).unwrap();
+        let watch = TreeWatch::start(root, excludes, &state).unwrap();
+        let timeout = Duration::from_secs(30);
+        assert!(watch.catch_up(timeout));
+        let quiet = watch.changes();
+
+        std::fs::read(root.join("mail/a.eml")).unwrap();
+        std::fs::write(state.join("index.db"), b"state").unwrap();
+        assert!(watch.catch_up(timeout), "the marker's event arrives");
+        assert_eq!(
+            watch.changes(),
+            quiet,
+            "reads and swrepl's own state change nothing"
+        );
+        assert!(
+            std::fs::read_dir(&state)
+                .unwrap()
+                .flatten()
+                .all(|e| !e.file_name().to_string_lossy().starts_with(MARKER_PREFIX)),
+            "markers are removed"
+        );
+
+        std::fs::write(root.join("mail/b.eml"), b"b").unwrap();
+        assert!(watch.catch_up(timeout));
+        assert!(
+            watch.changes() > quiet,
+            "a new file is counted by the time catch_up returns"
         );
     }
 
