@@ -1253,12 +1253,13 @@ impl Applier {
     /// change made before this call has reached it), else a stat-only rescan.
     pub fn summary(&mut self) -> Result<TreeDigest, SyncError> {
         self.install_staged()?;
-        if let Some(watch) = &self.watch {
-            if self.summary.is_some() && watch.catch_up(WATCH_CATCH_UP_TIMEOUT) {
-                if let Some(known) = self.reusable_summary() {
-                    tracing::debug!("tree unchanged since its last summary: no rescan");
-                    return Ok(known.digest.clone());
-                }
+        if let (Some(watch), Some(_)) = (&self.watch, &self.summary) {
+            if !watch.catch_up(WATCH_CATCH_UP_TIMEOUT) {
+                tracing::warn!(root = %self.root_path.display(), "the watcher on the Slave's root does not report changes: stopped; every sender connection will rescan the tree");
+                self.watch = None;
+            } else if let Some(known) = self.reusable_summary() {
+                tracing::debug!("tree unchanged since its last summary: no rescan");
+                return Ok(known.digest.clone());
             }
         }
         // Counted before the scan: a change while it runs makes the result stale at once.

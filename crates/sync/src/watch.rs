@@ -4,7 +4,7 @@
 //! since it last described it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::sender::WatchSignal;
 use crate::SyncError;
+
+#[cfg(target_os = "linux")]
+mod inotify;
 
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct WatchHandle {
@@ -73,9 +76,11 @@ fn watch_root(
 /// Counts changes under a root (outside excluded paths; a lost event or a watcher error counts
 /// as one), so that whoever described the tree can tell later whether it may still stand: the
 /// receiver's tree summary. Events arrive a little after the changes; [`TreeWatch::catch_up`]
-/// waits until every change made before it was called has been counted.
+/// waits until every change made before it was called has been counted. On Linux it uses
+/// inotify directly (see `watch/inotify.rs`: no event for a mere open), elsewhere notify.
 pub struct TreeWatch {
-    _watcher: notify::RecommendedWatcher,
+    /// Keeps the watching going; dropping it stops it.
+    _backend: Box<dyn std::any::Any + Send>,
     state: Arc<WatchState>,
     /// Where markers are created: a directory under the root that the excludes leave out.
     marker_dir: PathBuf,
@@ -88,6 +93,8 @@ struct WatchState {
     marker_seen: Mutex<u64>,
     marker_arrived: Condvar,
     markers_made: AtomicU64,
+    /// The watcher stopped working: nothing it counts can be trusted any more.
+    failed: AtomicBool,
 }
 
 /// Name prefix of the marker files [`TreeWatch::catch_up`] creates in its marker directory.
@@ -102,25 +109,9 @@ impl TreeWatch {
         marker_dir: &Path,
     ) -> Result<TreeWatch, SyncError> {
         let state = Arc::new(WatchState::default());
-        let counted = state.clone();
-        let watcher = watch_root(root, move |root, event| {
-            let changed = match event {
-                Ok(event) if event.need_rescan() => true,
-                Ok(event) => {
-                    counted.note_markers(event);
-                    classify(root, &excludes, event).is_some()
-                }
-                Err(e) => {
-                    tracing::warn!("file watcher error on the receiver's root: {e}");
-                    true
-                }
-            };
-            if changed {
-                counted.changes.fetch_add(1, Ordering::AcqRel);
-            }
-        })?;
+        let backend = start_backend(root, excludes, marker_dir, state.clone())?;
         Ok(TreeWatch {
-            _watcher: watcher,
+            _backend: backend,
             state,
             marker_dir: marker_dir.to_path_buf(),
         })
@@ -133,8 +124,8 @@ impl TreeWatch {
 
     /// Waits (up to `timeout`) until the watcher has counted every change made before this call:
     /// it creates a marker file and waits for its event, which one watcher delivers after the
-    /// events of every earlier change. False when the marker's event did not come (the watcher
-    /// is not working): then [`TreeWatch::changes`] cannot be trusted.
+    /// events of every earlier change. False when the marker's event did not come or the watcher
+    /// failed: then [`TreeWatch::changes`] cannot be trusted.
     pub fn catch_up(&self, timeout: Duration) -> bool {
         let number = self.state.markers_made.fetch_add(1, Ordering::AcqRel) + 1;
         let marker = self.marker_dir.join(format!("{MARKER_PREFIX}{number}"));
@@ -149,6 +140,9 @@ impl TreeWatch {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let arrived = loop {
+            if self.state.failed.load(Ordering::Acquire) {
+                break false;
+            }
             if *seen >= number {
                 break true;
             }
@@ -169,27 +163,67 @@ impl TreeWatch {
     }
 }
 
-impl WatchState {
-    /// Records the markers an event names.
-    fn note_markers(&self, event: &Event) {
-        let newest = event
-            .paths
-            .iter()
-            .filter_map(|p| {
-                p.file_name()?
-                    .to_str()?
-                    .strip_prefix(MARKER_PREFIX)?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .max();
-        if let Some(newest) = newest {
-            let mut seen = self.marker_seen.lock().unwrap_or_else(|p| p.into_inner());
-            if newest > *seen {
-                *seen = newest;
-                self.marker_arrived.notify_all();
+#[cfg(target_os = "linux")]
+fn start_backend(
+    root: &Path,
+    excludes: Excludes,
+    marker_dir: &Path,
+    state: Arc<WatchState>,
+) -> Result<Box<dyn std::any::Any + Send>, SyncError> {
+    Ok(Box::new(inotify::start(root, excludes, marker_dir, state)?))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_backend(
+    root: &Path,
+    excludes: Excludes,
+    _marker_dir: &Path,
+    state: Arc<WatchState>,
+) -> Result<Box<dyn std::any::Any + Send>, SyncError> {
+    let watcher = watch_root(root, move |root, event| match event {
+        Ok(event) if event.need_rescan() => state.count_change(),
+        Ok(event) => {
+            for path in &event.paths {
+                if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                    state.note_marker(name);
+                }
+            }
+            if classify(root, &excludes, event).is_some() {
+                state.count_change();
             }
         }
+        Err(e) => state.fail(&e.to_string()),
+    })?;
+    Ok(Box::new(watcher))
+}
+
+impl WatchState {
+    fn count_change(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Records a marker, when `name` is one.
+    fn note_marker(&self, name: &str) {
+        let Some(number) = name
+            .strip_prefix(MARKER_PREFIX)
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let mut seen = self.marker_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if number > *seen {
+            *seen = number;
+            self.marker_arrived.notify_all();
+        }
+    }
+
+    /// The watcher stopped working: counts a change and makes every catch-up fail.
+    fn fail(&self, why: &str) {
+        tracing::warn!("the watcher on the receiver's root failed: {why}");
+        self.failed.store(true, Ordering::Release);
+        self.count_change();
+        let _seen = self.marker_seen.lock().unwrap_or_else(|p| p.into_inner());
+        self.marker_arrived.notify_all();
     }
 }
 
@@ -313,6 +347,53 @@ mod tests {
             watch.changes() > quiet,
             "a new file is counted by the time catch_up returns"
         );
+    }
+
+    #[test]
+    fn a_tree_watch_follows_new_and_moved_in_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let state = root.join(swrepl_tree::STATE_DIR_NAME);
+        let excluded = root.join("Core Services/SwSqlServer/data");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(excluded.join("db1/tables")).unwrap();
+        let excludes = Excludes::new(&[], true).unwrap();
+        let watch = TreeWatch::start(root, excludes, &state).unwrap();
+        let timeout = Duration::from_secs(30);
+        let counted = |what: &str, change: &dyn Fn()| {
+            assert!(watch.catch_up(timeout));
+            let before = watch.changes();
+            change();
+            assert!(watch.catch_up(timeout));
+            assert!(watch.changes() > before, "{what} is counted");
+        };
+        let quiet = |what: &str, change: &dyn Fn()| {
+            assert!(watch.catch_up(timeout));
+            let before = watch.changes();
+            change();
+            assert!(watch.catch_up(timeout));
+            assert_eq!(watch.changes(), before, "{what} is not counted");
+        };
+
+        quiet("a write in an excluded folder", &|| {
+            std::fs::write(excluded.join("db1/tables/t.MYD"), b"rows").unwrap()
+        });
+        // Created together: the inner one may exist before the outer one is watched.
+        counted("new folders", &|| {
+            std::fs::create_dir_all(root.join("mail/2026/11")).unwrap()
+        });
+        counted("a file in the inner new folder", &|| {
+            std::fs::write(root.join("mail/2026/11/a.eml"), b"a").unwrap()
+        });
+        counted("a folder moved out of the excludes", &|| {
+            std::fs::rename(excluded.join("db1"), root.join("mail/db1")).unwrap()
+        });
+        counted("a write in a folder moved in", &|| {
+            std::fs::write(root.join("mail/db1/tables/t.MYD"), b"more rows").unwrap()
+        });
+        quiet("opening and reading a file", &|| {
+            std::fs::read(root.join("mail/2026/11/a.eml")).unwrap();
+        });
     }
 
     /// `path` relative to the current directory (which tests do not change: they share it).
