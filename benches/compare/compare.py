@@ -24,7 +24,9 @@ What it does, in order, and everything on 127.0.0.1 only:
    - no-change resync;
    - a large file (default 1 GiB) added, then a 4 KiB overwrite in its middle, then a 100-byte
      insert in its middle: time and bytes on the wire (swrepl's summary line; rsync --stats
-     "Total bytes sent");
+     "Total bytes sent"). After each swrepl run it waits until the receiver is idle (it prepares
+     the next session's tree summary just after a session), so the peers measured next have the
+     CPU to themselves;
    - live latency: 200 small writes with `swrepl send` watching; time from the write to the file
      holding the right content on the Slave, p50/p99;
    - `swrepl verify MASTER SLAVE` vs `rsync -rcn` (full re-hash of both trees);
@@ -567,6 +569,34 @@ def swrepl_send_once(s: Services, master: Path, state: Path, tag: str) -> Result
                   int(d.group(1)) if d else None)
 
 
+def process_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of a running process, from /proc."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def settle_receiver(s: Services, quiet: float = 0.5, limit: float = 15.0) -> None:
+    """Waits until the swrepl receiver has used no CPU for `quiet` seconds (at most `limit`): it
+    prepares the next session's tree summary shortly after a session ends (200 ms), and the peer
+    measured next should not share the CPU with that."""
+    try:  # s.receiver is /usr/bin/time; swrepl is its child
+        pid = int(open(f"/proc/{s.receiver.pid}/task/{s.receiver.pid}/children").read().split()[0])
+    except (OSError, IndexError, ValueError):
+        return
+    deadline = time.monotonic() + limit
+    last, still_since = process_cpu(pid), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = process_cpu(pid)
+        if now != last:
+            last, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since >= quiet:
+            return
+
+
 def cpu_seconds(time_file: Path) -> float | None:
     try:
         text = time_file.read_text()
@@ -754,6 +784,7 @@ def main() -> int:
         r: dict[str, Result | None] = {}
         drop_caches_hint()
         r["swrepl"] = swrepl_send_once(s, master, state, tag)
+        settle_receiver(s)
         drop_caches_hint()
         r["rsyncd"] = rsync_daemon(s, master, dests["rsyncd"])
         drop_caches_hint()
@@ -835,6 +866,7 @@ def disk_run(s: Services, a, tree: Tree) -> list[tuple[str, dict[str, Result | N
         log(name)
         os.sync()
         r = {"swrepl": swrepl_send_once(disk, master, base / "state", tag)}
+        settle_receiver(disk)
         os.sync()
         r["rsyncd"] = rsync_daemon(s, master, base / "rsyncd")
         os.sync()
