@@ -375,17 +375,17 @@ impl Applier {
     }
 
     /// Watches the root, so that a summary can be given again without a scan while nothing under
-    /// the root changed (a reconnecting sender's full pass then costs the Slave no walk). Without
-    /// a working watcher (none on this file system, too many directories for the OS's limit),
-    /// every summary scans, as before.
-    pub fn watch_tree(&mut self) -> Result<(), SyncError> {
+    /// the root changed (a reconnecting sender's full pass then costs the Slave no walk). False
+    /// where this system has no such watch ([`TreeWatch::AVAILABLE`]); without one (or when it
+    /// fails: too many directories for the OS's limit) every summary scans, as before.
+    pub fn watch_tree(&mut self) -> Result<bool, SyncError> {
+        if !TreeWatch::AVAILABLE {
+            return Ok(false);
+        }
         let markers = self.root_path.join(STATE_DIR_NAME);
-        self.watch = Some(TreeWatch::start(
-            &self.root_path,
-            self.excludes.clone(),
-            &markers,
-        )?);
-        Ok(())
+        let watch = TreeWatch::start(&self.root_path, self.excludes.clone(), &markers)?;
+        self.watch = Some(watch);
+        Ok(true)
     }
 
     /// Whether [`Applier::summary`] would scan: no summary known, or one that may no longer
@@ -2243,7 +2243,9 @@ mod tests {
             ("mail/a.eml", b"a"),
             ("Core Services/SwSqlServer/swsql.ini", b"[mysqld]"),
         ]);
-        slave.applier.watch_tree().expect("cannot watch the root");
+        if !slave.applier.watch_tree().expect("cannot watch the root") {
+            return; // no tree watch on this system: every summary scans (the test below)
+        }
         let first = slave.applier.summary().unwrap();
         assert_eq!(slave.applier.summary().unwrap(), first);
         assert_eq!(

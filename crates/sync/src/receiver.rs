@@ -84,8 +84,15 @@ pub async fn run_receiver(
     let retention = options.archive_retention;
     let applier = tokio::task::spawn_blocking(move || {
         let mut applier = Applier::open(&root, &archive, retention, excludes)?;
-        if let Err(e) = applier.watch_tree() {
-            tracing::warn!(root = %root.display(), "{e}: each sender connection will rescan the Slave's tree");
+        match applier.watch_tree() {
+            Ok(true) => {}
+            Ok(false) => tracing::info!(
+                "no watch of the Slave's tree on this system: each sender connection rescans it"
+            ),
+            Err(e) => tracing::warn!(
+                root = %root.display(),
+                "{e}: each sender connection will rescan the Slave's tree"
+            ),
         }
         Ok::<_, SyncError>(applier)
     })
