@@ -264,7 +264,11 @@ pub struct Applier {
     open_staging: Vec<(String, File)>,
     /// When the index was last committed.
     index_saved: Instant,
-    /// Counts changes under the root, when watching it works here (see [`Applier::watch_tree`]).
+    /// Whether to watch the root (see [`Applier::watch_tree`]).
+    watching: bool,
+    /// Counts changes under the root from a summary's scan until the tree is next changed here:
+    /// only then can a summary stand, and a watch while this receiver writes thousands of files
+    /// would cost it a kernel event for each.
     watch: Option<TreeWatch>,
     /// The last summary, while nothing under the root has changed since its scan began.
     summary: Option<KnownSummary>,
@@ -368,24 +372,21 @@ impl Applier {
             staged: Vec::new(),
             open_staging: Vec::new(),
             index_saved: Instant::now(),
+            watching: false,
             watch: None,
             summary: None,
             summary_scans: 0,
         })
     }
 
-    /// Watches the root, so that a summary can be given again without a scan while nothing under
-    /// the root changed (a reconnecting sender's full pass then costs the Slave no walk). False
-    /// where this system has no such watch ([`TreeWatch::AVAILABLE`]); without one (or when it
-    /// fails: too many directories for the OS's limit) every summary scans, as before.
-    pub fn watch_tree(&mut self) -> Result<bool, SyncError> {
-        if !TreeWatch::AVAILABLE {
-            return Ok(false);
-        }
-        let markers = self.root_path.join(STATE_DIR_NAME);
-        let watch = TreeWatch::start(&self.root_path, self.excludes.clone(), &markers)?;
-        self.watch = Some(watch);
-        Ok(true)
+    /// Watches the root from each summary's scan until the tree is next changed, so that a
+    /// summary can be given again without a scan while nothing under the root changed (a
+    /// reconnecting sender's full pass then costs the Slave no walk). False where this system
+    /// has no such watch ([`TreeWatch::AVAILABLE`]); without one (or once it fails: too many
+    /// directories for the OS's limit) every summary scans, as before.
+    pub fn watch_tree(&mut self) -> bool {
+        self.watching = TreeWatch::AVAILABLE;
+        self.watching
     }
 
     /// Whether [`Applier::summary`] would scan: no summary known, or one that may no longer
@@ -401,9 +402,29 @@ impl Applier {
         })
     }
 
-    /// Forgets the last summary: the tree is being changed.
+    /// Forgets the last summary, and stops watching until the next one: the tree is being
+    /// changed.
     fn tree_changing(&mut self) {
         self.summary = None;
+        self.watch = None;
+    }
+
+    /// Starts watching the root, when it should be and is not yet watched.
+    fn start_watch(&mut self) {
+        if !self.watching || self.watch.is_some() {
+            return;
+        }
+        let markers = self.root_path.join(STATE_DIR_NAME).join("watch");
+        let started = std::fs::create_dir_all(&markers)
+            .map_err(|e| SyncError::Watch(format!("cannot create {}: {e}", markers.display())))
+            .and_then(|()| TreeWatch::start(&self.root_path, self.excludes.clone(), &markers));
+        match started {
+            Ok(watch) => self.watch = Some(watch),
+            Err(e) => {
+                tracing::warn!(root = %self.root_path.display(), "{e}: every sender connection will rescan the Slave's tree");
+                self.watching = false;
+            }
+        }
     }
 
     /// Commits the index's pending writes: at the end of a burst (see
@@ -1257,12 +1278,14 @@ impl Applier {
             if !watch.catch_up(WATCH_CATCH_UP_TIMEOUT) {
                 tracing::warn!(root = %self.root_path.display(), "the watcher on the Slave's root does not report changes: stopped; every sender connection will rescan the tree");
                 self.watch = None;
+                self.watching = false;
             } else if let Some(known) = self.reusable_summary() {
                 tracing::debug!("tree unchanged since its last summary: no rescan");
                 return Ok(known.digest.clone());
             }
         }
-        // Counted before the scan: a change while it runs makes the result stale at once.
+        // Watching and counted before the scan: a change while it runs makes the result stale.
+        self.start_watch();
         let changes = self.watch.as_ref().map(TreeWatch::changes);
         let scanned = Instant::now();
         self.summary_scans += 1;
@@ -2243,7 +2266,7 @@ mod tests {
             ("mail/a.eml", b"a"),
             ("Core Services/SwSqlServer/swsql.ini", b"[mysqld]"),
         ]);
-        if !slave.applier.watch_tree().expect("cannot watch the root") {
+        if !slave.applier.watch_tree() {
             return; // no tree watch on this system: every summary scans (the test below)
         }
         let first = slave.applier.summary().unwrap();

@@ -84,15 +84,10 @@ pub async fn run_receiver(
     let retention = options.archive_retention;
     let applier = tokio::task::spawn_blocking(move || {
         let mut applier = Applier::open(&root, &archive, retention, excludes)?;
-        match applier.watch_tree() {
-            Ok(true) => {}
-            Ok(false) => tracing::info!(
+        if !applier.watch_tree() {
+            tracing::info!(
                 "no watch of the Slave's tree on this system: each sender connection rescans it"
-            ),
-            Err(e) => tracing::warn!(
-                root = %root.display(),
-                "{e}: each sender connection will rescan the Slave's tree"
-            ),
+            );
         }
         Ok::<_, SyncError>(applier)
     })

@@ -13,7 +13,6 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -26,6 +25,12 @@ use crate::SyncError;
 
 /// How often the thread looks up from the inotify descriptor to see whether it should stop.
 const STOP_CHECK: Duration = Duration::from_millis(250);
+
+/// After a read of at least [`BUSY_EVENTS`] events, the thread waits this long before the next
+/// read, so that a busy tree (the receiver installing thousands of files) costs a wakeup per
+/// batch instead of one per event. A quiet tree's events, and so the markers, are read at once.
+const BUSY_PAUSE: Duration = Duration::from_millis(10);
+const BUSY_EVENTS: usize = 64;
 
 /// What is asked of the kernel for each directory.
 fn watch_flags() -> WatchFlags {
@@ -42,18 +47,16 @@ fn watch_flags() -> WatchFlags {
         | WatchFlags::EXCL_UNLINK
 }
 
-/// The watching thread; stopped (and joined) when dropped.
+/// The watching thread; told to stop when dropped.
 pub(super) struct InotifyWatch {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for InotifyWatch {
     fn drop(&mut self) {
+        // Not joined: the receiver drops its watch when it starts changing the tree, and must
+        // not wait for the thread's next look up (it ends within STOP_CHECK, closing inotify).
         self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -135,14 +138,11 @@ pub(super) fn start(
     watched.dirs.insert(wd, watched.marker_rel.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = stop.clone();
-    let thread = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("swrepl-watch".into())
         .spawn(move || follow(watched, &state, &stopping))
         .map_err(|e| SyncError::Watch(format!("cannot start the watching thread: {e}")))?;
-    Ok(InotifyWatch {
-        stop,
-        thread: Some(thread),
-    })
+    Ok(InotifyWatch { stop })
 }
 
 /// Reads events until told to stop, counting changes and markers into `state`. A read error
@@ -159,6 +159,7 @@ fn follow(mut watched: Watched, state: &WatchState, stop: &AtomicBool) {
             Err(e) => return state.fail(&format!("poll: {e}")),
         }
         let mut reader = inotify::Reader::new(&*fd, &mut buf);
+        let mut read = 0;
         loop {
             let (wd, flags, name) = match reader.next() {
                 Ok(event) => (
@@ -166,10 +167,16 @@ fn follow(mut watched: Watched, state: &WatchState, stop: &AtomicBool) {
                     event.events(),
                     event.file_name().map(CStr::to_bytes).map(<[u8]>::to_vec),
                 ),
-                Err(Errno::AGAIN) => break,
+                Err(Errno::AGAIN) => {
+                    if read >= BUSY_EVENTS {
+                        std::thread::sleep(BUSY_PAUSE);
+                    }
+                    break;
+                }
                 Err(Errno::INTR) => continue,
                 Err(e) => return state.fail(&format!("read: {e}")),
             };
+            read += 1;
             if let Err(e) = take_event(&mut watched, state, wd, flags, name) {
                 return state.fail(&e);
             }
