@@ -379,7 +379,8 @@ impl Applier {
         })
     }
 
-    /// Watches the root from each summary's scan until the tree is next changed, so that a
+    /// Watches the root from each prepared summary's scan ([`Applier::prepare_summary`]) until
+    /// the tree is next changed, so that a
     /// summary can be given again without a scan while nothing under the root changed (a
     /// reconnecting sender's full pass then costs the Slave no walk). False where this system
     /// has no such watch ([`TreeWatch::AVAILABLE`]); without one (or once it fails: too many
@@ -407,6 +408,15 @@ impl Applier {
     fn tree_changing(&mut self) {
         self.summary = None;
         self.watch = None;
+    }
+
+    /// Prepares the summary the next session will ask for, between sessions: starts watching
+    /// the root first, so that the summary can stand until something changes. (A summary asked
+    /// for within a session does not start the watch: reading every directory to set it up
+    /// would come on top of the scan, while the sender waits.)
+    pub fn prepare_summary(&mut self) -> Result<(), SyncError> {
+        self.start_watch();
+        self.summary().map(drop)
     }
 
     /// Starts watching the root, when it should be and is not yet watched.
@@ -1284,8 +1294,7 @@ impl Applier {
                 return Ok(known.digest.clone());
             }
         }
-        // Watching and counted before the scan: a change while it runs makes the result stale.
-        self.start_watch();
+        // Counted before the scan: a change while it runs makes the result stale.
         let changes = self.watch.as_ref().map(TreeWatch::changes);
         let scanned = Instant::now();
         self.summary_scans += 1;
@@ -2270,10 +2279,17 @@ mod tests {
             return; // no tree watch on this system: every summary scans (the test below)
         }
         let first = slave.applier.summary().unwrap();
+        assert_eq!(slave.applier.summary_scans, 1);
+        assert!(
+            slave.applier.summary_is_stale(),
+            "a summary within a session does not start the watch"
+        );
+        slave.applier.prepare_summary().unwrap();
+        assert_eq!(slave.applier.summary_scans, 2);
         assert_eq!(slave.applier.summary().unwrap(), first);
         assert_eq!(
-            slave.applier.summary_scans, 1,
-            "nothing changed: no second scan"
+            slave.applier.summary_scans, 2,
+            "nothing changed: no third scan"
         );
 
         // swrepl's own state and excluded paths are not the tree.
@@ -2284,7 +2300,7 @@ mod tests {
         std::fs::read(slave.root.join("mail/a.eml")).unwrap();
         assert_eq!(slave.applier.summary().unwrap(), first);
         assert_eq!(
-            slave.applier.summary_scans, 1,
+            slave.applier.summary_scans, 2,
             "nothing of the tree changed"
         );
 
@@ -2292,14 +2308,18 @@ mod tests {
         std::fs::write(slave.root.join("mail/b.eml"), b"b").unwrap();
         let second = slave.applier.summary().unwrap();
         assert_ne!(second, first);
-        assert_eq!(slave.applier.summary_scans, 2);
-        assert_eq!(slave.applier.summary().unwrap(), second);
-        assert_eq!(slave.applier.summary_scans, 2);
-
-        // So is a change of the receiver's own, before its events arrive.
-        slave.applier.delete("mail/b.eml").unwrap();
-        assert_eq!(slave.applier.summary().unwrap(), first);
         assert_eq!(slave.applier.summary_scans, 3);
+        assert_eq!(slave.applier.summary().unwrap(), second);
+        assert_eq!(slave.applier.summary_scans, 3);
+
+        // A change of the receiver's own stops the watch until the next prepared summary.
+        slave.applier.delete("mail/b.eml").unwrap();
+        assert!(slave.applier.summary_is_stale());
+        assert_eq!(slave.applier.summary().unwrap(), first);
+        assert_eq!(slave.applier.summary_scans, 4);
+        slave.applier.prepare_summary().unwrap();
+        assert_eq!(slave.applier.summary().unwrap(), first);
+        assert_eq!(slave.applier.summary_scans, 5);
     }
 
     #[test]

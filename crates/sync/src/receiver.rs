@@ -367,7 +367,7 @@ async fn prepare_summary(applier: Arc<Mutex<Option<Applier>>>) {
     // The lock is held throughout: a session that comes meanwhile waits for the summary it will
     // ask for anyway.
     let prepared = tokio::task::spawn_blocking(move || {
-        if let Some(Err(e)) = guard.as_mut().map(Applier::summary) {
+        if let Some(Err(e)) = guard.as_mut().map(Applier::prepare_summary) {
             tracing::debug!("summary not prepared ahead: {e}");
         }
     })
