@@ -9,8 +9,6 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io;
-#[cfg(not(unix))]
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -86,7 +84,7 @@ impl PendingFile {
             return Ok(run.to_vec());
         };
         buf.resize(total, 0);
-        if read_exact_at(&mut previous.file, source, buf).is_err() {
+        if read_exact_at(&previous.file, source, buf).is_err() {
             return Ok(run.to_vec()); // shorter than indexed: every chunk is found elsewhere
         }
         self.digest
@@ -1742,7 +1740,7 @@ fn hash_behind(file: &File, len: u64, copied_to: &Watermark) -> Option<Hash> {
         let ready = copied_to.beyond(done)?.min(len);
         while done < ready {
             let n = (ready - done).min(buf.len() as u64) as usize;
-            pread_exact(file, done, &mut buf[..n]).ok()?;
+            read_exact_at(file, done, &mut buf[..n]).ok()?;
             hasher.update(&buf[..n]);
             done += n as u64;
         }
@@ -1762,10 +1760,10 @@ fn copy_range(source: &File, target: &File, run: &CopyRun) -> io::Result<bool> {
     if buf.is_empty() {
         return Ok(true);
     }
-    if pread_exact(source, run.source + done, &mut buf).is_err() {
+    if read_exact_at(source, run.source + done, &mut buf).is_err() {
         return Ok(false);
     }
-    pwrite_all(target, run.target + done, &buf)?;
+    write_at(target, run.target + done, &buf)?;
     Ok(true)
 }
 
@@ -1793,55 +1791,55 @@ fn copy_in_kernel(_source: &File, _target: &File, _run: &CopyRun) -> Option<u64>
     Some(0)
 }
 
-/// `read_exact_at` on a shared handle (several threads may read one file).
-fn pread_exact(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+/// Reads `buf.len()` bytes at `offset`, on a shared handle (several threads may read one file).
+fn read_exact_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
     #[cfg(unix)]
     {
         std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
     }
     #[cfg(windows)]
     {
-        let mut done = 0;
-        while done < buf.len() {
-            // seek_read passes the offset with the read, so concurrent calls do not interfere.
-            match std::os::windows::fs::FileExt::seek_read(
-                file,
-                &mut buf[done..],
-                offset + done as u64,
-            ) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        // seek_read passes the offset with the read, so concurrent calls do not interfere.
+        let len = buf.len();
+        all_at(len, io::ErrorKind::UnexpectedEof, |done| {
+            std::os::windows::fs::FileExt::seek_read(file, &mut buf[done..], offset + done as u64)
+        })
     }
 }
 
-/// `write_all_at` on a shared handle (several threads may write disjoint ranges of one file).
-fn pwrite_all(file: &File, offset: u64, data: &[u8]) -> io::Result<()> {
+/// Writes `data` at `offset`, on a shared handle (several threads may write disjoint ranges of
+/// one file).
+fn write_at(file: &File, offset: u64, data: &[u8]) -> io::Result<()> {
     #[cfg(unix)]
     {
         std::os::unix::fs::FileExt::write_all_at(file, data, offset)
     }
     #[cfg(windows)]
     {
-        let mut done = 0;
-        while done < data.len() {
-            match std::os::windows::fs::FileExt::seek_write(
-                file,
-                &data[done..],
-                offset + done as u64,
-            ) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        all_at(data.len(), io::ErrorKind::WriteZero, |done| {
+            std::os::windows::fs::FileExt::seek_write(file, &data[done..], offset + done as u64)
+        })
     }
+}
+
+/// Repeats `step(done)` (a positional read or write from `done` bytes on) until `len` bytes are
+/// done; a step that does nothing is the error `stuck`.
+#[cfg(windows)]
+fn all_at(
+    len: usize,
+    stuck: io::ErrorKind,
+    mut step: impl FnMut(usize) -> io::Result<usize>,
+) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        match step(done) {
+            Ok(0) => return Err(stuck.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The whole-file hash of a staging file's leading chunks, fed as chunks are written, so that a
@@ -2016,30 +2014,6 @@ fn top_most_paths<'a>(paths: &[&'a str]) -> Vec<&'a str> {
             true
         })
         .collect()
-}
-
-fn write_at(file: &mut File, offset: u64, data: &[u8]) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::FileExt::write_all_at(file, data, offset)
-    }
-    #[cfg(not(unix))]
-    {
-        file.seek(SeekFrom::Start(offset))?;
-        file.write_all(data)
-    }
-}
-
-fn read_exact_at(file: &mut File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-    }
-    #[cfg(not(unix))]
-    {
-        file.seek(SeekFrom::Start(offset))?;
-        file.read_exact(buf)
-    }
 }
 
 fn set_file_metadata(file: &File, entry: &FileEntry) -> io::Result<()> {
@@ -2341,19 +2315,15 @@ mod tests {
         let mut expected = noise(8, 1 << 20);
         expected.extend_from_slice(&source_data[1 << 20..2 << 20]);
         expected.extend_from_slice(&source_data[..1 << 20]);
+        let run = |source: u64, target: u64, len: u64, k: usize| CopyRun {
+            source,
+            target,
+            len,
+            chunks: k..k + 1,
+        };
         let runs = [
-            CopyRun {
-                source: 1 << 20,
-                target: 1 << 20,
-                len: 1 << 20,
-                chunks: 0..1,
-            },
-            CopyRun {
-                source: 0,
-                target: 2 << 20,
-                len: 1 << 20,
-                chunks: 1..2,
-            },
+            run(1 << 20, 1 << 20, 1 << 20, 0),
+            run(0, 2 << 20, 1 << 20, 1),
         ];
         let open_target = |name: &str| {
             let target = File::options()
@@ -2363,7 +2333,7 @@ mod tests {
                 .truncate(true)
                 .open(dir.path().join(name))
                 .unwrap();
-            pwrite_all(&target, 0, &expected[..1 << 20]).unwrap();
+            write_at(&target, 0, &expected[..1 << 20]).unwrap();
             target
         };
 
@@ -2379,18 +2349,8 @@ mod tests {
         // A source shorter than its index said: that run is not copied, and no hash is given
         // (the hashing thread must not wait forever for it).
         let short = [
-            CopyRun {
-                source: 2 << 20,
-                target: 1 << 20,
-                len: 2 << 20,
-                chunks: 0..1,
-            },
-            CopyRun {
-                source: 0,
-                target: 2 << 20,
-                len: 1 << 20,
-                chunks: 1..2,
-            },
+            run(2 << 20, 1 << 20, 2 << 20, 0),
+            run(0, 2 << 20, 1 << 20, 1),
         ];
         let target = open_target("short");
         let (copied, whole) = copy_runs(&source, &target, &short, Some(3 << 20));
