@@ -388,10 +388,10 @@ impl Applier {
         self.watching
     }
 
-    /// Whether [`Applier::summary`] would scan: no summary known, or one that may no longer
-    /// stand. Cheap: it does not wait for the watcher.
-    pub fn summary_is_stale(&self) -> bool {
-        self.reusable_summary().is_none()
+    /// Whether preparing a summary now would spare the next session a scan: the root is
+    /// watched here, and no summary known still stands. Cheap: it does not wait for the watch.
+    pub fn summary_worth_preparing(&self) -> bool {
+        self.watching && self.reusable_summary().is_none()
     }
 
     fn reusable_summary(&self) -> Option<&KnownSummary> {
@@ -2255,7 +2255,7 @@ mod tests {
         let first = slave.applier.summary().unwrap();
         assert_eq!(slave.applier.summary_scans, 1);
         assert!(
-            slave.applier.summary_is_stale(),
+            slave.applier.summary_worth_preparing(),
             "a summary within a session does not start the watch"
         );
         slave.applier.prepare_summary().unwrap();
@@ -2288,7 +2288,7 @@ mod tests {
 
         // A change of the receiver's own stops the watch until the next prepared summary.
         slave.applier.delete("mail/b.eml").unwrap();
-        assert!(slave.applier.summary_is_stale());
+        assert!(slave.applier.summary_worth_preparing());
         assert_eq!(slave.applier.summary().unwrap(), first);
         assert_eq!(slave.applier.summary_scans, 4);
         slave.applier.prepare_summary().unwrap();
@@ -2302,7 +2302,10 @@ mod tests {
         let first = slave.applier.summary().unwrap();
         assert_eq!(slave.applier.summary().unwrap(), first);
         assert_eq!(slave.applier.summary_scans, 2);
-        assert!(slave.applier.summary_is_stale());
+        assert!(
+            !slave.applier.summary_worth_preparing(),
+            "nothing to prepare without a watch"
+        );
     }
 
     #[test]

@@ -351,8 +351,9 @@ async fn run_sender_session(
     work_result.and(read_result)
 }
 
-/// How long after a session the receiver waits before preparing the next one's summary: the
-/// watcher's events for the session's own changes arrive meanwhile.
+/// How long after a session the receiver waits before preparing the next one's summary, so
+/// that a sender reconnecting at once (one `send --once` run after another) is not kept waiting
+/// for it: that session's own summary then skips setting up the watch.
 const SUMMARY_PREPARE_DELAY: Duration = Duration::from_millis(200);
 
 /// Prepares the summary the next sender session will ask for, in the quiet after a session
@@ -361,7 +362,7 @@ const SUMMARY_PREPARE_DELAY: Duration = Duration::from_millis(200);
 async fn prepare_summary(applier: Arc<Mutex<Option<Applier>>>) {
     tokio::time::sleep(SUMMARY_PREPARE_DELAY).await;
     let mut guard = applier.lock_owned().await;
-    if !guard.as_ref().is_some_and(Applier::summary_is_stale) {
+    if !guard.as_ref().is_some_and(Applier::summary_worth_preparing) {
         return;
     }
     // The lock is held throughout: a session that comes meanwhile waits for the summary it will
