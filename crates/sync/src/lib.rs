@@ -8,7 +8,9 @@
 //!   `once`), reconnecting with backoff; returns a [`SendSummary`].
 //! - [`run_receiver`] with [`ReceiverOptions`]: accept, apply atomically under the root, archive
 //!   what is replaced or removed, answer verifiers; reports [`ReceiverEvent`]s to an optional
-//!   channel and keeps `<root>/.swrepl/status.json` ([`ReceiverStatus`]) current.
+//!   channel and keeps `<root>/.swrepl/status.json` ([`ReceiverStatus`]) current. On Linux it
+//!   prepares the next session's tree summary after each session and watches its root (inotify,
+//!   the private `watch` module) so that an unchanged Slave is not walked again.
 //! - [`remote_listing`]: a receiver's tree over the channel, for `swrepl verify --connect`.
 //! - [`RegistrySource`] (a backend factory and the configured keys, in `SenderOptions::registry`
 //!   and `ReceiverOptions::registry`): the registry keys replicated over the same session
