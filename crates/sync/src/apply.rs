@@ -378,11 +378,11 @@ impl Applier {
     }
 
     /// Watches the root from each prepared summary's scan ([`Applier::prepare_summary`]) until
-    /// the tree is next changed, so that a
-    /// summary can be given again without a scan while nothing under the root changed (a
-    /// reconnecting sender's full pass then costs the Slave no walk). False where this system
-    /// has no such watch (only Linux has: see the `watch` module); without one (or once it fails: too many
-    /// directories for the OS's limit) every summary scans, as before.
+    /// the tree is next changed, so that a summary can be given again without a scan while
+    /// nothing under the root changed (a reconnecting sender's full pass then costs the Slave no
+    /// walk). False where this system has no such watch (only Linux has: see the `watch`
+    /// module); without one (or once it fails: too many directories for the OS's limit) every
+    /// summary scans, as before.
     pub fn watch_tree(&mut self) -> bool {
         self.watching = TreeWatch::AVAILABLE;
         self.watching
