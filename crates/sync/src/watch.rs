@@ -77,7 +77,8 @@ fn watch_root(
 /// as one), so that whoever described the tree can tell later whether it may still stand: the
 /// receiver's tree summary. Events arrive a little after the changes; [`TreeWatch::catch_up`]
 /// waits until every change made before it was called has been counted. Linux only, with
-/// inotify directly (see `watch/inotify.rs`: no event for a mere open); see [`TreeWatch::AVAILABLE`].
+/// inotify directly (see `watch/inotify.rs`: no event for a mere open); see
+/// [`TreeWatch::AVAILABLE`].
 pub struct TreeWatch {
     /// Keeps the watching going; dropping it stops it.
     _backend: Box<dyn std::any::Any + Send>,
@@ -107,7 +108,7 @@ impl TreeWatch {
     pub const AVAILABLE: bool = cfg!(target_os = "linux");
 
     /// Starts counting changes under `root`. `marker_dir` must be under `root`, existing, and
-    /// excluded by `excludes` (the state directory).
+    /// excluded by `excludes` (a directory in swrepl's state directory).
     pub fn start(
         root: &Path,
         excludes: Excludes,

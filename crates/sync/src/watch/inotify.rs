@@ -3,8 +3,8 @@
 //! notify also asks the kernel for every open of a file (`IN_OPEN`): each one wakes its thread,
 //! about 5 µs of the receiver's CPU per file that anybody opens under the Slave's root (a
 //! `swrepl verify` of 20 000 files cost the receiver 0.1 s). Here the kernel reports creations,
-//! deletions, writes, attribute changes and moves only, of directories outside the excludes.
-//! swrepl's state directory is watched by itself (for the markers), not below it.
+//! deletions, writes, attribute changes and moves only, of directories outside the excludes,
+//! plus the marker directory (excluded, inside swrepl's state directory), for the markers.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -25,12 +25,6 @@ use crate::SyncError;
 
 /// How often the thread looks up from the inotify descriptor to see whether it should stop.
 const STOP_CHECK: Duration = Duration::from_millis(250);
-
-/// After a read of at least [`BUSY_EVENTS`] events, the thread waits this long before the next
-/// read, so that a busy tree (the receiver installing thousands of files) costs a wakeup per
-/// batch instead of one per event. A quiet tree's events, and so the markers, are read at once.
-const BUSY_PAUSE: Duration = Duration::from_millis(10);
-const BUSY_EVENTS: usize = 64;
 
 /// What is asked of the kernel for each directory.
 fn watch_flags() -> WatchFlags {
@@ -65,7 +59,7 @@ struct Watched {
     fd: Arc<OwnedFd>,
     root: PathBuf,
     excludes: Excludes,
-    /// The state directory, relative to the root: watched alone, for the markers.
+    /// The marker directory, relative to the root: watched alone, for the markers.
     marker_rel: String,
     dirs: HashMap<i32, String>,
 }
@@ -110,7 +104,8 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
-/// Starts watching `root` (and `marker_dir`, its state directory) on a thread of its own.
+/// Starts watching `root` (and `marker_dir`, excluded but watched for the markers) on a thread of
+/// its own.
 pub(super) fn start(
     root: &Path,
     excludes: Excludes,
@@ -159,7 +154,6 @@ fn follow(mut watched: Watched, state: &WatchState, stop: &AtomicBool) {
             Err(e) => return state.fail(&format!("poll: {e}")),
         }
         let mut reader = inotify::Reader::new(&*fd, &mut buf);
-        let mut read = 0;
         loop {
             let (wd, flags, name) = match reader.next() {
                 Ok(event) => (
@@ -167,16 +161,10 @@ fn follow(mut watched: Watched, state: &WatchState, stop: &AtomicBool) {
                     event.events(),
                     event.file_name().map(CStr::to_bytes).map(<[u8]>::to_vec),
                 ),
-                Err(Errno::AGAIN) => {
-                    if read >= BUSY_EVENTS {
-                        std::thread::sleep(BUSY_PAUSE);
-                    }
-                    break;
-                }
+                Err(Errno::AGAIN) => break,
                 Err(Errno::INTR) => continue,
                 Err(e) => return state.fail(&format!("read: {e}")),
             };
-            read += 1;
             if let Err(e) = take_event(&mut watched, state, wd, flags, name) {
                 return state.fail(&e);
             }
@@ -204,7 +192,7 @@ fn take_event(
     if flags.contains(ReadFlags::IGNORED) {
         let dir = watched.dirs.remove(&wd);
         if dir.as_deref() == Some("") || dir.as_deref() == Some(watched.marker_rel.as_str()) {
-            return Err("the root or the state directory is gone".into());
+            return Err("the root or the marker directory is gone".into());
         }
         return Ok(());
     }
