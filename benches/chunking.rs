@@ -10,9 +10,10 @@
 //!   hashed without chunking by a single reader (what hashing it cost before segments).
 //!
 //! - `rechunk <N>MiB after …`: the same file after a 4 KiB overwrite and after a 100-byte
-//!   insert in the middle, chunked in full (`full`) and from its previous chunk list
-//!   (`with previous chunks`, `rechunk_file`): what the scanner pays for a small edit in a large
-//!   file that the index knows.
+//!   insert in the middle, chunked in full (`full`), from its previous chunk list and segment
+//!   values (`with previous chunks`, `rechunk_file`: what the scanner pays for a small edit in a
+//!   large file that the index knows), and from the chunk list alone (`… without segment values`:
+//!   every old chunk hashed).
 //!
 //! Run: `cargo bench --bench chunking` (a minute or two; the file is removed afterwards).
 
@@ -83,9 +84,11 @@ fn rechunk_after_edit(c: &mut Criterion) {
         data.extend_from_slice(&noise(i, 1024 * 1024));
     }
     std::fs::write(&path, &data).expect("cannot write the file");
-    let previous = swrepl_tree::chunk_file(&path)
-        .expect("cannot chunk the file")
-        .chunks;
+    let previous = swrepl_tree::chunk_file(&path).expect("cannot chunk the file");
+    let chunks_only = swrepl_tree::Chunked {
+        segment_cvs: Vec::new(),
+        ..previous.clone()
+    };
     let middle = data.len() / 2;
     let mut overwritten = data.clone();
     overwritten[middle..middle + 4096].copy_from_slice(&noise(u64::MAX, 4096));
@@ -104,15 +107,17 @@ fn rechunk_after_edit(c: &mut Criterion) {
         group.bench_function(format!("rechunk {mib}MiB after {edit}: full"), |b| {
             b.iter(|| swrepl_tree::chunk_file(black_box(&path)).expect("cannot chunk the file"))
         });
-        group.bench_function(
-            format!("rechunk {mib}MiB after {edit}: with previous chunks"),
-            |b| {
+        for (what, previous) in [
+            ("with previous chunks", &previous),
+            ("with previous chunks without segment values", &chunks_only),
+        ] {
+            group.bench_function(format!("rechunk {mib}MiB after {edit}: {what}"), |b| {
                 b.iter(|| {
-                    swrepl_tree::rechunk_file(black_box(&path), black_box(&previous))
+                    swrepl_tree::rechunk_file(black_box(&path), black_box(previous))
                         .expect("cannot chunk the file")
                 })
-            },
-        );
+            });
+        }
     }
     group.finish();
 }

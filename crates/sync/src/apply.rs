@@ -522,16 +522,22 @@ impl Applier {
         if !matches!(entry.kind, EntryKind::File) {
             return Ok(Prepared::Structural(entry));
         }
-        if let Some(current) = self.current(&entry.path)? {
+        let current = self.current(&entry.path)?;
+        if let Some(current) = &current {
             if current.entry.kind == EntryKind::File
                 && current.entry.size == entry.size
                 && current.entry.file_hash == entry.file_hash
             {
-                self.refresh_metadata(&current, &entry)?;
+                self.refresh_metadata(current, &entry)?;
                 return Ok(Prepared::UpToDate(entry));
             }
         }
-        let (pending, need) = self.start_file(entry, requested)?;
+        // An edited file mostly holds its own previous chunks: those need no index query (for a
+        // large file, tens of thousands of them before the first chunk can be asked for).
+        let previous_chunks: HashSet<Hash> = current
+            .map(|current| current.entry.chunks.iter().map(|c| c.hash).collect())
+            .unwrap_or_default();
+        let (pending, need) = self.start_file(entry, &previous_chunks, requested)?;
         Ok(Prepared::File {
             pending: Box::new(pending),
             need,
@@ -541,6 +547,7 @@ impl Applier {
     fn start_file(
         &mut self,
         entry: FileEntry,
+        previous_chunks: &HashSet<Hash>,
         requested: &mut HashSet<Hash>,
     ) -> Result<(PendingFile, Vec<u32>), SyncError> {
         self.staging_counter += 1;
@@ -566,7 +573,8 @@ impl Applier {
             let i = i as u32;
             if let Some(waiting) = awaiting.get_mut(&chunk.hash) {
                 waiting.push(i);
-            } else if requested.contains(&chunk.hash)
+            } else if previous_chunks.contains(&chunk.hash)
+                || requested.contains(&chunk.hash)
                 || self.scanner.index().has_chunk(&chunk.hash)?
             {
                 local.push(i);

@@ -43,6 +43,11 @@ pub struct Chunked {
     pub file_hash: Hash,
     /// Bytes read.
     pub size: u64,
+    /// When the file was hashed in segments (8 MiB, from its start; large files): each
+    /// segment's blake3 chaining value, the subtree the whole-file hash is built from. Empty
+    /// otherwise. Given back to [`rechunk_file`] after an edit, it shows which segments hold the
+    /// same bytes as before without hashing their chunks.
+    pub segment_cvs: Vec<Hash>,
 }
 
 /// blake3 of `data`.
@@ -60,29 +65,36 @@ pub fn chunk_file(path: &Path) -> std::io::Result<Chunked> {
     chunk_reader_with_progress(std::fs::File::open(path)?, &mut |_| {})
 }
 
-/// Chunks and hashes the file at `path` exactly like [`chunk_file`], using `previous` (the
-/// file's chunk list from before it changed, e.g. from the index) to skip the content-defined
-/// scan wherever the old chunks are still there: each is taken only once its bytes hash to its
-/// recorded hash (see the `rechunk` module). A stale, damaged or unrelated list only costs the
-/// hashing of the candidates that fail.
-pub fn rechunk_file(path: &Path, previous: &[ChunkRef]) -> std::io::Result<Chunked> {
-    rechunk_reader_with_progress(std::fs::File::open(path)?, previous, &mut |_| {})
+/// Chunks and hashes the file at `path` exactly like [`chunk_file`], using `previous` (what
+/// chunking the file gave before it changed, e.g. as the index recorded it) to skip the
+/// content-defined scan wherever the old chunks are still there: each is taken once its bytes
+/// hash to its recorded hash, or without hashing when the whole segment it lies in hashes to the
+/// recorded segment value (see the `rechunk` module). A stale, damaged or unrelated list only
+/// costs the hashing of the candidates that fail.
+pub fn rechunk_file(path: &Path, previous: &Chunked) -> std::io::Result<Chunked> {
+    rechunk_reader_with_progress(
+        std::fs::File::open(path)?,
+        &previous.chunks,
+        &previous.segment_cvs,
+        &mut |_| {},
+    )
 }
 
 /// Files shorter than this are chunked in full even when their previous chunks are known: the
 /// scan costs well under a millisecond there.
 pub(crate) const RECHUNK_MIN_LEN: u64 = 1024 * 1024;
 
-/// [`chunk_reader_with_progress`] with the previous chunk list of the file, as [`rechunk_file`]
-/// uses it; large files on all cores.
+/// [`chunk_reader_with_progress`] with the previous chunk list (and segment values) of the
+/// file, as [`rechunk_file`] uses them; large files on all cores.
 pub(crate) fn rechunk_reader_with_progress(
     file: std::fs::File,
     previous: &[ChunkRef],
+    previous_segments: &[Hash],
     progress: &mut dyn FnMut(u64),
 ) -> std::io::Result<Chunked> {
     let len = file.metadata()?.len();
     if len >= RECHUNK_MIN_LEN {
-        if let Some(previous) = rechunk::Previous::new(previous) {
+        if let Some(previous) = rechunk::Previous::new(previous, previous_segments) {
             let workers = if len >= PARALLEL_MIN_LEN {
                 segment_workers()
             } else {
@@ -96,7 +108,7 @@ pub(crate) fn rechunk_reader_with_progress(
                 workers,
                 &mut *progress,
             )?;
-            if let Some(chunked) = rechunked {
+            if let Some((chunked, _)) = rechunked {
                 return Ok(chunked);
             }
             tracing::debug!("file changed length while rechunked; chunking it in one pass");
@@ -263,6 +275,7 @@ fn chunk_stream<R: Read>(
         chunks,
         file_hash: only_chunk.unwrap_or_else(|| *whole.finalize().as_bytes()),
         size,
+        segment_cvs: Vec::new(),
     })
 }
 
@@ -530,6 +543,7 @@ fn chunk_segments<S: ReadAt + ?Sized>(
             chunks,
             file_hash: root_hash(&subtrees, len, segment_len as u64),
             size: len,
+            segment_cvs: subtrees,
         })),
         Err(e) if is_length_changed(&e) => Ok(None),
         Err(e) => Err(e),
@@ -686,20 +700,45 @@ mod tests {
             chunks,
             file_hash: hash_bytes(data),
             size: data.len() as u64,
+            segment_cvs: Vec::new(),
         }
+    }
+
+    /// The chaining values of `data`'s segments, computed independently: none for one segment.
+    pub(super) fn segment_cvs(data: &[u8], segment_len: usize) -> Vec<Hash> {
+        if data.len() <= segment_len {
+            return Vec::new();
+        }
+        data.chunks(segment_len)
+            .enumerate()
+            .map(|(k, segment)| {
+                let mut hasher = blake3::Hasher::new();
+                hasher.set_input_offset((k * segment_len) as u64);
+                hasher.update(segment);
+                hasher.finalize_non_root()
+            })
+            .collect()
     }
 
     /// Segments small enough that a few MiB make many of them.
     pub(super) const SMALL_SEGMENT: usize = CHUNK_MAX as usize;
 
+    /// `chunk_segments` of `data`, with its segment values checked, then dropped (so that the
+    /// result compares with [`reference`], which has none).
     fn chunk_in_segments(data: &[u8], segment_len: usize, workers: usize) -> Chunked {
         let mut progressed = 0;
-        let chunked = chunk_segments(data, data.len() as u64, segment_len, workers, &mut |n| {
+        let mut chunked = chunk_segments(data, data.len() as u64, segment_len, workers, &mut |n| {
             progressed += n
         })
         .unwrap()
         .expect("at least two segments and a source that does not change");
         assert_eq!(progressed, data.len() as u64);
+        assert_eq!(
+            chunked.segment_cvs,
+            segment_cvs(data, segment_len),
+            "segment values"
+        );
+        chunked.segment_cvs.clear();
         chunked
     }
 

@@ -50,7 +50,15 @@ CREATE TABLE IF NOT EXISTS chunks (
 );
 CREATE INDEX IF NOT EXISTS chunks_by_hash ON chunks(hash);
 CREATE INDEX IF NOT EXISTS chunks_by_path ON chunks(path);
+CREATE TABLE IF NOT EXISTS segments (
+    path      TEXT PRIMARY KEY NOT NULL,
+    file_hash BLOB NOT NULL,
+    cvs       BLOB NOT NULL
+) WITHOUT ROWID;
 ";
+
+/// Tables keyed by path, which follow an entry when it is removed or renamed.
+const PATH_TABLES: [&str; 3] = ["entries", "chunks", "segments"];
 
 const ENTRY_COLUMNS: &str =
     "path, kind, link_target, size, mtime_ns, unix_mode, win_attr, file_hash, file_id, chunks";
@@ -363,7 +371,7 @@ impl Index {
         self.write(|conn| {
             remove_tree_in(conn, to)?;
             let (lo, hi) = subtree_bounds(from);
-            for table in ["entries", "chunks"] {
+            for table in PATH_TABLES {
                 // length() and substr() both count characters, so the prefix cut is exact.
                 let sql = format!(
                     "UPDATE {table} SET path = ?1 || substr(path, length(?2) + 1)
@@ -373,6 +381,46 @@ impl Index {
             }
             Ok(())
         })
+    }
+
+    /// Records the segment chaining values of the file at `rel` with content `file_hash` (see
+    /// [`crate::Chunked::segment_cvs`]), replacing what was recorded for `rel`.
+    pub fn put_segments(
+        &mut self,
+        rel: &str,
+        file_hash: &Hash,
+        cvs: &[Hash],
+    ) -> Result<(), TreeError> {
+        self.write(|conn| {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO segments (path, file_hash, cvs) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![rel, &file_hash[..], cvs.concat()])?;
+            Ok(())
+        })
+    }
+
+    /// The segment chaining values recorded for `rel`, if they were recorded for content
+    /// `file_hash` (the file's current entry); empty otherwise.
+    pub fn segments(&self, rel: &str, file_hash: &Hash) -> Result<Vec<Hash>, TreeError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT file_hash, cvs FROM segments WHERE path = ?1")?;
+        let mut rows = stmt.query([rel])?;
+        let Some(row) = rows.next()? else {
+            return Ok(Vec::new());
+        };
+        if blob_at(row, 0)? != Some(&file_hash[..]) {
+            return Ok(Vec::new());
+        }
+        let cvs = blob_at(row, 1)?.unwrap_or_default();
+        if cvs.len() % 32 != 0 {
+            return Err(corrupt("segment values not a multiple of 32 bytes"));
+        }
+        Ok(cvs
+            .chunks_exact(32)
+            .map(|cv| cv.try_into().expect("32-byte chunks"))
+            .collect())
     }
 
     /// Whether a chunk with `hash` was seen anywhere (cheaper than [`Index::find_chunk`]: no
@@ -505,7 +553,7 @@ fn subtree_bounds(rel: &str) -> (String, String) {
 
 fn remove_tree_in(conn: &Connection, rel: &str) -> Result<(), TreeError> {
     let (lo, hi) = subtree_bounds(rel);
-    for table in ["entries", "chunks"] {
+    for table in PATH_TABLES {
         let sql = format!("DELETE FROM {table} WHERE path = ?1 OR (path >= ?2 AND path < ?3)");
         conn.prepare_cached(&sql)?.execute(params![rel, lo, hi])?;
     }
@@ -513,10 +561,10 @@ fn remove_tree_in(conn: &Connection, rel: &str) -> Result<(), TreeError> {
 }
 
 fn remove_exact(conn: &Connection, rel: &str) -> Result<(), TreeError> {
-    conn.prepare_cached("DELETE FROM entries WHERE path = ?1")?
-        .execute([rel])?;
-    conn.prepare_cached("DELETE FROM chunks WHERE path = ?1")?
-        .execute([rel])?;
+    for table in PATH_TABLES {
+        conn.prepare_cached(&format!("DELETE FROM {table} WHERE path = ?1"))?
+            .execute([rel])?;
+    }
     Ok(())
 }
 
@@ -858,5 +906,36 @@ mod tests {
         assert!(index.get("Älogs/a.txt").unwrap().is_some());
         assert!(index.get("Älogs/A.txt").unwrap().is_none());
         assert!(index.rename_tree("Älogs", "Älogs/inner").is_err());
+    }
+
+    #[test]
+    fn segment_values_are_given_for_their_content_only_and_follow_their_path() {
+        let mut index = Index::open_in_memory().unwrap();
+        let cvs = [[1u8; 32], [2; 32], [3; 32]];
+        index.put(&file("Logs/big.bin", 1, &[(4, 8)])).unwrap();
+        index.put_segments("Logs/big.bin", &[9; 32], &cvs).unwrap();
+        assert_eq!(index.segments("Logs/big.bin", &[9; 32]).unwrap(), cvs);
+        assert!(index.segments("Logs/big.bin", &[8; 32]).unwrap().is_empty());
+        assert!(index
+            .segments("Logs/other.bin", &[9; 32])
+            .unwrap()
+            .is_empty());
+        index
+            .put_segments("Logs/big.bin", &[8; 32], &cvs[..1])
+            .unwrap();
+        assert!(index.segments("Logs/big.bin", &[9; 32]).unwrap().is_empty());
+        assert_eq!(index.segments("Logs/big.bin", &[8; 32]).unwrap(), cvs[..1]);
+
+        index.rename_tree("Logs", "Old logs").unwrap();
+        assert!(index.segments("Logs/big.bin", &[8; 32]).unwrap().is_empty());
+        assert_eq!(
+            index.segments("Old logs/big.bin", &[8; 32]).unwrap(),
+            cvs[..1]
+        );
+        index.remove_tree("Old logs").unwrap();
+        assert!(index
+            .segments("Old logs/big.bin", &[8; 32])
+            .unwrap()
+            .is_empty());
     }
 }

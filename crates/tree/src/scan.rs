@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::chunk::RECHUNK_MIN_LEN;
+use crate::chunk::{Chunked, RECHUNK_MIN_LEN, SEGMENT_LEN};
 use crate::diff::{by_path, settle, Found, Unseen};
 use crate::locked::{LockedFile, LockedSet};
 use crate::parallel::parallel_map_costliest_first;
@@ -221,14 +221,22 @@ impl Scanner {
         let hook = after_read.as_ref();
         let mut read_problems = Vec::new();
         for batch in to_read.chunks(READ_BATCH) {
+            // A changed file's previous chunks spare most of the chunking of a small edit, and
+            // its segment values most of the hashing of its chunks.
+            let work: Vec<(&Unknown, Vec<Hash>)> = batch
+                .iter()
+                .map(|slot| {
+                    let segments = slot.at.map(|i| previous_segments(index, &prev[i]));
+                    (slot, segments.unwrap_or_default())
+                })
+                .collect();
             let results = parallel_map_costliest_first(
-                batch,
-                |slot| edits[slot.edit].entry.size,
-                |slot| {
+                &work,
+                |(slot, _)| edits[slot.edit].entry.size,
+                |(slot, segments)| {
                     let item = located_file(root, &edits[slot.edit]);
-                    // A changed file's previous chunks spare most of the chunking of a small edit.
                     let previous = slot.at.map_or(&[][..], |i| &prev[i].entry.chunks[..]);
-                    read_stable_reusing(&item, previous, hook, &mut |_| {})
+                    read_stable_reusing(&item, previous, segments, hook, &mut |_| {})
                 },
             );
             for (slot, result) in batch.iter().zip(results) {
@@ -239,6 +247,7 @@ impl Scanner {
                         outcome.files_hashed += 1;
                         outcome.bytes_hashed += content.size;
                         locked.resolved(path);
+                        record_segments(index, path, &content);
                         set_content(scanned, &content.chunks, content.file_hash);
                         mark_edited(&mut found, slot.at);
                         continue;
@@ -311,6 +320,10 @@ impl Scanner {
                 path: p.path,
                 reason: p.reason,
             })?;
+        let previous = match item.kind {
+            ItemKind::File => previous_content(&self.index, rel, item.size),
+            _ => Previous::default(),
+        };
         let entry = match item.kind {
             ItemKind::File if self.locked.waiting(rel, Instant::now()) => {
                 return Err(TreeError::Locked {
@@ -319,12 +332,14 @@ impl Scanner {
             }
             ItemKind::File => match read_stable_reusing(
                 &item,
-                &previous_chunks(&self.index, rel, item.size),
+                &previous.chunks,
+                &previous.segment_cvs,
                 self.after_read.as_ref(),
                 &mut |_| {},
             ) {
                 Ok(content) => {
                     self.locked.resolved(rel);
+                    record_segments(&mut self.index, rel, &content);
                     item.entry(Some(&content))
                 }
                 Err(ReadFailure::Locked(e)) => {
@@ -355,19 +370,54 @@ impl Scanner {
     }
 }
 
-/// The chunks `index` records for the file at `rel` (nothing for a file too small to gain from
-/// them): a cache, so an index that cannot answer just means a full read.
-fn previous_chunks(index: &Index, rel: &str, size: u64) -> Vec<ChunkRef> {
+/// What `index` records of the content of the file at `rel` (nothing for a file too small to
+/// gain from it): a cache, so an index that cannot answer just means a full read.
+fn previous_content(index: &Index, rel: &str, size: u64) -> Previous {
     if size < RECHUNK_MIN_LEN {
-        return Vec::new();
+        return Previous::default();
     }
     match index.get(rel) {
-        Ok(Some(known)) => known.entry.chunks,
-        Ok(None) => Vec::new(),
+        Ok(Some(known)) => Previous {
+            segment_cvs: previous_segments(index, &known),
+            chunks: known.entry.chunks,
+        },
+        Ok(None) => Previous::default(),
         Err(e) => {
             tracing::debug!(path = rel, error = %e, "previous chunks unavailable; reading in full");
-            Vec::new()
+            Previous::default()
         }
+    }
+}
+
+/// A file's previous chunk list and segment values.
+#[derive(Default)]
+struct Previous {
+    chunks: Vec<ChunkRef>,
+    segment_cvs: Vec<Hash>,
+}
+
+/// The segment values `index` records for `known`'s content (none for a file of one segment,
+/// which has none, without asking).
+fn previous_segments(index: &Index, known: &ScannedEntry) -> Vec<Hash> {
+    if known.entry.size <= SEGMENT_LEN as u64 {
+        return Vec::new();
+    }
+    index
+        .segments(&known.entry.path, &known.entry.file_hash)
+        .unwrap_or_else(|e| {
+            tracing::debug!(path = %known.entry.path, error = %e, "segment values unavailable");
+            Vec::new()
+        })
+}
+
+/// Keeps the segment values of a file just read for its next rechunk (a cache: a failure to
+/// record them only costs hashing next time).
+fn record_segments(index: &mut Index, rel: &str, content: &Chunked) {
+    if content.segment_cvs.is_empty() {
+        return;
+    }
+    if let Err(e) = index.put_segments(rel, &content.file_hash, &content.segment_cvs) {
+        tracing::debug!(path = rel, error = %e, "segment values not recorded");
     }
 }
 

@@ -663,16 +663,17 @@ pub(crate) fn read_stable(
 }
 
 /// Like [`read_stable`], for a file whose content changed since it was chunked into `previous`
-/// (its chunk list from the index): the old chunks still there are confirmed by their hashes
+/// (its chunk list and segment values from the index): the old chunks still there are confirmed
 /// instead of scanned for (see [`crate::rechunk_file`]); the result is the same.
 pub(crate) fn read_stable_reusing(
     item: &WalkItem,
     previous: &[ChunkRef],
+    previous_segments: &[Hash],
     after_read: Option<&AfterReadHook>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Chunked, ReadFailure> {
     read_checked(item, after_read, |file| {
-        let chunked = rechunk_reader_with_progress(file, previous, progress)?;
+        let chunked = rechunk_reader_with_progress(file, previous, previous_segments, progress)?;
         let size = chunked.size;
         Ok((chunked, size))
     })

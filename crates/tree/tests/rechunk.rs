@@ -81,6 +81,45 @@ fn edits_in_the_middle_of_indexed_files_are_described_as_by_an_empty_index() {
     assert_eq!(out.entries, fresh_scan(root).entries);
 }
 
+/// A file of three segments (8 MiB each) is rechunked with the segment values its previous read
+/// recorded; what comes out is still what an empty index gives, and the values go with the file.
+#[test]
+fn segment_values_recorded_by_one_rescan_serve_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let path = root.join("calls.idx");
+    let len = 20 << 20;
+    fs::write(&path, noise(len, 11)).unwrap();
+    let mut s = scanner(root);
+    s.scan().unwrap();
+    let recorded = |s: &Scanner| {
+        let entry = s.index().get("calls.idx").unwrap().expect("indexed").entry;
+        s.index().segments("calls.idx", &entry.file_hash).unwrap()
+    };
+
+    for (round, at) in [(0, len / 2), (1, 3 << 20), (2, len - 100)] {
+        overwrite(&path, at as u64, &noise(4096.min(len - at), round));
+        touch(&path, 1_000_000 + round as i64);
+        let out = s.scan().unwrap();
+        assert_eq!(out.files_hashed, 1, "round {round}");
+        assert_eq!(out.entries, fresh_scan(root).entries, "round {round}");
+        assert_eq!(
+            recorded(&s).len(),
+            3,
+            "round {round}: one value per segment"
+        );
+    }
+
+    fs::remove_file(&path).unwrap();
+    let entry = s.index().get("calls.idx").unwrap().unwrap().entry;
+    s.scan().unwrap();
+    assert!(s
+        .index()
+        .segments("calls.idx", &entry.file_hash)
+        .unwrap()
+        .is_empty());
+}
+
 #[test]
 fn refresh_of_an_edited_indexed_file_is_described_as_by_an_empty_index() {
     let tmp = tempfile::tempdir().unwrap();

@@ -31,7 +31,16 @@
 //! in-order stitch then walks the true sequence through the segment, taking confirmed chunks
 //! where it meets them and cutting (and trying other candidates) itself in between.
 //!
-//! The previous list is a cache: nothing in it is trusted without the hash check, a list that
+//! A segment can spare even that hashing: when the previous version was hashed in segments, its
+//! segment chaining values (the blake3 subtrees the whole-file hash is built from, computed here
+//! anyway) say which segments still hold exactly the same bytes at the same offsets. An old chunk
+//! lying wholly inside such a segment, at its old offset, has the bytes it was cut from, so only
+//! condition 2 is checked: a 4 KiB edit of a large file hashes its bytes once (for the whole-file
+//! hash) rather than twice. Here the recorded chunk hashes are believed where their segment is
+//! unchanged; they were recorded from the same read as the segment values, and a wrong one
+//! surfaces when the chunk is read to be sent (its hash is checked then).
+//!
+//! The previous list is a cache: nothing in it is trusted without a hash check, a list that
 //! cannot be a chunk list (a chunk of no bytes, or over `CHUNK_MAX`) is ignored whole, and a
 //! stale or unrelated list only costs the hashing of candidates that fail. What the hash cannot
 //! show is whether the list's cuts came from this chunker at all (condition 1 is taken from the
@@ -57,6 +66,8 @@ const MAX: usize = CHUNK_MAX as usize;
 /// A previous chunk list, with the offset each chunk started at.
 pub(super) struct Previous<'a> {
     chunks: &'a [ChunkRef],
+    /// The previous version's segment chaining values (empty when unknown).
+    segment_cvs: &'a [Hash],
     /// Start of each chunk, strictly increasing.
     starts: Vec<u64>,
     /// The size the list describes (the sum of its lengths).
@@ -66,7 +77,7 @@ pub(super) struct Previous<'a> {
 impl<'a> Previous<'a> {
     /// `None` when the list is empty or cannot be a chunk list (a chunk of no bytes or longer
     /// than `CHUNK_MAX`): the index holding it is damaged, so none of it is used.
-    pub(super) fn new(chunks: &'a [ChunkRef]) -> Option<Previous<'a>> {
+    pub(super) fn new(chunks: &'a [ChunkRef], segment_cvs: &'a [Hash]) -> Option<Previous<'a>> {
         if chunks.is_empty() {
             return None;
         }
@@ -81,6 +92,7 @@ impl<'a> Previous<'a> {
         }
         Some(Previous {
             chunks,
+            segment_cvs,
             starts,
             total,
         })
@@ -178,6 +190,8 @@ struct SegmentCheck {
     /// chunk if the true sequence has a chunk starting at its offset.
     guessed: Vec<(u64, ChunkRef)>,
     whole: WholeHash,
+    /// Bytes of old chunks taken because their segment is unchanged, without hashing them.
+    unhashed: u64,
 }
 
 /// A segment's part of the whole-file hash.
@@ -200,15 +214,26 @@ fn likely_shifts(previous: &Previous, len: u64) -> Vec<i128> {
 }
 
 impl SegmentCheck {
+    /// `recorded` is the previous version's chaining value of this segment, if known.
     fn analyse(
         segment: SegmentData,
         single: bool,
+        recorded: Option<&Hash>,
         previous: &Previous,
         shifts: &[i128],
         cutter: &Cutter,
     ) -> SegmentCheck {
         let mut whole = WholeHashing::new(&segment, single);
-        let tried = verify_candidates(&segment, previous, shifts, cutter, &mut whole);
+        let unchanged = recorded.is_some_and(|cv| !single && whole.subtree(&segment) == *cv);
+        let mut unhashed = 0;
+        let tried = verify_candidates(
+            &segment,
+            previous,
+            shifts,
+            cutter,
+            &mut whole,
+            unchanged.then_some(&mut unhashed),
+        );
         let guessed = cut_gaps(&segment, previous, &tried, cutter, &mut whole);
         let whole = whole.finish(&segment);
         SegmentCheck {
@@ -216,6 +241,7 @@ impl SegmentCheck {
             tried,
             guessed,
             whole,
+            unhashed,
         }
     }
 }
@@ -253,6 +279,12 @@ impl WholeHashing {
         }
     }
 
+    /// The segment's subtree chaining value (hashing all of it now).
+    fn subtree(&mut self, segment: &SegmentData) -> ChainingValue {
+        self.hash_to(segment, segment.end);
+        self.hasher.finalize_non_root()
+    }
+
     fn finish(mut self, segment: &SegmentData) -> WholeHash {
         self.hash_to(segment, segment.end);
         if self.single {
@@ -266,13 +298,16 @@ impl WholeHashing {
 /// Tries the old chunks that would start in `segment` under `shifts`, in offset order. After a
 /// chunk is confirmed, candidates that overlap it are skipped (the chain of confirmed chunks
 /// is most likely the true sequence), so each byte is hashed about once where content did not
-/// change; where it did, every candidate is tried until one is confirmed again.
+/// change; where it did, every candidate is tried until one is confirmed again. `unchanged`
+/// (present when the segment holds the previous version's bytes) counts the bytes of old chunks
+/// taken at their old offsets without hashing them.
 fn verify_candidates(
     segment: &SegmentData,
     previous: &Previous,
     shifts: &[i128],
     cutter: &Cutter,
     whole: &mut WholeHashing,
+    mut unchanged: Option<&mut u64>,
 ) -> Vec<Tried> {
     // For each shift, the next old chunk to try: the first whose shifted start is at or past
     // `frontier`.
@@ -310,12 +345,25 @@ fn verify_candidates(
             break;
         }
         let old = next[k];
-        // The bytes up to the candidate's end are hashed for the whole file first, so that they
-        // are still in the cache when the candidate is hashed.
-        whole.hash_to(segment, at + u64::from(previous.chunks[old].len));
-        let reused = cutter
-            .reuse(segment.window(at), &previous.chunks[old])
-            .is_some();
+        let end = at + u64::from(previous.chunks[old].len);
+        let reused = match unchanged.as_deref_mut() {
+            Some(unhashed) if previous.starts[old] == at && end <= segment.end => {
+                // Its bytes are the ones it was cut from: only where the cut falls is checked.
+                let cut = cutter.cuts_at(segment.window(at), previous.chunks[old].len as usize);
+                if cut {
+                    *unhashed += u64::from(previous.chunks[old].len);
+                }
+                cut
+            }
+            _ => {
+                // The bytes up to the candidate's end are hashed for the whole file first, so
+                // that they are still in the cache when the candidate is hashed.
+                whole.hash_to(segment, end);
+                cutter
+                    .reuse(segment.window(at), &previous.chunks[old])
+                    .is_some()
+            }
+        };
         tried.push(Tried { at, old, reused });
         next[k] += 1;
         if reused {
@@ -453,8 +501,9 @@ impl Stitcher<'_, '_> {
 
 /// Chunks `source` (`len` bytes) exactly as the full pass would, reusing the chunks of
 /// `previous` whose bytes are still there, in segments of `segment_len` on `workers` threads
-/// (on the calling thread when `workers` is 1 or there is one segment). `Ok(None)` when the
-/// source did not have `len` bytes (it changed while read).
+/// (on the calling thread when `workers` is 1 or there is one segment). Also returns how many
+/// bytes of old chunks were taken on their segment's chaining value, without hashing them.
+/// `Ok(None)` when the source did not have `len` bytes (it changed while read).
 pub(super) fn rechunk_segments<S: ReadAt + ?Sized>(
     source: &S,
     len: u64,
@@ -462,7 +511,7 @@ pub(super) fn rechunk_segments<S: ReadAt + ?Sized>(
     segment_len: usize,
     workers: usize,
     progress: &mut dyn FnMut(u64),
-) -> std::io::Result<Option<Chunked>> {
+) -> std::io::Result<Option<(Chunked, u64)>> {
     let segments = segment_count(len, segment_len);
     let single = segments <= 1;
     let cutter = Cutter::new();
@@ -477,14 +526,17 @@ pub(super) fn rechunk_segments<S: ReadAt + ?Sized>(
     };
     let mut wholes = Vec::with_capacity(segments);
     let mut reused = 0u64;
+    let mut unhashed = 0u64;
     let analyse = |k: usize, buffer: Vec<u8>| {
         let segment = SegmentData::read(source, len, segment_len, k, buffer)?;
+        let recorded = previous.segment_cvs.get(k);
         Ok(SegmentCheck::analyse(
-            segment, single, previous, &shifts, &cutter,
+            segment, single, recorded, previous, &shifts, &cutter,
         ))
     };
     let consume = |_: usize, check: SegmentCheck| {
         reused += stitcher.stitch(&check);
+        unhashed += check.unhashed;
         wholes.push(check.whole);
         progress(check.segment.end - check.segment.start);
         Ok(check.segment.data)
@@ -502,9 +554,9 @@ pub(super) fn rechunk_segments<S: ReadAt + ?Sized>(
     if segments == 0 && read_full_at(source, &mut [0u8; 1], 0)? != 0 {
         return Ok(None);
     }
-    let file_hash = match wholes.as_slice() {
-        [] => super::hash_bytes(b""),
-        [WholeHash::Root(hash)] => *hash,
+    let (file_hash, segment_cvs) = match wholes.as_slice() {
+        [] => (super::hash_bytes(b""), Vec::new()),
+        [WholeHash::Root(hash)] => (*hash, Vec::new()),
         _ => {
             let subtrees: Vec<ChainingValue> = wholes
                 .iter()
@@ -518,20 +570,23 @@ pub(super) fn rechunk_segments<S: ReadAt + ?Sized>(
                     "internal error: a segment hashed as the whole file",
                 ));
             }
-            root_hash(&subtrees, len, segment_len as u64)
+            (root_hash(&subtrees, len, segment_len as u64), subtrees)
         }
     };
     tracing::trace!(
         len,
         reused,
+        unhashed,
         chunks = stitcher.chunks.len(),
         "rechunked with the previous chunk list"
     );
-    Ok(Some(Chunked {
+    let chunked = Chunked {
         chunks: stitcher.chunks,
         file_hash,
         size: len,
-    }))
+        segment_cvs,
+    };
+    Ok(Some((chunked, unhashed)))
 }
 
 /// [`for_each_segment`] on the calling thread.
@@ -549,7 +604,7 @@ fn in_order<T>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{assert_same_chunks, noise, reference, SMALL_SEGMENT};
+    use super::super::tests::{assert_same_chunks, noise, reference, segment_cvs, SMALL_SEGMENT};
     use super::super::{PARALLEL_MIN_LEN, SEGMENT_LEN};
     use super::*;
     use proptest::prelude::*;
@@ -557,11 +612,24 @@ mod tests {
     /// What [`super::super::rechunk_reader_with_progress`] does with `data`, with segments of
     /// `segment_len` on `workers` threads (and no minimum size).
     fn rechunk(data: &[u8], previous: &[ChunkRef], segment_len: usize, workers: usize) -> Chunked {
-        let Some(previous) = Previous::new(previous) else {
-            return reference(data);
+        rechunk_knowing(data, previous, &[], segment_len, workers).0
+    }
+
+    /// [`rechunk`] given the previous version's segment values `cvs`; also the bytes of old
+    /// chunks taken on them. Checks the segment values given back, then drops them (so that the
+    /// result compares with [`reference`], which has none).
+    fn rechunk_knowing(
+        data: &[u8],
+        previous: &[ChunkRef],
+        cvs: &[Hash],
+        segment_len: usize,
+        workers: usize,
+    ) -> (Chunked, u64) {
+        let Some(previous) = Previous::new(previous, cvs) else {
+            return (reference(data), 0);
         };
         let mut progressed = 0;
-        let chunked = rechunk_segments(
+        let (mut chunked, unhashed) = rechunk_segments(
             data,
             data.len() as u64,
             &previous,
@@ -572,10 +640,17 @@ mod tests {
         .unwrap()
         .expect("a source that does not change");
         assert_eq!(progressed, data.len() as u64);
-        chunked
+        assert_eq!(
+            chunked.segment_cvs,
+            segment_cvs(data, segment_len),
+            "segment values"
+        );
+        chunked.segment_cvs.clear();
+        (chunked, unhashed)
     }
 
-    /// Rechunking `new` from the chunks of `old` gives what chunking `new` gives.
+    /// Rechunking `new` from the chunks of `old` gives what chunking `new` gives, with and
+    /// without `old`'s segment values.
     fn assert_rechunks_exactly(old: &[u8], new: &[u8], what: &str) {
         let previous = reference(old).chunks;
         let expected = reference(new);
@@ -585,6 +660,48 @@ mod tests {
                 &expected,
                 &format!("{what}, segments of {segment_len} on {workers}"),
             );
+            let cvs = segment_cvs(old, segment_len);
+            assert_same_chunks(
+                &rechunk_knowing(new, &previous, &cvs, segment_len, workers).0,
+                &expected,
+                &format!("{what}, segments of {segment_len} on {workers}, segment values known"),
+            );
+        }
+    }
+
+    #[test]
+    fn unchanged_segments_spare_the_hashing_of_the_old_chunks_inside_them() {
+        let s = SMALL_SEGMENT;
+        let old = noise(12 * s + 777, 5);
+        let previous = reference(&old).chunks;
+        let edited = 6 * s + 100..6 * s + 4196;
+        let mut new = old.clone();
+        new[edited.clone()].fill(0x5A);
+        let expected = reference(&new);
+        // Every old chunk wholly inside a segment other than the edited one.
+        let mut inside_unchanged = 0u64;
+        let mut at = 0usize;
+        for chunk in &previous {
+            let end = at + chunk.len as usize;
+            if at / s == (end - 1) / s && at / s != edited.start / s {
+                inside_unchanged += u64::from(chunk.len);
+            }
+            at = end;
+        }
+        assert!(inside_unchanged > 4 * s as u64, "{inside_unchanged}");
+        let unrelated = segment_cvs(&noise(old.len(), 6), s);
+        for workers in [1, 2] {
+            let what = format!("{workers} workers");
+            let (chunked, unhashed) =
+                rechunk_knowing(&new, &previous, &segment_cvs(&old, s), s, workers);
+            assert_same_chunks(&chunked, &expected, &what);
+            assert_eq!(unhashed, inside_unchanged, "{what}");
+            let (chunked, unhashed) = rechunk_knowing(&new, &previous, &[], s, workers);
+            assert_same_chunks(&chunked, &expected, &what);
+            assert_eq!(unhashed, 0, "{what}: nothing to go by");
+            let (chunked, unhashed) = rechunk_knowing(&new, &previous, &unrelated, s, workers);
+            assert_same_chunks(&chunked, &expected, &what);
+            assert_eq!(unhashed, 0, "{what}: another file's values");
         }
     }
 
@@ -710,6 +827,9 @@ mod tests {
             let expected = reference(&new);
             prop_assert_eq!(&rechunk(&new, &previous, SMALL_SEGMENT, workers), &expected);
             prop_assert_eq!(&rechunk(&new, &previous, SEGMENT_LEN, 1), &expected);
+            let cvs = segment_cvs(&old, SMALL_SEGMENT);
+            let (known, _) = rechunk_knowing(&new, &previous, &cvs, SMALL_SEGMENT, workers);
+            prop_assert_eq!(&known, &expected);
         }
 
         #[test]
@@ -932,7 +1052,10 @@ mod tests {
             (parallel + CHUNK_MAX as usize + 3, SEGMENT_LEN - 50),
         ] {
             let old = noise(len, len as u64);
-            let previous = reference(&old).chunks;
+            let previous = Chunked {
+                segment_cvs: segment_cvs(&old, SEGMENT_LEN),
+                ..reference(&old)
+            };
             let mut inserted = old.clone();
             inserted.splice(at..at, noise(100, 3));
             let mut overwritten = old.clone();
@@ -942,11 +1065,17 @@ mod tests {
                 let mut progressed = 0;
                 let chunked = super::super::rechunk_reader_with_progress(
                     std::fs::File::open(&path).unwrap(),
-                    &previous,
+                    &previous.chunks,
+                    &previous.segment_cvs,
                     &mut |n| progressed += n,
                 )
                 .unwrap();
                 assert_same_chunks(&chunked, &reference(&new), &format!("{what}, {len} bytes"));
+                assert_eq!(
+                    chunked.segment_cvs,
+                    segment_cvs(&new, SEGMENT_LEN),
+                    "{what}"
+                );
                 assert_eq!(progressed, new.len() as u64);
                 assert_eq!(
                     super::super::rechunk_file(&path, &previous).unwrap(),
@@ -960,7 +1089,7 @@ mod tests {
     fn a_source_of_another_length_gives_up() {
         let data = noise(3 * SMALL_SEGMENT + 10, 8);
         let chunks = reference(&data).chunks;
-        let previous = Previous::new(&chunks).unwrap();
+        let previous = Previous::new(&chunks, &[]).unwrap();
         let len = data.len() as u64;
         for claimed in [0, len - 1, len + 1] {
             for workers in [1, 2] {
