@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::BufMut;
 use swrepl_proto::limits::{FRAME_HEADER_LEN, MAX_FRAME_LEN};
 use swrepl_proto::{decode_message, encode_frame, Message, ProtoError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -296,7 +297,9 @@ async fn read_header<R: AsyncRead + Unpin>(
     Ok(Some(header))
 }
 
-/// Exactly `len` body bytes, the buffer growing (doubling) only as they arrive.
+/// Exactly `len` body bytes, the buffer growing (doubling) only as they arrive. Bytes are read
+/// into the buffer's spare capacity, never zeroed first (a GiB of chunk data would be a GiB of
+/// `memset`).
 async fn read_body<R: AsyncRead + Unpin>(
     read: &mut R,
     len: usize,
@@ -304,16 +307,21 @@ async fn read_body<R: AsyncRead + Unpin>(
 ) -> Result<Vec<u8>, NetError> {
     let mut body = Vec::with_capacity(len.min(INITIAL_BODY_CAPACITY));
     while body.len() < len {
-        let start = body.len();
-        let end = len.min(start.saturating_mul(2).max(INITIAL_BODY_CAPACITY));
-        body.resize(end, 0);
-        read.read_exact(&mut body[start..end]).await.map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                NetError::TruncatedFrame { addr: peer.addr }
-            } else {
-                classify_io(e, peer.addr, peer.ours)
+        let have = body.len();
+        if have == body.capacity() {
+            let grown = len.min(have.saturating_mul(2).max(INITIAL_BODY_CAPACITY));
+            body.reserve_exact(grown - have);
+        }
+        let room = (body.capacity() - have).min(len - have);
+        match read.read_buf(&mut BufMut::limit(&mut body, room)).await {
+            Ok(0) => return Err(NetError::TruncatedFrame { addr: peer.addr }),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(NetError::TruncatedFrame { addr: peer.addr })
             }
-        })?;
+            Err(e) => return Err(classify_io(e, peer.addr, peer.ours)),
+        }
     }
     Ok(body)
 }
