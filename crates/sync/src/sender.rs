@@ -275,7 +275,9 @@ fn open_scanner(options: &SenderOptions) -> Result<Scanner, SyncError> {
         .state_dir
         .clone()
         .unwrap_or_else(|| options.root.join(STATE_DIR_NAME));
-    let index = Index::open(&state.join("sender-index.db"))?;
+    let mut index = Index::open(&state.join("sender-index.db"))?;
+    // The sender reads chunks where its requests say; it never looks them up.
+    index.locate_first_chunks_only();
     Ok(Scanner::new(&options.root, options.excludes.clone(), index))
 }
 

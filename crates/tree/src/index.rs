@@ -82,6 +82,8 @@ pub struct Index {
     defer: bool,
     /// Writes in the open deferred transaction (0: none open).
     deferred_writes: usize,
+    /// How many of a file's chunks get a row in `chunks` (see [`Index::locate_first_chunks_only`]).
+    located_chunks: usize,
 }
 
 /// Single writes one deferred transaction holds at most before it commits by itself.
@@ -242,7 +244,18 @@ impl Index {
             chunk_filter: None,
             defer: false,
             deferred_writes: 0,
+            located_chunks: usize::MAX,
         })
+    }
+
+    /// From now on only each file's first chunk gets a location row: enough for
+    /// [`Index::files_starting_with`], while [`Index::has_chunk`] and [`Index::find_chunk`] no
+    /// longer see the other chunks. For an index that is never asked where a chunk's bytes are
+    /// (the sender's): a large file has tens of thousands of chunks, and writing their rows was
+    /// most of the cost of recording a small edit of it. Rows written before stay until their
+    /// file is recorded again.
+    pub fn locate_first_chunks_only(&mut self) {
+        self.located_chunks = 1;
     }
 
     /// From now on single writes ([`Index::put`], [`Index::remove_tree`],
@@ -346,7 +359,8 @@ impl Index {
 
     /// Records `entry` (replacing what was recorded for its path).
     pub fn put(&mut self, entry: &ScannedEntry) -> Result<(), TreeError> {
-        self.write(|conn| put_entry(conn, entry))?;
+        let located = self.located_chunks;
+        self.write(|conn| put_entry(conn, entry, located))?;
         self.note_chunks(&entry.entry);
         Ok(())
     }
@@ -529,7 +543,7 @@ impl Index {
             match old.next_if(|k| k.entry.path == path) {
                 Some(known) if known == entry => {}
                 _ => {
-                    put_entry(&tx, entry)?;
+                    put_entry(&tx, entry, self.located_chunks)?;
                     written.push(&entry.entry);
                 }
             }
@@ -568,7 +582,8 @@ fn remove_exact(conn: &Connection, rel: &str) -> Result<(), TreeError> {
     Ok(())
 }
 
-fn put_entry(conn: &Connection, scanned: &ScannedEntry) -> Result<(), TreeError> {
+/// Records `scanned`, with location rows for its first `located` chunks.
+fn put_entry(conn: &Connection, scanned: &ScannedEntry, located: usize) -> Result<(), TreeError> {
     let e = &scanned.entry;
     let (kind, link_target) = match &e.kind {
         EntryKind::File => (KIND_FILE, None),
@@ -602,7 +617,7 @@ fn put_entry(conn: &Connection, scanned: &ScannedEntry) -> Result<(), TreeError>
     let mut insert = conn
         .prepare_cached("INSERT INTO chunks (hash, path, offset, len) VALUES (?1, ?2, ?3, ?4)")?;
     let mut offset = 0u64;
-    for chunk in &e.chunks {
+    for chunk in e.chunks.iter().take(located) {
         let at = i64::try_from(offset).map_err(|_| corrupt("chunk offset beyond 2^63"))?;
         insert.execute(params![&chunk.hash[..], e.path, at, chunk.len])?;
         offset += u64::from(chunk.len);
@@ -906,6 +921,29 @@ mod tests {
         assert!(index.get("Älogs/a.txt").unwrap().is_some());
         assert!(index.get("Älogs/A.txt").unwrap().is_none());
         assert!(index.rename_tree("Älogs", "Älogs/inner").is_err());
+    }
+
+    #[test]
+    fn an_index_locating_first_chunks_only_still_finds_files_by_their_first_chunk() {
+        let mut index = Index::open_in_memory().unwrap();
+        index.locate_first_chunks_only();
+        let chunks = [(4, 8), (5, 8), (6, 8)];
+        index.put(&file("a.bin", 1, &chunks)).unwrap();
+        index
+            .replace_state(
+                &[],
+                &[file("b.bin", 2, &chunks), file("c.bin", 3, &[(7, 8)])],
+            )
+            .unwrap();
+        let rows: i64 = index
+            .conn
+            .query_row("SELECT count(*) FROM chunks", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 3, "one row per file");
+        assert_eq!(index.files_starting_with(&[4; 32]).unwrap().len(), 2);
+        assert_eq!(index.files_starting_with(&[7; 32]).unwrap(), ["c.bin"]);
+        assert!(index.find_chunk(&[5; 32]).unwrap().is_empty());
+        assert_eq!(index.get("b.bin").unwrap().unwrap().entry.chunks.len(), 3);
     }
 
     #[test]
