@@ -39,7 +39,10 @@ What it does, in order, and everything on 127.0.0.1 only:
 
 Everything it starts is stopped and every tree removed on exit (also on Ctrl-C), unless --keep.
 Options: --files N, --size-mib N, --big-mib N, --latency-writes N, --base DIR, --disk DIR,
---small-files N, --seed N, --out FILE, --keep, --no-install. Env: SWREPL (binary path) when --swrepl is not given.
+--small-files N, --seed N, --rounds N (of the no-change and big-file edit phases, each a fresh edit;
+the median round is shown), --out FILE, --keep, --no-install. Env: SWREPL (binary path) when --swrepl is
+not given; COMPARE_SWREPL_LOG (swrepl's log level, default warn: with --keep, debug logs of every run
+stay in the work directory's svc-swrepl/).
 Note: rsync does not fsync; swrepl fsyncs every file before renaming it in (on tmpfs fsync is
 nearly free, on disk it is not: compare the disk run with that in mind).
 """
@@ -79,6 +82,11 @@ KEEP = False
 
 # ---------------------------------------------------------------------------------------------
 # process and clean-up helpers
+
+
+# swrepl's log level for its runs (`COMPARE_SWREPL_LOG=debug` and `--keep` leave timelines in the
+# work directory's svc-swrepl/: receiver.log and send-<phase>.log).
+SWREPL_LOG = os.environ.get("COMPARE_SWREPL_LOG", "warn")
 
 
 def log(msg: str) -> None:
@@ -426,23 +434,25 @@ def write_big_file(path: Path, size: int, seed: int) -> None:
             left -= n
 
 
-def overwrite_middle(path: Path, n: int) -> None:
+def overwrite_middle(path: Path, n: int, round_: int = 0) -> None:
+    """Overwrites n bytes near the middle; each round elsewhere (1 MiB further) with other bytes."""
     old = path.stat().st_mtime_ns
     with open(path, "r+b") as f:
-        f.seek(path.stat().st_size // 2)
-        f.write(hashlib.shake_256(b"overwrite").digest(n))
+        f.seek(path.stat().st_size // 2 + round_ * (1 << 20))
+        f.write(hashlib.shake_256(b"overwrite %d" % round_).digest(n))
     bump_mtime(path, old)
 
 
-def insert_middle(path: Path, n: int) -> None:
-    """Inserts n bytes at the middle, in place (the tail is rewritten, as an editor would)."""
+def insert_middle(path: Path, n: int, round_: int = 0) -> None:
+    """Inserts n bytes at the middle, in place (the tail is rewritten, as an editor would); each
+    round 1 MiB further, with other bytes."""
     old = path.stat().st_mtime_ns
-    mid = path.stat().st_size // 2
+    mid = path.stat().st_size // 2 + round_ * (1 << 20)
     with open(path, "r+b") as f:
         f.seek(mid)
         tail = f.read()
         f.seek(mid)
-        f.write(hashlib.shake_256(b"insert").digest(n))
+        f.write(hashlib.shake_256(b"insert %d" % round_).digest(n))
         f.write(tail)
     del tail
     bump_mtime(path, old)
@@ -526,7 +536,7 @@ def start_receiver(s: Services, slave: Path) -> None:
                         "--root", str(slave), "--listen", f"127.0.0.1:{s.recv_port}",
                         "--identity", str(d / "id-slave"), "--trust", s.master_fp],
                        stdout=subprocess.DEVNULL, stderr=open(d / "receiver.log", "w"),
-                       env=dict(os.environ, SWREPL_LOG="warn"))
+                       env=dict(os.environ, SWREPL_LOG=SWREPL_LOG))
     wait_port(s.recv_port, s.receiver, "swrepl receive")
 
 
@@ -557,10 +567,11 @@ def swrepl_send_once(s: Services, master: Path, state: Path, tag: str) -> Result
     cmd = ["/usr/bin/time", "-v", "-o", str(tfile), s.swrepl, "send", "--once", "--root", str(master),
            "--connect", f"127.0.0.1:{s.recv_port}", "--identity", str(s.master_id), "--trust", s.slave_fp,
            "--state", str(state), "--timeout", "60"]
-    env = dict(os.environ, SWREPL_LOG="warn")
+    env = dict(os.environ, SWREPL_LOG=SWREPL_LOG)
     t = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - t
+    (s.work / "svc-swrepl" / f"send-{tag}.log").write_text(res.stderr)
     if res.returncode != 0:
         raise SystemExit(f"swrepl send failed ({res.returncode}):\n{res.stdout}\n{res.stderr[-3000:]}")
     m = re.search(r"(\d+) bytes on the wire", res.stdout)
@@ -626,6 +637,11 @@ def rsync_ssh(s: Services, master: Path, dest: Path) -> Result:
     user = os.environ.get("USER") or "root"
     secs, cpu, res = timed_cpu([*RSYNC_BASE, "-e", s.ssh_cmd(), f"{master}/", f"{user}@127.0.0.1:{dest}/"])
     return Result(secs, rsync_stats_sent(res.stdout), cpu=cpu)
+
+
+def median_run(runs: list[Result]) -> Result:
+    """The run of median time (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda r: r.seconds)[(len(runs) - 1) // 2]
 
 
 def cp_a(master: Path, dest: Path) -> Result:
@@ -738,6 +754,8 @@ def main() -> int:
     ap.add_argument("--small-files", type=int, default=1_000_000,
                     help="files of the many-small-files run (initial and no-change sync; 0 skips it)")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of the no-change and big-file edit phases (each a fresh edit); the median is shown")
     ap.add_argument("--out", help="also write the Markdown report here")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--no-install", action="store_true")
@@ -779,21 +797,33 @@ def main() -> int:
 
     rows: list[tuple[str, dict[str, Result | None], str]] = []
 
-    def phase(name: str, with_cp: bool, goal: str, tag: str) -> dict[str, Result | None]:
+    def phase(name: str, with_cp: bool, goal: str, tag: str, rounds: int = 1,
+              change=None) -> dict[str, Result | None]:
+        """Times each tool on the same change of the master; with `rounds` > 1, `change(k)` makes
+        a fresh change before each round and the row shows each tool's median round (one sample
+        was not enough: on this shared machine the same 1 GiB rewrite took the rsync daemon
+        anywhere from 1.3 to 3.8 s, page allocation in tmpfs stalling now and then)."""
         log(name)
-        r: dict[str, Result | None] = {}
-        drop_caches_hint()
-        r["swrepl"] = swrepl_send_once(s, master, state, tag)
-        settle_receiver(s)
-        drop_caches_hint()
-        r["rsyncd"] = rsync_daemon(s, master, dests["rsyncd"])
-        drop_caches_hint()
-        r["ssh"] = rsync_ssh(s, master, dests["ssh"])
-        r["cp"] = cp_a(master, dests["cp"]) if with_cp else None
-        for k, v in r.items():
-            if v is not None:
-                log(f"  {k:7} {v.seconds:8.3f} s  wire {fmt_b(v.wire)}")
-        rows.append((name, r, goal))
+        runs: dict[str, list[Result]] = {"swrepl": [], "rsyncd": [], "ssh": []}
+        for k in range(rounds):
+            if change is not None:
+                change(k)
+            drop_caches_hint()
+            runs["swrepl"].append(swrepl_send_once(s, master, state, f"{tag}-{k}" if rounds > 1 else tag))
+            settle_receiver(s)
+            drop_caches_hint()
+            runs["rsyncd"].append(rsync_daemon(s, master, dests["rsyncd"]))
+            drop_caches_hint()
+            runs["ssh"].append(rsync_ssh(s, master, dests["ssh"]))
+            for tool, done in runs.items():
+                log(f"  {tool:7} {done[-1].seconds:8.3f} s  wire {fmt_b(done[-1].wire)}")
+        r: dict[str, Result | None] = {tool: median_run(done) for tool, done in runs.items()}
+        if with_cp:
+            r["cp"] = cp_a(master, dests["cp"])
+            log(f"  cp      {r['cp'].seconds:8.3f} s")
+        else:
+            r["cp"] = None
+        rows.append((f"{name} (median of {rounds})" if rounds > 1 else name, r, goal))
         return r
 
     init = phase(f"initial sync ({len(tree.files)} files, {tree.bytes / 2**20:.0f} MiB)", True,
@@ -804,15 +834,15 @@ def main() -> int:
     counts = change_one_percent(tree, a.seed)
     log(f"1 % change: {counts}")
     phase(f"resync after 1 % changed ({sum(counts.values())} files)", False, "≤ 0.20 vs rsyncd, ≤ 1 MB", "one-percent")
-    phase("no-change resync", False, "≤ 0.20 vs rsyncd, ≤ 1 MB", "nochange")
+    phase("no-change resync", False, "≤ 0.20 vs rsyncd, ≤ 1 MB", "nochange", rounds=a.rounds)
 
     bigfile = master / "Supportworks Server/data/index/big-calls.idx"
     write_big_file(bigfile, big, a.seed)
     phase(f"{a.big_mib} MiB file added", False, "—", "big-add")
-    overwrite_middle(bigfile, 4096)
-    phase(f"4 KiB overwritten in the {a.big_mib} MiB file", False, "≤ 0.50 vs rsyncd; ≤ 2 chunks + manifest", "big-4k")
-    insert_middle(bigfile, 100)
-    phase(f"100 B inserted in the {a.big_mib} MiB file", False, "≤ 2 chunks + manifest", "big-insert")
+    phase(f"4 KiB overwritten in the {a.big_mib} MiB file", False, "≤ 0.50 vs rsyncd; ≤ 2 chunks + manifest",
+          "big-4k", rounds=a.rounds, change=lambda k: overwrite_middle(bigfile, 4096, k))
+    phase(f"100 B inserted in the {a.big_mib} MiB file", False, "≤ 2 chunks + manifest", "big-insert",
+          rounds=a.rounds, change=lambda k: insert_middle(bigfile, 100, k))
 
     log("verify")
     v_sw, c_sw, res = timed_cpu([s.swrepl, "verify", str(master), str(dests["swrepl"])])

@@ -2,7 +2,7 @@
 # swrepl against rsync (daemon, over ssh) and cp -a on the same Supportworks-like tree, in one run.
 #
 #   benches/compare/run.sh [--files N] [--size-mib N] [--big-mib N] [--latency-writes N]
-#                          [--base DIR] [--disk DIR] [--small-files N] [--seed N] [--out FILE]
+#                          [--base DIR] [--disk DIR] [--small-files N] [--seed N] [--rounds N] [--out FILE]
 #                          [--keep] [--no-install]
 #
 # Defaults: ~1 GiB in ~20 000 files plus a 1 GiB file, trees in tmpfs (/dev/shm). Builds swrepl
