@@ -608,6 +608,16 @@ def settle_receiver(s: Services, quiet: float = 0.5, limit: float = 15.0) -> Non
             return
 
 
+def empty_archive(slave: Path) -> None:
+    """Removes what the swrepl receiver archived (outside the timed runs): every replaced version
+    of the 1 GiB file would otherwise stay in tmpfs, and the memory it takes slowed the runs after
+    it, rsync's more than swrepl's (page allocation stalling in direct reclaim)."""
+    archive = slave / ".swrepl" / "archive"
+    if archive.is_dir():
+        for generation in archive.iterdir():
+            shutil.rmtree(generation, ignore_errors=True)
+
+
 def cpu_seconds(time_file: Path) -> float | None:
     try:
         text = time_file.read_text()
@@ -811,6 +821,7 @@ def main() -> int:
             drop_caches_hint()
             runs["swrepl"].append(swrepl_send_once(s, master, state, f"{tag}-{k}" if rounds > 1 else tag))
             settle_receiver(s)
+            empty_archive(dests["swrepl"])
             drop_caches_hint()
             runs["rsyncd"].append(rsync_daemon(s, master, dests["rsyncd"]))
             drop_caches_hint()
