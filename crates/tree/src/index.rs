@@ -5,7 +5,7 @@
 //! plain sqlite (inspect it with `sqlite3`); the index holds nothing that a full rescan cannot
 //! rebuild, so deleting it is always safe.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 
@@ -612,17 +612,68 @@ fn put_entry(conn: &Connection, scanned: &ScannedEntry, located: usize) -> Resul
         file_id,
         chunk_blob,
     ])?;
-    conn.prepare_cached("DELETE FROM chunks WHERE path = ?1")?
-        .execute([&e.path])?;
-    let mut insert = conn
-        .prepare_cached("INSERT INTO chunks (hash, path, offset, len) VALUES (?1, ?2, ?3, ?4)")?;
+    let mut wanted = Vec::with_capacity(e.chunks.len().min(located));
     let mut offset = 0u64;
     for chunk in e.chunks.iter().take(located) {
         let at = i64::try_from(offset).map_err(|_| corrupt("chunk offset beyond 2^63"))?;
-        insert.execute(params![&chunk.hash[..], e.path, at, chunk.len])?;
+        wanted.push((at, chunk));
         offset += u64::from(chunk.len);
     }
+    if wanted.len() < KEPT_ROWS_MIN {
+        conn.prepare_cached("DELETE FROM chunks WHERE path = ?1")?
+            .execute([&e.path])?;
+    } else {
+        wanted = drop_stale_chunk_rows(conn, &e.path, wanted)?;
+    }
+    let mut insert = conn
+        .prepare_cached("INSERT INTO chunks (hash, path, offset, len) VALUES (?1, ?2, ?3, ?4)")?;
+    for (at, chunk) in wanted {
+        insert.execute(params![&chunk.hash[..], e.path, at, chunk.len])?;
+    }
     Ok(())
+}
+
+/// Files with at least this many chunks keep the location rows that are still right when they
+/// are recorded again, instead of all of them being deleted and inserted anew.
+const KEPT_ROWS_MIN: usize = 64;
+
+/// Deletes the location rows recorded for `path` that are not in `wanted` (offset, chunk) and
+/// returns those of `wanted` still to insert. An edit of a large file leaves most of its chunks
+/// where they were: rewriting all of its tens of thousands of rows (three B-trees each) was most
+/// of the cost of recording it.
+fn drop_stale_chunk_rows<'c>(
+    conn: &Connection,
+    path: &str,
+    wanted: Vec<(i64, &'c ChunkRef)>,
+) -> Result<Vec<(i64, &'c ChunkRef)>, TreeError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT rowid, offset, hash, len FROM chunks WHERE path = ?1")?;
+    let mut rows = stmt.query([path])?;
+    let mut recorded: HashMap<(i64, Hash, u32), i64> = HashMap::new();
+    let mut stale = Vec::new();
+    while let Some(row) = rows.next()? {
+        let rowid: i64 = row.get(0)?;
+        let hash: Option<Hash> = blob_at(row, 2)?.and_then(|b| b.try_into().ok());
+        match (hash, row.get::<_, u32>(3)) {
+            (Some(hash), Ok(len)) => {
+                // A second row for the same chunk at the same place is one too many.
+                if let Some(twin) = recorded.insert((row.get(1)?, hash, len), rowid) {
+                    stale.push(twin);
+                }
+            }
+            _ => stale.push(rowid),
+        }
+    }
+    let missing: Vec<(i64, &ChunkRef)> = wanted
+        .into_iter()
+        .filter(|(at, chunk)| recorded.remove(&(*at, chunk.hash, chunk.len)).is_none())
+        .collect();
+    stale.extend(recorded.into_values());
+    let mut delete = conn.prepare_cached("DELETE FROM chunks WHERE rowid = ?1")?;
+    for rowid in stale {
+        delete.execute([rowid])?;
+    }
+    Ok(missing)
 }
 
 fn corrupt(reason: &str) -> TreeError {
@@ -944,6 +995,63 @@ mod tests {
         assert_eq!(index.files_starting_with(&[7; 32]).unwrap(), ["c.bin"]);
         assert!(index.find_chunk(&[5; 32]).unwrap().is_empty());
         assert_eq!(index.get("b.bin").unwrap().unwrap().entry.chunks.len(), 3);
+    }
+
+    /// (offset, hash, len) of every location row of `path`, in offset order, with its rowid.
+    fn location_rows(index: &Index, path: &str) -> Vec<(i64, i64, Vec<u8>, u32)> {
+        let mut stmt = index
+            .conn
+            .prepare("SELECT rowid, offset, hash, len FROM chunks WHERE path = ?1 ORDER BY offset")
+            .unwrap();
+        let rows = stmt
+            .query_map([path], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    }
+
+    #[test]
+    fn a_large_file_recorded_again_keeps_the_location_rows_still_right() {
+        let chunks: Vec<(u8, u32)> = (0..100).map(|i| (i, 1000 + u32::from(i))).collect();
+        let mut edited = chunks.clone();
+        edited[40] = (200, 1040); // an overwrite: same length, new bytes
+        let mut inserted = chunks.clone();
+        inserted[70] = (201, 1170); // an insert: the chunks after it move
+        let versions = [edited, inserted, chunks[..70].to_vec(), chunks.clone()];
+
+        let mut index = Index::open_in_memory().unwrap();
+        index.put(&file("big.bin", 1, &chunks)).unwrap();
+        index.put(&file("later.bin", 2, &[(250, 9)])).unwrap();
+        for (k, version) in versions.iter().enumerate() {
+            let before = location_rows(&index, "big.bin");
+            index.put(&file("big.bin", 1, version)).unwrap();
+            let after = location_rows(&index, "big.bin");
+            let mut fresh = Index::open_in_memory().unwrap();
+            fresh.put(&file("big.bin", 1, version)).unwrap();
+            let without_rowid = |rows: &[(i64, i64, Vec<u8>, u32)]| {
+                rows.iter()
+                    .map(|(_, at, hash, len)| (*at, hash.clone(), *len))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                without_rowid(&after),
+                without_rowid(&location_rows(&fresh, "big.bin")),
+                "version {k}"
+            );
+            // Rows that were right are the same rows (a rewrite would give them rowids above
+            // later.bin's).
+            let kept = after.iter().filter(|row| before.contains(row)).count();
+            let unmoved = version
+                .iter()
+                .zip(versions.get(k.wrapping_sub(1)).unwrap_or(&chunks))
+                .take_while(|(a, b)| a.1 == b.1)
+                .filter(|(a, b)| a == b)
+                .count();
+            assert!(
+                kept >= unmoved,
+                "version {k}: {kept} rows kept, {unmoved} unmoved"
+            );
+        }
+        assert_eq!(location_rows(&index, "later.bin").len(), 1);
     }
 
     #[test]
