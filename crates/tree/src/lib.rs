@@ -9,15 +9,17 @@
 //!   directory ([`STATE_DIR_NAME`], always excluded).
 //! - [`chunk_reader`] / [`chunk_file`] / [`hash_bytes`]: content-defined chunking (fastcdc v2020,
 //!   [`CHUNK_MIN`]/[`CHUNK_AVG`]/[`CHUNK_MAX`]) with blake3 hashes, streaming in bounded memory;
-//!   [`rechunk_file`] gives the same result for a changed file from its previous chunk list,
-//!   hashing the old chunks still there instead of scanning for cuts; [`hash_file_exact`]
+//!   [`rechunk_file`] gives the same result for a changed file from what chunking it gave
+//!   before ([`Chunked`]: chunk list and segment values), confirming the old chunks still there
+//!   instead of scanning for cuts, without hashing them inside unchanged segments; [`hash_file_exact`]
 //!   hashes an open file on all cores when it is at least [`PARALLEL_MIN_LEN`].
 //! - [`Index`]: the persistent sqlite index (path → entry, chunks, file id; chunk hash → where
 //!   those bytes live locally), so an unchanged file is never reread. A damaged index can be
 //!   recreated ([`Index::open_or_recreate`]): it is a cache, never the only copy of anything.
 //!   [`Index::track_chunks`] keeps an in-memory filter so that [`Index::has_chunk`] answers "not
 //!   here" without a query; [`Index::files_starting_with`] finds a file's content wherever it
-//!   moved.
+//!   moved ([`Index::locate_first_chunks_only`] keeps just what that needs);
+//!   [`Index::segments`] holds a large file's segment values for its next rechunk.
 //! - [`Scanner`]: walks a root, describes it as [`FileEntry`]s and reports the [`Change`]s since
 //!   the previous scan, renames (by file identity, [`FileId`]) included; [`Scanner::scan_with`]
 //!   lists only the renames ([`ChangeDetail`]) for a caller that sends the whole tree anyway.

@@ -318,7 +318,7 @@ impl SenderMachine {
 
     /// True when the full scan that just started will be compared with the receiver's summary:
     /// the driver should then hand [`SenderMachine::take_scan`] the summary key of every
-    /// scanned entry ([`crate::summary_keys::entry_keys`], computed on all cores right after
+    /// scanned entry (`summary_keys::entry_keys`, computed on all cores right after
     /// the scan), so that the summary, when it arrives, only needs adding up.
     pub fn wants_summary_keys(&self) -> bool {
         self.tree_summaries && !matches!(self.summary_state, SummaryState::Idle)
