@@ -806,6 +806,7 @@ def main() -> int:
     log(f"rsyncd :{s.rsyncd_port}, sshd :{s.ssh_port}, swrepl receive :{s.recv_port}")
 
     rows: list[tuple[str, dict[str, Result | None], str]] = []
+    swrepl_runs: list[Result] = []  # every swrepl run, for its peak memory (rows keep medians)
 
     def phase(name: str, with_cp: bool, goal: str, tag: str, rounds: int = 1,
               change=None) -> dict[str, Result | None]:
@@ -828,6 +829,7 @@ def main() -> int:
             runs["ssh"].append(rsync_ssh(s, master, dests["ssh"]))
             for tool, done in runs.items():
                 log(f"  {tool:7} {done[-1].seconds:8.3f} s  wire {fmt_b(done[-1].wire)}")
+        swrepl_runs.extend(runs["swrepl"])
         r: dict[str, Result | None] = {tool: median_run(done) for tool, done in runs.items()}
         if with_cp:
             r["cp"] = cp_a(master, dests["cp"])
@@ -879,7 +881,7 @@ def main() -> int:
         for done in (master, *dests.values()):  # room for the small files
             shutil.rmtree(done, ignore_errors=True)
         small_rows = small_files_run(s, a)
-    send_rss = max((r.rss_mib or 0) for _, rr, _ in rows for k, r in rr.items() if k == "swrepl" and r and r.rss_mib)
+    send_rss = max((r.rss_mib or 0) for r in swrepl_runs)
 
     report = render(a, install_note, tree, rows, init, p50, p99, lat, misses, send_rss, watch_rss, recv_rss,
                     disk_rows + small_rows, counts)

@@ -37,8 +37,9 @@
 //! lying wholly inside such a segment, at its old offset, has the bytes it was cut from, so only
 //! condition 2 is checked: a 4 KiB edit of a large file hashes its bytes once (for the whole-file
 //! hash) rather than twice. Here the recorded chunk hashes are believed where their segment is
-//! unchanged; they were recorded from the same read as the segment values, and a wrong one
-//! surfaces when the chunk is read to be sent (its hash is checked then).
+//! unchanged, as the index is believed for a file whose metadata did not change: they were
+//! recorded from the same read as the segment values, so only a damaged index can hold a wrong
+//! one (the receiver's whole-file check and `swrepl verify` would then report the file).
 //!
 //! The previous list is a cache: nothing in it is trusted without a hash check, a list that
 //! cannot be a chunk list (a chunk of no bytes, or over `CHUNK_MAX`) is ignored whole, and a
