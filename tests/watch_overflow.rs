@@ -141,9 +141,19 @@ fn a_burst_with_half_the_watch_signals_lost_converges() {
     });
 
     burst(&pair.master);
-    wait_until("the watcher and the rescan replicated the burst", || {
-        identical(&pair)
-    });
+    let converged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until("the watcher and the rescan replicated the burst", || {
+            identical(&pair)
+        })
+    }));
+    if converged.is_err() {
+        panic!(
+            "no convergence\nverify: {}\nsender:\n{}\nreceiver:\n{}",
+            stdout(&pair.verify()),
+            sender.log_text(),
+            _receiver.log_text()
+        );
+    }
     assert!(sender.is_running(), "sender died:\n{}", sender.log_text());
     assert!(
         sender

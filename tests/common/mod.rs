@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The binary under test.
+/// The binary under test, logging at `info`, or at `SWREPL_TEST_LOG` when set (e.g. `debug`
+/// to diagnose a test that failed: the logs tests print on failure then say why).
 pub fn swrepl() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_swrepl"));
-    cmd.env("SWREPL_LOG", "info");
+    let level = std::env::var("SWREPL_TEST_LOG").unwrap_or_else(|_| "info".into());
+    cmd.env("SWREPL_LOG", level);
     cmd
 }
 

@@ -605,7 +605,7 @@ impl<'a> Session<'a> {
             paths
                 .into_iter()
                 .map(|rel| {
-                    let result = scanner.refresh(&rel);
+                    let result = scanner.refresh_in_indexed_dir(&rel);
                     (rel, result)
                 })
                 .collect()
@@ -619,7 +619,8 @@ impl<'a> Session<'a> {
                 Ok(Some(scanned)) if scanned.entry.kind == EntryKind::File => {
                     upserts.push(scanned.entry)
                 }
-                // Gone, excluded, or not a plain file any more: the walk decides what it became.
+                // Gone, excluded, not a plain file any more, or in a directory not indexed yet:
+                // the walk decides what it became.
                 Ok(_) => self.mark_dirty(false),
                 Err(e) => {
                     tracing::debug!(path = %rel, "refresh deferred to the next scan: {e}");

@@ -368,6 +368,25 @@ impl Scanner {
         self.index.put(&scanned)?;
         Ok(Some(scanned))
     }
+
+    /// [`Scanner::refresh`] for a path whose directory the index records already; `Ok(None)`
+    /// otherwise, leaving the path to the next walk. A watcher reports a file written into a
+    /// new directory before any walk has seen that directory: recorded alone, the file would be
+    /// described to the peer (which creates the directory for it) while the index never learnt
+    /// of the directory, so the directory's removal would never be reported and the peer would
+    /// keep it. The walk records a directory before what is in it.
+    pub fn refresh_in_indexed_dir(&mut self, rel: &str) -> Result<Option<ScannedEntry>, TreeError> {
+        if let Some((parent, _)) = rel.rsplit_once('/') {
+            let indexed_dir = self
+                .index
+                .get(parent)?
+                .is_some_and(|known| known.entry.kind == EntryKind::Dir);
+            if !indexed_dir {
+                return Ok(None);
+            }
+        }
+        self.refresh(rel)
+    }
 }
 
 /// What `index` records of the content of the file at `rel` (nothing for a file too small to

@@ -446,6 +446,41 @@ fn refresh_rereads_one_path() {
     ));
 }
 
+/// A watcher reports a file written into a new directory before any walk has seen the
+/// directory: the file is left to the walk, which records the directory too, so that the
+/// directory's later removal is reported (recorded alone, the file's peer kept the directory).
+#[test]
+fn refresh_in_indexed_dir_leaves_a_file_in_a_new_directory_to_the_walk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write(root, "old/f", b"one");
+    let mut s = scanner(root);
+    s.scan().unwrap();
+
+    write(root, "new/deeper/f", b"fresh");
+    write(root, "top", b"at the root");
+    assert_eq!(s.refresh_in_indexed_dir("new/deeper/f").unwrap(), None);
+    assert_eq!(s.index().get("new/deeper/f").unwrap(), None);
+    assert!(s.refresh_in_indexed_dir("top").unwrap().is_some());
+    write(root, "old/f", b"two!");
+    let fresh = s.refresh_in_indexed_dir("old/f").unwrap().unwrap();
+    assert_eq!(fresh.entry.file_hash, swrepl_tree::hash_bytes(b"two!"));
+
+    assert_eq!(
+        describe(&s.scan().unwrap()),
+        ["upsert new", "upsert new/deeper", "upsert new/deeper/f"]
+    );
+    std::fs::remove_dir_all(root.join("new")).unwrap();
+    assert_eq!(describe(&s.scan().unwrap()), ["delete new"]);
+
+    // Written and removed between two walks: nothing was recorded, so nothing is described
+    // (recorded alone, the file's removal was reported but its directory's never was).
+    write(root, "brief/f", b"gone soon");
+    assert_eq!(s.refresh_in_indexed_dir("brief/f").unwrap(), None);
+    std::fs::remove_dir_all(root.join("brief")).unwrap();
+    assert_eq!(describe(&s.scan().unwrap()), Vec::<String>::new());
+}
+
 #[test]
 fn entries_are_sorted_component_wise() {
     let tmp = tempfile::tempdir().unwrap();
