@@ -4,6 +4,11 @@
 //! Exit codes: 0 success; 1 a check found a difference (verify, status, db check, registry diff);
 //! 2 an error, printed as one line on stderr saying what happened and what to do.
 
+// The doc comments of the command-line types are clap's `--help` texts, written for the
+// operator: `[services]` names a TOML table, `HOST[:PORT]` and `swrepl-<role>` a syntax; they
+// are neither intra-doc links nor HTML.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
 mod cmd_db;
 mod cmd_failback;
 mod cmd_files;

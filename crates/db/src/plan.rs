@@ -82,7 +82,7 @@ impl ReplicationConfig {
     }
 }
 
-/// What [`survey`] learned about both servers.
+/// What the survey of both servers, before a plan is built, learned about them.
 #[derive(Clone, Debug)]
 pub struct Survey {
     pub master: ServerInfo,
