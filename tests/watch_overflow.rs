@@ -38,6 +38,22 @@ fn identical(pair: &Pair) -> bool {
     out.status.success() && stdout(&out).starts_with("identical: ")
 }
 
+/// Waits until the trees are identical; if they never are, fails with what `verify` finds and
+/// both processes' logs.
+fn wait_until_identical(pair: &Pair, what: &str, sender: &Proc, receiver: &Proc) {
+    let converged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until(what, || identical(pair))
+    }));
+    if converged.is_err() {
+        panic!(
+            "no convergence\nverify: {}\nsender:\n{}\nreceiver:\n{}",
+            stdout(&pair.verify()),
+            sender.log_text(),
+            receiver.log_text()
+        );
+    }
+}
+
 /// The Master's tree before the burst: 40 directories of 10 files.
 fn seed(root: &Path) {
     for d in 0..40 {
@@ -94,7 +110,7 @@ fn burst(root: &Path) -> usize {
 fn a_burst_the_watcher_never_delivers_is_caught_up_by_the_rescan() {
     let pair = Pair::new();
     seed(&pair.master);
-    let _receiver = pair.start_receiver(&[]);
+    let receiver = pair.start_receiver(&[]);
     let mut sender = spawn_lossy_sender(&pair, 1);
     wait_until("the initial full pass replicated the seed tree", || {
         identical(&pair)
@@ -102,17 +118,7 @@ fn a_burst_the_watcher_never_delivers_is_caught_up_by_the_rescan() {
 
     let changes = burst(&pair.master);
     assert!(changes > 2000, "{changes} changes");
-    let converged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_until("the rescan replicated the burst", || identical(&pair))
-    }));
-    if converged.is_err() {
-        panic!(
-            "no convergence\nverify: {}\nsender:\n{}\nreceiver:\n{}",
-            stdout(&pair.verify()),
-            sender.log_text(),
-            _receiver.log_text()
-        );
-    }
+    wait_until_identical(&pair, "the rescan replicated the burst", &sender, &receiver);
     pair.assert_identical();
     assert!(sender.is_running(), "sender died:\n{}", sender.log_text());
     assert!(
@@ -134,26 +140,15 @@ fn a_burst_the_watcher_never_delivers_is_caught_up_by_the_rescan() {
 fn a_burst_with_half_the_watch_signals_lost_converges() {
     let pair = Pair::new();
     seed(&pair.master);
-    let _receiver = pair.start_receiver(&[]);
+    let receiver = pair.start_receiver(&[]);
     let mut sender = spawn_lossy_sender(&pair, 2);
     wait_until("the initial full pass replicated the seed tree", || {
         identical(&pair)
     });
 
     burst(&pair.master);
-    let converged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_until("the watcher and the rescan replicated the burst", || {
-            identical(&pair)
-        })
-    }));
-    if converged.is_err() {
-        panic!(
-            "no convergence\nverify: {}\nsender:\n{}\nreceiver:\n{}",
-            stdout(&pair.verify()),
-            sender.log_text(),
-            _receiver.log_text()
-        );
-    }
+    let what = "the watcher and the rescan replicated the burst";
+    wait_until_identical(&pair, what, &sender, &receiver);
     assert!(sender.is_running(), "sender died:\n{}", sender.log_text());
     assert!(
         sender
