@@ -30,7 +30,10 @@ What it does, in order, and everything on 127.0.0.1 only:
    - live latency: 200 small writes with `swrepl send` watching; time from the write to the file
      holding the right content on the Slave, p50/p99;
    - `swrepl verify MASTER SLAVE` vs `rsync -rcn` (full re-hash of both trees);
-   - peak RSS of the swrepl sender and receiver (GNU time -v).
+   - peak RSS of the swrepl sender and receiver (GNU time -v);
+   - CPU seconds of both ends of every transfer: the client command (GNU time) and the receiving
+     side for that run (swrepl's receiver from /proc; the rsync daemon's and sshd's connection
+     processes, counted when the daemon reaps them).
    With --disk DIR it repeats the initial and no-change syncs with the trees under DIR.
    Then an initial and a no-change sync of --small-files N small files (default 1 M, folders of
    1 000 files of 0-255 bytes) against the rsync daemon, with the swrepl sender's peak RSS.
@@ -119,13 +122,9 @@ def stop_timed(proc: subprocess.Popen, timeout: float = 30.0) -> None:
     """Stops a command run under GNU time by signalling the command itself (the child of `time`),
     so that `time` outlives it and writes its report; falls back to `stop`."""
     if proc.poll() is None:
-        try:
-            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        except OSError:
-            children = []
-        for child in children:
+        for child in child_pids(proc.pid):
             try:
-                os.kill(int(child), signal.SIGTERM)
+                os.kill(child, signal.SIGTERM)
             except ProcessLookupError:
                 pass
         try:
@@ -475,6 +474,8 @@ class Services:
     master_fp: str = ""
     receiver: subprocess.Popen | None = None
     receiver_time: Path = Path()
+    rsyncd: subprocess.Popen | None = None
+    sshd: subprocess.Popen | None = None
 
     def ssh_cmd(self) -> str:
         return (f"ssh -p {self.ssh_port} -i {self.ssh_key} -o BatchMode=yes -o StrictHostKeyChecking=no "
@@ -490,9 +491,9 @@ def start_rsyncd(s: Services) -> None:
         f"pid file = {d}/rsyncd.pid\nlog file = {d}/rsyncd.log\nuse chroot = no\n"
         f"uid = {os.getuid()}\ngid = {os.getgid()}\n"
         f"[fs]\npath = /\nread only = no\nlist = no\nhosts allow = 127.0.0.1\n")
-    proc = start(["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={s.rsyncd_port}",
-                  "--address=127.0.0.1"], stdout=subprocess.DEVNULL, stderr=open(d / "stderr", "w"))
-    wait_port(s.rsyncd_port, proc, "rsync daemon")
+    s.rsyncd = start(["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={s.rsyncd_port}",
+                      "--address=127.0.0.1"], stdout=subprocess.DEVNULL, stderr=open(d / "stderr", "w"))
+    wait_port(s.rsyncd_port, s.rsyncd, "rsync daemon")
 
 
 def start_sshd(s: Services) -> None:
@@ -510,9 +511,9 @@ def start_sshd(s: Services) -> None:
         f"AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n"
         f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
         f"Subsystem sftp internal-sftp\n")
-    proc = start(["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)], stdout=subprocess.DEVNULL,
-                 stderr=open(d / "stderr", "w"))
-    wait_port(s.ssh_port, proc, "sshd")
+    s.sshd = start(["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)], stdout=subprocess.DEVNULL,
+                   stderr=open(d / "stderr", "w"))
+    wait_port(s.ssh_port, s.sshd, "sshd")
     user = os.environ.get("USER") or "root"
     res = run(["ssh", *s.ssh_cmd().split()[1:], f"{user}@127.0.0.1", "true"], check=False)
     if res.returncode != 0:
@@ -560,6 +561,7 @@ class Result:
     rss_mib: float | None = None
     cpu: float | None = None  # user + system seconds of the client command (and its children)
     data: int | None = None  # swrepl only: chunk payload bytes sent
+    server_cpu: float | None = None  # user + system seconds of the receiving side, for this run only
 
 
 def swrepl_send_once(s: Services, master: Path, state: Path, tag: str) -> Result:
@@ -568,34 +570,74 @@ def swrepl_send_once(s: Services, master: Path, state: Path, tag: str) -> Result
            "--connect", f"127.0.0.1:{s.recv_port}", "--identity", str(s.master_id), "--trust", s.slave_fp,
            "--state", str(state), "--timeout", "60"]
     env = dict(os.environ, SWREPL_LOG=SWREPL_LOG)
+    receiver = receiver_pid(s)
+    before = process_cpu(receiver) if receiver else None
     t = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - t
+    # Read as the sender exits: it waits for the last acknowledgement, so the receiver's work for
+    # the run is done, and the summary it prepares for the next session (later) is not counted.
+    after = process_cpu(receiver) if receiver else None
     (s.work / "svc-swrepl" / f"send-{tag}.log").write_text(res.stderr)
     if res.returncode != 0:
         raise SystemExit(f"swrepl send failed ({res.returncode}):\n{res.stdout}\n{res.stderr[-3000:]}")
     m = re.search(r"(\d+) bytes on the wire", res.stdout)
     d = re.search(r"(\d+) bytes of file data sent", res.stdout)
-    return Result(elapsed, int(m.group(1)) if m else None, peak_rss_mib(tfile), cpu_seconds(tfile),
-                  int(d.group(1)) if d else None)
+    return Result(elapsed, wire=int(m.group(1)) if m else None, rss_mib=peak_rss_mib(tfile),
+                  cpu=cpu_seconds(tfile), data=int(d.group(1)) if d else None,
+                  server_cpu=cpu_delta(before, after))
 
 
-def process_cpu(pid: int) -> float | None:
-    """User + system CPU seconds of a running process, from /proc."""
+def process_cpu(pid: int, reaped_children: bool = False) -> float | None:
+    """User + system CPU seconds of a running process (all its threads), from /proc; with
+    `reaped_children`, plus those of its descendants it has waited for (proc(5): cutime, cstime)."""
     try:
         fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks = int(fields[11]) + int(fields[12])
+        if reaped_children:
+            ticks += int(fields[13]) + int(fields[14])
+        return ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def cpu_delta(before: float | None, after: float | None) -> float | None:
+    return after - before if before is not None and after is not None else None
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def receiver_pid(s: Services) -> int | None:
+    """The swrepl receiver's pid (s.receiver is /usr/bin/time; swrepl is its child)."""
+    if s.receiver is None:
+        return None
+    children = child_pids(s.receiver.pid)
+    return children[0] if children else None
+
+
+def daemon_run_cpu(daemon: subprocess.Popen | None, before: float | None) -> float | None:
+    """CPU the daemon (rsyncd, sshd) spent on the connection that just ended: each connection is
+    a child process (sshd's run the remote `rsync --server`), counted once the daemon has reaped
+    it; waits for that (a few ms after the client exits), at most 5 s."""
+    if daemon is None or before is None:
+        return None
+    deadline = time.monotonic() + 5
+    while child_pids(daemon.pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return cpu_delta(before, process_cpu(daemon.pid, reaped_children=True))
 
 
 def settle_receiver(s: Services, quiet: float = 0.5, limit: float = 15.0) -> None:
     """Waits until the swrepl receiver has used no CPU for `quiet` seconds (at most `limit`): it
     prepares the next session's tree summary shortly after a session ends (200 ms), and the peer
     measured next should not share the CPU with that."""
-    try:  # s.receiver is /usr/bin/time; swrepl is its child
-        pid = int(open(f"/proc/{s.receiver.pid}/task/{s.receiver.pid}/children").read().split()[0])
-    except (OSError, IndexError, ValueError):
+    pid = receiver_pid(s)
+    if pid is None:
         return
     deadline = time.monotonic() + limit
     last, still_since = process_cpu(pid), time.monotonic()
@@ -638,15 +680,17 @@ RSYNC_BASE = ["rsync", "-a", "--delete", "--stats", f"--exclude=/{EXCLUDED}"]
 def rsync_daemon(s: Services, master: Path, dest: Path) -> Result:
     dest.mkdir(parents=True, exist_ok=True)
     url = f"rsync://127.0.0.1:{s.rsyncd_port}/fs/{str(dest).lstrip('/')}/"
+    before = process_cpu(s.rsyncd.pid, reaped_children=True) if s.rsyncd else None
     secs, cpu, res = timed_cpu([*RSYNC_BASE, f"{master}/", url])
-    return Result(secs, rsync_stats_sent(res.stdout), cpu=cpu)
+    return Result(secs, rsync_stats_sent(res.stdout), cpu=cpu, server_cpu=daemon_run_cpu(s.rsyncd, before))
 
 
 def rsync_ssh(s: Services, master: Path, dest: Path) -> Result:
     dest.mkdir(parents=True, exist_ok=True)
     user = os.environ.get("USER") or "root"
+    before = process_cpu(s.sshd.pid, reaped_children=True) if s.sshd else None
     secs, cpu, res = timed_cpu([*RSYNC_BASE, "-e", s.ssh_cmd(), f"{master}/", f"{user}@127.0.0.1:{dest}/"])
-    return Result(secs, rsync_stats_sent(res.stdout), cpu=cpu)
+    return Result(secs, rsync_stats_sent(res.stdout), cpu=cpu, server_cpu=daemon_run_cpu(s.sshd, before))
 
 
 def median_run(runs: list[Result]) -> Result:
@@ -980,8 +1024,10 @@ def render(a, install_note, tree, rows, init, p50, p99, lat, misses, send_rss, w
            f"in `{EXCLUDED}`, excluded by all); big file {a.big_mib} MiB; seed {a.seed}. 1 % change: {counts}.", "",
            "Times are wall clock of the whole client command (process start, handshake, scan, transfer). "
            "Wire = bytes sent by the sending side (swrepl summary; rsync `Total bytes sent`). "
-           "(cpu N) = user + system CPU seconds of the client command only (for swrepl the sender; for rsync the "
-           "client, plus the ssh client over ssh; the receiving daemon is not counted). "
+           "(cpu C + S) = user + system CPU seconds of the client command (for swrepl the sender; for rsync the "
+           "client, plus the ssh client over ssh) and of the receiving side for that run (swrepl's receiver; the "
+           "rsync daemon's process for the connection; sshd's processes for the connection, with the rsync server "
+           "they run); (cpu C) alone where there is no receiving side. "
            "Ratio = swrepl time / peer time (below 1: swrepl is faster). swrepl fsyncs every file; rsync does not.", "",
            "| measurement | swrepl | rsync daemon | rsync ssh | cp -a | swrepl/rsyncd | swrepl/ssh | swrepl/cp | goal |",
            "|---|---|---|---|---|---|---|---|---|"]
@@ -989,7 +1035,9 @@ def render(a, install_note, tree, rows, init, p50, p99, lat, misses, send_rss, w
     def cell(r: Result | None) -> str:
         if r is None:
             return "—"
-        cpu = f" (cpu {r.cpu:.2f})" if r.cpu is not None else ""
+        cpu = f" (cpu {r.cpu:.2f}" if r.cpu is not None else ""
+        if cpu:
+            cpu += f" + {r.server_cpu:.2f})" if r.server_cpu is not None else ")"
         data = f" (file data {fmt_b(r.data)})" if r.data is not None else ""
         return fmt_s(r) + cpu + (f", {fmt_b(r.wire)}" if r.wire is not None else "") + data
 
