@@ -20,7 +20,8 @@ What it does, in order, and everything on 127.0.0.1 only:
    - initial sync: `swrepl send --once` vs `rsync -a` to the daemon vs `rsync -a` over ssh vs
      `cp -a` (local reference);
    - resync after 1 % of the files changed (new, edited, appended, deleted files and one renamed
-     folder); every `swrepl send --once` is a new process, so only its index saves work;
+     folder; other files and another folder in each round); every `swrepl send --once` is a new
+     process, so only its index saves work;
    - no-change resync;
    - a large file (default 1 GiB) added, then a 4 KiB overwrite in its middle, then a 100-byte
      insert in its middle: time and bytes on the wire (swrepl's summary line; rsync --stats
@@ -42,8 +43,8 @@ What it does, in order, and everything on 127.0.0.1 only:
 
 Everything it starts is stopped and every tree removed on exit (also on Ctrl-C), unless --keep.
 Options: --files N, --size-mib N, --big-mib N, --latency-writes N, --base DIR, --disk DIR,
---small-files N, --seed N, --rounds N (of the no-change and big-file edit phases, each a fresh edit;
-the median round is shown), --out FILE, --keep, --no-install. Env: SWREPL (binary path) when --swrepl is
+--small-files N, --seed N, --rounds N (of the 1 %, no-change and big-file edit phases, each with a
+fresh change; the median round is shown), --out FILE, --keep, --no-install. Env: SWREPL (binary path) when --swrepl is
 not given; COMPARE_SWREPL_LOG (swrepl's log level, default warn: with --keep, debug logs of every run
 stay in the work directory's svc-swrepl/).
 Note: rsync does not fsync; swrepl fsyncs every file before renaming it in (on tmpfs fsync is
@@ -367,17 +368,18 @@ def bump_mtime(path: Path, old_ns: int | None) -> None:
     os.utime(path, ns=(new, new))
 
 
-def change_one_percent(tree: Tree, seed: int) -> dict[str, int]:
+def change_one_percent(tree: Tree, seed: int, round_: int = 0) -> dict[str, int]:
     """Deterministic 1 % change: 1 % of the files new, rewritten, appended, edited or deleted, plus
-    one renamed attachment folder."""
-    rng = random.Random(seed + 1)
-    content = Content(seed + 1)
-    content.serial = 10_000_000
+    one renamed attachment folder. Each `round_` changes other files and another folder (`tree`
+    forgets the folder and the files deleted or rewritten, so no later round picks them)."""
+    rng = random.Random(seed + 1 + 1000 * round_)
+    content = Content(seed + 1 + 1000 * round_)
+    content.serial = 10_000_000 * (round_ + 1)
     n = max(10, len(tree.files) // 100)
     counts = dict(new=0, rewritten=0, appended=0, edited=0, deleted=0, renamed_dir_files=0)
     root = tree.root
     # One renamed day folder (its files count toward the 1 %).
-    victim = tree.day_dirs[len(tree.day_dirs) // 2]
+    victim = tree.day_dirs.pop(len(tree.day_dirs) // 2)
     moved = [f for f in tree.attachments if f.startswith(victim + "/")]
     os.rename(root / victim, root / (victim + "-archived"))
     counts["renamed_dir_files"] = len(moved)
@@ -388,7 +390,7 @@ def change_one_percent(tree: Tree, seed: int) -> dict[str, int]:
     for i in range(budget):
         kind = i % 10
         if kind < 3:  # new attachments
-            write_file(root, f"Supportworks Server/data/mime/2026/11/24/new-{i:05}.eml",
+            write_file(root, f"Supportworks Server/data/mime/2026/11/24/new-{round_}-{i:05}.eml",
                        eml(content, rng, int(rng.lognormvariate(10.1, 1.0)), 900_000 + i))
             counts["new"] += 1
         elif kind < 5 and tree.logs:  # growing logs
@@ -418,6 +420,7 @@ def change_one_percent(tree: Tree, seed: int) -> dict[str, int]:
         else:
             (root / pool.pop()).unlink()
             counts["deleted"] += 1
+    tree.attachments = pool  # what is left unmoved, undeleted and not rewritten
     return counts
 
 
@@ -809,7 +812,7 @@ def main() -> int:
                     help="files of the many-small-files run (initial and no-change sync; 0 skips it)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--rounds", type=int, default=3,
-                    help="rounds of the no-change and big-file edit phases (each a fresh edit); the median is shown")
+                    help="rounds of the 1 %, no-change and big-file edit phases (each a fresh change); the median is shown")
     ap.add_argument("--out", help="also write the Markdown report here")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--no-install", action="store_true")
@@ -853,7 +856,7 @@ def main() -> int:
     swrepl_runs: list[Result] = []  # every swrepl run, for its peak memory (rows keep medians)
 
     def phase(name: str, with_cp: bool, goal: str, tag: str, rounds: int = 1,
-              change=None) -> dict[str, Result | None]:
+              change=None, describe=None) -> dict[str, Result | None]:
         """Times each tool on the same change of the master; with `rounds` > 1, `change(k)` makes
         a fresh change before each round and the row shows each tool's median round (one sample
         was not enough: on this shared machine the same 1 GiB rewrite took the rsync daemon
@@ -880,6 +883,7 @@ def main() -> int:
             log(f"  cp      {r['cp'].seconds:8.3f} s")
         else:
             r["cp"] = None
+        name += describe() if describe is not None else ""  # what the changes turned out to be
         rows.append((f"{name} (median of {rounds})" if rounds > 1 else name, r, goal))
         return r
 
@@ -888,9 +892,18 @@ def main() -> int:
     shutil.rmtree(dests["cp"])  # cp -a only has an initial copy to offer; give the RAM back
     if (dests["swrepl"] / EXCLUDED).exists():
         raise SystemExit(f"swrepl sent {EXCLUDED}: the default exclude failed")
-    counts = change_one_percent(tree, a.seed)
-    log(f"1 % change: {counts}")
-    phase(f"resync after 1 % changed ({sum(counts.values())} files)", False, "≤ 0.20 vs rsyncd, ≤ 1 MB", "one-percent")
+    changes: list[dict[str, int]] = []
+
+    def change_one_percent_round(k: int) -> None:
+        changes.append(change_one_percent(tree, a.seed, k))
+        log(f"1 % change: {changes[-1]}")
+
+    def files_changed() -> str:
+        return " (" + "–".join(map(str, sorted({sum(c.values()) for c in changes}))) + " files)"
+
+    phase("resync after 1 % changed", False, "≤ 0.20 vs rsyncd, ≤ 1 MB", "one-percent",
+          rounds=a.rounds, change=change_one_percent_round, describe=files_changed)
+    counts = changes[0]
     phase("no-change resync", False, "≤ 0.20 vs rsyncd, ≤ 1 MB", "nochange", rounds=a.rounds)
 
     bigfile = master / "Supportworks Server/data/index/big-calls.idx"
@@ -1021,7 +1034,8 @@ def render(a, install_note, tree, rows, init, p50, p99, lat, misses, send_rss, w
     out = [f"### swrepl vs rsync vs cp — {now}", "",
            f"Machine: {machine()}. Trees in {a.base} (tmpfs). {install_note}.", "",
            f"Tree: {len(tree.files)} files, {tree.bytes / 2**20:.0f} MiB (+{tree.excluded_bytes / 2**20:.0f} MiB "
-           f"in `{EXCLUDED}`, excluded by all); big file {a.big_mib} MiB; seed {a.seed}. 1 % change: {counts}.", "",
+           f"in `{EXCLUDED}`, excluded by all); big file {a.big_mib} MiB; seed {a.seed}. 1 % change (first round; "
+           f"each round changes other files): {counts}.", "",
            "Times are wall clock of the whole client command (process start, handshake, scan, transfer). "
            "Wire = bytes sent by the sending side (swrepl summary; rsync `Total bytes sent`). "
            "(cpu C + S) = user + system CPU seconds of the client command (for swrepl the sender; for rsync the "
