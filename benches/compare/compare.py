@@ -47,6 +47,10 @@ Options: --files N, --size-mib N, --big-mib N, --latency-writes N, --base DIR, -
 fresh change; the median round is shown), --out FILE, --keep, --no-install. Env: SWREPL (binary path) when --swrepl is
 not given; COMPARE_SWREPL_LOG (swrepl's log level, default warn: with --keep, debug logs of every run
 stay in the work directory's svc-swrepl/).
+Before each timed run that writes a new copy of data, it writes and removes about as much again
+in --base, untimed: on a VM, memory the guest has not used lately is several times slower to get
+(measured here: 2.6-2.8 s against 0.35 s to keep 1 GiB more in tmpfs), and that cost fell on
+whichever tool happened to grow first after a pause.
 Note: rsync does not fsync; swrepl fsyncs every file before renaming it in (on tmpfs fsync is
 nearly free, on disk it is not: compare the disk run with that in mind).
 """
@@ -197,6 +201,33 @@ def timed_cpu(cmd: list[str]) -> tuple[float, float | None, subprocess.Completed
             return secs, user + sys_, res
         except (OSError, ValueError):
             return secs, None, res
+
+
+WARMED = {"bytes": 0, "seconds": 0.0}
+
+
+def warm_memory(base: Path, nbytes: int) -> None:
+    """Writes and removes `nbytes` in `base` just before a timed run that will take about that much
+    new memory. On a VM, memory the guest has not used lately is slow to get back (host faults):
+    here, keeping 1 GiB more in tmpfs took 2.6-2.8 s, or 0.35 s right after 2 GiB had been written
+    and freed. Without this, whichever tool grew first after a pause paid for it: swrepl (whose
+    archive keeps the replaced 1 GiB version) in its first rounds of the big-file edits, 3.0-3.7 s
+    against 0.7-0.9 s. It is the same for every tool, untimed; `nbytes` 0 does nothing."""
+    nbytes = min(nbytes, int(shutil.disk_usage(base).free * 0.8))
+    if nbytes <= 0:
+        return
+    block = b"\0" * (64 << 20)
+    path = base / "swrepl-compare-warm"
+    t = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for _ in range(-(-nbytes // len(block))):
+            os.write(fd, block)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    WARMED["bytes"] += nbytes
+    WARMED["seconds"] += time.perf_counter() - t
 
 
 def drop_caches_hint() -> None:
@@ -856,29 +887,37 @@ def main() -> int:
     swrepl_runs: list[Result] = []  # every swrepl run, for its peak memory (rows keep medians)
 
     def phase(name: str, with_cp: bool, goal: str, tag: str, rounds: int = 1,
-              change=None, describe=None) -> dict[str, Result | None]:
+              change=None, describe=None, grows: int = 0) -> dict[str, Result | None]:
         """Times each tool on the same change of the master; with `rounds` > 1, `change(k)` makes
         a fresh change before each round and the row shows each tool's median round (one sample
         was not enough: on this shared machine the same 1 GiB rewrite took the rsync daemon
         anywhere from 1.3 to 3.8 s, page allocation in tmpfs stalling now and then)."""
         log(name)
         runs: dict[str, list[Result]] = {"swrepl": [], "rsyncd": [], "ssh": []}
+        # Room for what a run may take (a new copy of what it writes), warmed before each run.
+        warm = grows + grows // 4 + (256 << 20) if grows else 0
+
+        def ready() -> None:
+            drop_caches_hint()
+            warm_memory(Path(a.base), warm)
+
         for k in range(rounds):
             if change is not None:
                 change(k)
-            drop_caches_hint()
+            ready()
             runs["swrepl"].append(swrepl_send_once(s, master, state, f"{tag}-{k}" if rounds > 1 else tag))
             settle_receiver(s)
             empty_archive(dests["swrepl"])
-            drop_caches_hint()
+            ready()
             runs["rsyncd"].append(rsync_daemon(s, master, dests["rsyncd"]))
-            drop_caches_hint()
+            ready()
             runs["ssh"].append(rsync_ssh(s, master, dests["ssh"]))
             for tool, done in runs.items():
                 log(f"  {tool:7} {done[-1].seconds:8.3f} s  wire {fmt_b(done[-1].wire)}")
         swrepl_runs.extend(runs["swrepl"])
         r: dict[str, Result | None] = {tool: median_run(done) for tool, done in runs.items()}
         if with_cp:
+            ready()
             r["cp"] = cp_a(master, dests["cp"])
             log(f"  cp      {r['cp'].seconds:8.3f} s")
         else:
@@ -888,7 +927,7 @@ def main() -> int:
         return r
 
     init = phase(f"initial sync ({len(tree.files)} files, {tree.bytes / 2**20:.0f} MiB)", True,
-                 "≤ 0.67 vs rsyncd, ≤ 0.33 vs ssh", "initial")
+                 "≤ 0.67 vs rsyncd, ≤ 0.33 vs ssh", "initial", grows=tree.bytes)
     shutil.rmtree(dests["cp"])  # cp -a only has an initial copy to offer; give the RAM back
     if (dests["swrepl"] / EXCLUDED).exists():
         raise SystemExit(f"swrepl sent {EXCLUDED}: the default exclude failed")
@@ -908,11 +947,11 @@ def main() -> int:
 
     bigfile = master / "Supportworks Server/data/index/big-calls.idx"
     write_big_file(bigfile, big, a.seed)
-    phase(f"{a.big_mib} MiB file added", False, "—", "big-add")
+    phase(f"{a.big_mib} MiB file added", False, "—", "big-add", grows=big)
     phase(f"4 KiB overwritten in the {a.big_mib} MiB file", False, "≤ 0.50 vs rsyncd; ≤ 2 chunks + manifest",
-          "big-4k", rounds=a.rounds, change=lambda k: overwrite_middle(bigfile, 4096, k))
+          "big-4k", rounds=a.rounds, change=lambda k: overwrite_middle(bigfile, 4096, k), grows=big)
     phase(f"100 B inserted in the {a.big_mib} MiB file", False, "≤ 2 chunks + manifest", "big-insert",
-          rounds=a.rounds, change=lambda k: insert_middle(bigfile, 100, k))
+          rounds=a.rounds, change=lambda k: insert_middle(bigfile, 100, k), grows=big)
 
     log("verify")
     v_sw, c_sw, res = timed_cpu([s.swrepl, "verify", str(master), str(dests["swrepl"])])
@@ -964,14 +1003,20 @@ def disk_run(s: Services, a, tree: Tree) -> list[tuple[str, dict[str, Result | N
     rows = []
     for name, tag in (("initial sync (disk)", "disk-initial"), ("no-change resync (disk)", "disk-nochange")):
         log(name)
-        os.sync()
+        grows = tree.bytes + tree.bytes // 4 if tag == "disk-initial" else 0  # the page cache's share
+
+        def ready() -> None:
+            os.sync()
+            warm_memory(Path(a.base), grows)
+
+        ready()
         r = {"swrepl": swrepl_send_once(disk, master, base / "state", tag)}
         settle_receiver(disk)
-        os.sync()
+        ready()
         r["rsyncd"] = rsync_daemon(s, master, base / "rsyncd")
-        os.sync()
+        ready()
         r["ssh"] = rsync_ssh(s, master, base / "ssh")
-        os.sync()
+        ready()
         r["cp"] = cp_a(master, base / "cp") if tag == "disk-initial" else None
         os.sync()
         rows.append((name, r))
@@ -1016,10 +1061,17 @@ def small_files_run(s: Services, a) -> list[tuple[str, dict[str, Result | None]]
     start_receiver(small, base / "slave")
     label = f"{n:,}".replace(",", " ") + " small files"
     names = [f"initial sync ({label})", f"no-change resync ({label})"]
-    swrepl = [swrepl_send_once(small, master, base / "state", tag) for tag in ("small-initial", "small-nochange")]
+    grows = (n * per_file, 0)  # a new copy of the tree, then nothing
+    swrepl = []
+    for tag, grown in zip(("small-initial", "small-nochange"), grows):
+        warm_memory(Path(a.base), grown)
+        swrepl.append(swrepl_send_once(small, master, base / "state", tag))
     stop_timed(small.receiver)
     shutil.rmtree(base / "slave", ignore_errors=True)
-    rsyncd = [rsync_daemon(s, master, base / "rsyncd") for _ in names]
+    rsyncd = []
+    for grown in grows:
+        warm_memory(Path(a.base), grown)
+        rsyncd.append(rsync_daemon(s, master, base / "rsyncd"))
     rows = []
     for name, sw, rs in zip(names, swrepl, rsyncd):
         log(f"{name}: swrepl {sw.seconds:.3f} s (sender peak RSS {sw.rss_mib:.0f} MiB), rsyncd {rs.seconds:.3f} s")
@@ -1042,7 +1094,10 @@ def render(a, install_note, tree, rows, init, p50, p99, lat, misses, send_rss, w
            "client, plus the ssh client over ssh) and of the receiving side for that run (swrepl's receiver; the "
            "rsync daemon's process for the connection; sshd's processes for the connection, with the rsync server "
            "they run); (cpu C) alone where there is no receiving side. "
-           "Ratio = swrepl time / peer time (below 1: swrepl is faster). swrepl fsyncs every file; rsync does not.", "",
+           "Ratio = swrepl time / peer time (below 1: swrepl is faster). swrepl fsyncs every file; rsync does not. "
+           f"Before each run that writes a new copy of data, the harness wrote and removed about as much again in "
+           f"{a.base}, untimed ({WARMED['bytes'] / 2**30:.0f} GiB in {WARMED['seconds']:.0f} s in all): memory this VM "
+           f"has not used lately is several times slower to get, and it would fall on whichever tool ran first.", "",
            "| measurement | swrepl | rsync daemon | rsync ssh | cp -a | swrepl/rsyncd | swrepl/ssh | swrepl/cp | goal |",
            "|---|---|---|---|---|---|---|---|---|"]
 
