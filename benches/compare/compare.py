@@ -843,7 +843,7 @@ def main() -> int:
                     help="files of the many-small-files run (initial and no-change sync; 0 skips it)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--rounds", type=int, default=3,
-                    help="rounds of the 1 %, no-change and big-file edit phases (each a fresh change); the median is shown")
+                    help="rounds of the 1 %%, no-change and big-file edit phases (each a fresh change); the median is shown")
     ap.add_argument("--out", help="also write the Markdown report here")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--no-install", action="store_true")
@@ -891,7 +891,9 @@ def main() -> int:
         """Times each tool on the same change of the master; with `rounds` > 1, `change(k)` makes
         a fresh change before each round and the row shows each tool's median round (one sample
         was not enough: on this shared machine the same 1 GiB rewrite took the rsync daemon
-        anywhere from 1.3 to 3.8 s, page allocation in tmpfs stalling now and then)."""
+        anywhere from 1.3 to 3.8 s, page allocation in tmpfs stalling now and then). `describe()`
+        adds what the changes turned out to be to the row's name; `grows` is about how much new
+        data a run writes, warmed before each tool's run (see `warm_memory`)."""
         log(name)
         runs: dict[str, list[Result]] = {"swrepl": [], "rsyncd": [], "ssh": []}
         # Room for what a run may take (a new copy of what it writes), warmed before each run.
@@ -922,7 +924,7 @@ def main() -> int:
             log(f"  cp      {r['cp'].seconds:8.3f} s")
         else:
             r["cp"] = None
-        name += describe() if describe is not None else ""  # what the changes turned out to be
+        name += describe() if describe is not None else ""
         rows.append((f"{name} (median of {rounds})" if rounds > 1 else name, r, goal))
         return r
 
